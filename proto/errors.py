@@ -1,0 +1,39 @@
+"""Error codes and the one error a caller ever sees."""
+
+import enum
+
+import msgspec
+
+
+class ErrorCode(enum.StrEnum):
+    BAD_REQUEST = "bad_request"
+    NOT_FOUND = "not_found"
+    UNKNOWN_HOST = "unknown_host"
+    UNKNOWN_VM = "unknown_vm"
+    HOST_LOST = "host_lost"
+    CONFLICT = "conflict"
+    UNAVAILABLE = "unavailable"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+
+
+class ErrorReply(msgspec.Struct, frozen=True, tag="error"):
+    """What a caller gets instead of a reply: a code for scripts, a sentence for people."""
+
+    code: str
+    message: str
+
+
+class FerryError(Exception):
+    """The only exception whose content may cross a process boundary."""
+
+    def __init__(self, code: ErrorCode | str, message: str) -> None:
+        super().__init__(message)
+        self.code = str(code)
+        self.message = message
+
+    def to_reply(self) -> ErrorReply:
+        return ErrorReply(code=self.code, message=self.message)
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"

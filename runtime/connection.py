@@ -1,0 +1,99 @@
+"""One way to connect to NATS: reconnect forever, log every transition."""
+
+import ssl
+from typing import Any
+
+import nats
+import nats.errors
+import structlog
+from nats.aio.client import Client
+
+from runtime.config import NatsSettings
+
+
+def _tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
+    if not (settings.tls_ca or settings.tls_cert):
+        return None
+    context = ssl.create_default_context(cafile=settings.tls_ca or None)
+    if settings.tls_cert:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key or None)
+    return context
+
+
+def _identity_options(settings: NatsSettings) -> dict[str, Any]:
+    """Credentials and TLS, the same for daemons and the CLI."""
+    options: dict[str, Any] = {}
+    if settings.creds:
+        options["user_credentials"] = settings.creds
+    if settings.user:
+        options["user"] = settings.user
+        options["password"] = settings.password
+    if settings.token:
+        options["token"] = settings.token
+    tls = _tls_context(settings)
+    if tls is not None:
+        options["tls"] = tls
+    return options
+
+
+async def connect(settings: NatsSettings, *, name: str, log: Any = None) -> Client:
+    """Connect, retrying forever.
+
+    nats-py's default gives up after 60 attempts (about two minutes); a daemon
+    must outlive any NATS outage, so attempts are unlimited, including the
+    first connection (the server may start after us).
+    """
+    log = log or structlog.get_logger()
+    state = {"down_logged": False}
+
+    async def on_error(exc: Exception) -> None:
+        # Each failed attempt calls this; say it once per outage, not once a second.
+        if not state["down_logged"]:
+            log.warning("nats_unreachable", error=str(exc) or type(exc).__name__)
+            state["down_logged"] = True
+
+    async def on_disconnected() -> None:
+        log.warning("nats_disconnected")
+
+    async def on_reconnected() -> None:
+        state["down_logged"] = False
+        log.info("nats_reconnected", server=str(nc.connected_url.netloc if nc.connected_url else ""))
+
+    options: dict[str, Any] = dict(
+        servers=settings.servers,
+        name=name,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=settings.reconnect_wait,
+        connect_timeout=settings.connect_timeout,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
+        # Heartbeats must not pile up in memory during a long outage.
+        pending_size=8 * 1024 * 1024,
+    )
+    options.update(_identity_options(settings))
+    nc = nats.NATS()
+    await nc.connect(**options)
+    log.info("nats_connected", server=str(nc.connected_url.netloc if nc.connected_url else ""))
+    return nc
+
+
+async def connect_once(settings: NatsSettings, *, name: str) -> Client:
+    """For short-lived clients (the CLI): fail fast with a clear error instead of waiting."""
+    options: dict[str, Any] = dict(
+        servers=settings.servers,
+        name=name,
+        allow_reconnect=False,
+        connect_timeout=settings.connect_timeout,
+        max_reconnect_attempts=0,
+    )
+    options.update(_identity_options(settings))
+
+    async def quiet(_exc: Exception) -> None:
+        pass
+
+    options["error_cb"] = quiet
+    nc = nats.NATS()
+    await nc.connect(**options)
+    return nc

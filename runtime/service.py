@@ -1,0 +1,54 @@
+"""The error boundary of every request handler.
+
+A handler takes a decoded request and returns a reply Struct. Whatever goes
+wrong, the caller gets a reply: a FerryError becomes an ErrorReply (and the
+micro-service error headers, so standard NATS tooling sees it too); anything
+else is logged with its traceback and answered as `internal`, never with the
+exception's repr.
+"""
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import structlog
+from nats.micro.request import Request
+
+from proto.codec import Decoder, encode
+from proto.errors import ErrorCode, FerryError
+
+Req = TypeVar("Req")
+
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+def endpoint(
+    decoder: Decoder[Req],
+    handler: Callable[[Req], Awaitable[Any]],
+    *,
+    log: Any,
+    verb: str,
+) -> Callable[[Request], Awaitable[None]]:
+    async def handle(request: Request) -> None:
+        request_id = (request.headers or {}).get("Ferry-Request-Id") or uuid.uuid4().hex[:12]
+        bound = log.bind(verb=verb, request_id=request_id)
+        try:
+            reply = await handler(decoder.decode(request.data))
+        except FerryError as exc:
+            bound.info("request_refused", code=exc.code, reason=exc.message)
+            await request.respond_error(
+                exc.code, exc.message, data=encode(exc.to_reply())
+            )
+            return
+        except Exception:
+            bound.exception("request_failed")
+            error = FerryError(
+                ErrorCode.INTERNAL, f"the {verb} request failed inside the service; see its log"
+            )
+            await request.respond_error(error.code, error.message, data=encode(error.to_reply()))
+            return
+        await request.respond(encode(reply))
+
+    return handle
+
+

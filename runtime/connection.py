@@ -1,10 +1,10 @@
 """One way to connect to NATS: reconnect forever, log every transition."""
 
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
-import nats.errors
 import structlog
 from nats.aio.client import Client
 
@@ -36,7 +36,13 @@ def _identity_options(settings: NatsSettings) -> dict[str, Any]:
     return options
 
 
-async def connect(settings: NatsSettings, *, name: str, log: Any = None) -> Client:
+async def connect(
+    settings: NatsSettings,
+    *,
+    name: str,
+    log: Any = None,
+    on_reconnected: Callable[[], Awaitable[None]] | None = None,
+) -> Client:
     """Connect, retrying forever.
 
     nats-py's default gives up after 60 attempts (about two minutes); a daemon
@@ -58,6 +64,8 @@ async def connect(settings: NatsSettings, *, name: str, log: Any = None) -> Clie
     async def on_reconnected() -> None:
         state["down_logged"] = False
         log.info("nats_reconnected", server=str(nc.connected_url.netloc if nc.connected_url else ""))
+        if on_reconnected is not None:
+            await on_reconnected()
 
     options: dict[str, Any] = dict(
         servers=settings.servers,

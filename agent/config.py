@@ -1,0 +1,60 @@
+"""agent.toml: what one agent needs to know about its host."""
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from proto.names import HostName, VmName
+from runtime.config import NatsSettings
+
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
+Percent = Annotated[float, msgspec.Meta(ge=0, le=100)]
+
+
+class SimulatedVm(msgspec.Struct, frozen=True):
+    name: VmName
+    vcpus: Annotated[int, msgspec.Meta(ge=1)] = 1
+    memory_mib: Annotated[int, msgspec.Meta(ge=1)] = 256
+
+
+class SimulatedHost(msgspec.Struct, frozen=True):
+    cpus: Annotated[int, msgspec.Meta(ge=1)] = 16
+    memory_mib: Annotated[int, msgspec.Meta(ge=1)] = 65536
+    # Memory the host keeps for itself, never offered to VMs.
+    reserved_mib: Annotated[int, msgspec.Meta(ge=0)] = 1024
+    cpu_model: str = "Simulated-CPU"
+    arch: str = "x86_64"
+    libvirt_version: str = "9.0.0"
+    qemu_version: str = "7.2.0"
+    host_uuid: str = ""
+    vms: list[SimulatedVm] = []
+
+
+class HypervisorSettings(msgspec.Struct, frozen=True):
+    backend: Literal["libvirt", "simulated"] = "libvirt"
+    uri: str = "qemu:///system"
+    # How other hosts' libvirtd reach this one for peer-to-peer migration.
+    peer_uri: str = ""
+    # Where QEMU on this host listens for incoming migration streams.
+    migration_address: str = ""
+    simulated: SimulatedHost = SimulatedHost()
+
+
+class HealthSettings(msgspec.Struct, frozen=True):
+    interval: PositiveSeconds = 5.0
+    # Free host memory below these shares of the total turns the check WARNING / CRITICAL.
+    memory_warning_percent: Percent = 10.0
+    memory_critical_percent: Percent = 3.0
+    # Free space on the images folder below these shares turns the check WARNING / CRITICAL.
+    disk_warning_percent: Percent = 10.0
+    disk_critical_percent: Percent = 3.0
+
+
+class AgentConfig(msgspec.Struct, frozen=True):
+    host: HostName
+    heartbeat_interval: PositiveSeconds = 2.0
+    images_dir: str = "/var/lib/libvirt/images"
+    log_level: str = "info"
+    nats: NatsSettings = NatsSettings()
+    hypervisor: HypervisorSettings = HypervisorSettings()
+    health: HealthSettings = HealthSettings()

@@ -1,0 +1,177 @@
+"""The agent daemon: observe the host, publish heartbeats and health changes, answer requests."""
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from nats.aio.client import Client
+from nats.micro import add_service
+
+from agent.config import AgentConfig
+from agent.health import probe_host
+from agent.hypervisor import Hypervisor, HypervisorUnavailable, NodeFacts
+from agent.status import AGENT_VERSION, Observation, build_status
+from proto import subjects
+from proto.api import AgentStatusRequest
+from proto.codec import Decoder, encode
+from proto.events import HealthChanged
+from proto.host import HealthCheck, HealthState, HostStatus, VmInfo
+from runtime.connection import connect
+from runtime.service import endpoint
+
+# How often the VM list is read: changes must reach the coordinator well
+# before the next regular heartbeat.
+INVENTORY_POLL_SECONDS = 1.0
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        hypervisor: Hypervisor,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._hypervisor = hypervisor
+        self._clock = clock
+        self._log = structlog.get_logger().bind(host=config.host)
+        self._boot_id = uuid.uuid4().hex[:12]
+        self._seq = 0
+        self._facts: NodeFacts | None = None
+        self._vms: list[VmInfo] = []
+        self._checks: list[HealthCheck] = []
+        self._changed = asyncio.Event()
+        self._nc: Client | None = None
+        self._last_status: HostStatus | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._log.info("agent_starting", backend=self._hypervisor.backend, version=AGENT_VERSION)
+        nc = self._nc = await connect(self._config.nats, name=f"ferry-agent-{self._config.host}", log=self._log)
+        try:
+            service = await add_service(
+                nc,
+                name="ferry-agent",
+                version=AGENT_VERSION,
+                description="Ferry agent on one hypervisor",
+                metadata={"host": self._config.host},
+            )
+            async with service:
+                group = service.add_group(name=subjects.agent_prefix(self._config.host))
+                await group.add_endpoint(
+                    name="status",
+                    handler=endpoint(
+                        Decoder(AgentStatusRequest, "status request"),
+                        self._handle_status,
+                        log=self._log,
+                        verb="status",
+                    ),
+                )
+                await self._probe_health_once()
+                await self._read_inventory_once()
+                async with asyncio.TaskGroup() as tg:
+                    loops = [
+                        tg.create_task(self._forever("health", self._probe_health_once, self._config.health.interval)),
+                        tg.create_task(self._forever("inventory", self._read_inventory_once, INVENTORY_POLL_SECONDS)),
+                        tg.create_task(self._heartbeat_loop()),
+                    ]
+                    await stop.wait()
+                    for task in loops:
+                        task.cancel()
+        finally:
+            await self._hypervisor.close()
+            if not nc.is_closed:
+                await nc.drain()
+            self._log.info("agent_stopped")
+
+    async def _forever(self, name: str, step: Callable[[], Awaitable[None]], every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await step()
+            except Exception:
+                # One bad read must not end the loop: the host still needs watching.
+                self._log.exception("loop_step_failed", loop=name)
+
+    async def _probe_health_once(self) -> None:
+        probe = await probe_host(self._hypervisor, self._config.images_dir, self._config.health)
+        if probe.facts is not None:
+            self._facts = probe.facts
+        previous = self._checks
+        self._checks = probe.checks
+        if [(c.name, c.state) for c in previous] != [(c.name, c.state) for c in probe.checks]:
+            before = HealthState.worst([c.state for c in previous])
+            self._log.info(
+                "health_changed",
+                previous=str(before),
+                current=str(probe.state),
+                checks={c.name: f"{c.state}: {c.message}" for c in probe.checks},
+            )
+            await self._publish(
+                subjects.host_event(self._config.host),
+                encode(
+                    HealthChanged(
+                        host=self._config.host,
+                        previous=before,
+                        current=probe.state,
+                        checks=probe.checks,
+                        at=self._clock(),
+                    )
+                ),
+            )
+            self._changed.set()
+
+    async def _read_inventory_once(self) -> None:
+        try:
+            vms = await self._hypervisor.list_vms()
+        except HypervisorUnavailable:
+            # VMs keep running without their management daemon; keep the last
+            # known list (the health check already reports the outage).
+            return
+        if vms != self._vms:
+            self._vms = vms
+            self._changed.set()
+
+    def current_status(self) -> HostStatus:
+        return build_status(
+            host=self._config.host,
+            seq=self._seq,
+            boot_id=self._boot_id,
+            sent_at=self._clock(),
+            interval=self._config.heartbeat_interval,
+            backend=self._hypervisor.backend,
+            peer_uri=self._config.hypervisor.peer_uri,
+            migration_address=self._config.hypervisor.migration_address,
+            observation=Observation(facts=self._facts, vms=self._vms, checks=self._checks),
+            last_facts=self._facts,
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self._config.heartbeat_interval
+        while True:
+            try:
+                self._changed.clear()
+                self._seq += 1
+                status = self.current_status()
+                self._last_status = status
+                await self._publish(subjects.host_status(self._config.host), encode(status))
+            except Exception:
+                self._log.exception("heartbeat_failed")
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+
+    async def _publish(self, subject: str, payload: bytes) -> None:
+        assert self._nc is not None
+        try:
+            await self._nc.publish(subject, payload)
+        except Exception as exc:
+            # While NATS is away the client buffers; only a closed client lands here.
+            self._log.warning("publish_failed", subject=subject, error=str(exc) or type(exc).__name__)
+
+    async def _handle_status(self, _request: AgentStatusRequest) -> Any:
+        return self._last_status or self.current_status()

@@ -1,0 +1,27 @@
+"""`ferry-agent --config agent.toml`"""
+
+import asyncio
+import sys
+
+from agent.config import AgentConfig
+from agent.daemon import Agent
+from agent.hypervisor import open_hypervisor
+from runtime.daemon import run_daemon
+
+
+async def _run(config: AgentConfig, stop: asyncio.Event) -> None:
+    await Agent(config, open_hypervisor(config.host, config.hypervisor)).run(stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_daemon(
+        prog="ferry-agent",
+        description="Ferry agent for one hypervisor host.",
+        config_type=AgentConfig,
+        run=_run,
+        argv=argv,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

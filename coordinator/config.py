@@ -1,0 +1,16 @@
+"""coordinator.toml"""
+
+from typing import Annotated
+
+import msgspec
+
+from runtime.config import NatsSettings
+
+
+class CoordinatorConfig(msgspec.Struct, frozen=True):
+    # Seconds of silence after which a host is `lost`; 0 means
+    # `heartbeat_timeout_factor` times the interval the host announces.
+    heartbeat_timeout: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    heartbeat_timeout_factor: Annotated[float, msgspec.Meta(gt=1)] = 3.0
+    log_level: str = "info"
+    nats: NatsSettings = NatsSettings()

@@ -1,0 +1,122 @@
+"""The coordinator daemon: keeps the registry from heartbeats and answers the API."""
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import msgspec
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.micro import add_service
+
+from coordinator.config import CoordinatorConfig
+from coordinator.registry import Registry
+from proto import subjects
+from proto.api import HostsReply, HostsRequest
+from proto.codec import Decoder, encode
+from proto.errors import FerryError
+from proto.events import CoordinatorEvent, HostLost
+from proto.host import HostStatus
+from runtime.connection import connect
+from runtime.service import endpoint
+
+VERSION = "0.1.0"
+SWEEP_SECONDS = 0.25
+
+
+class Coordinator:
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._monotonic = monotonic
+        self._wall = wall
+        self._log = structlog.get_logger().bind(component="coordinator")
+        self._registry = Registry(
+            timeout_factor=config.heartbeat_timeout_factor,
+            timeout=config.heartbeat_timeout or None,
+        )
+        self._status_decoder = Decoder(HostStatus, "host status")
+        self._nc: Client | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        nc = self._nc = await connect(
+            self._config.nats, name="ferry-coordinator", log=self._log, on_reconnected=self._on_reconnected
+        )
+        try:
+            await nc.subscribe(subjects.ALL_HOST_STATUS, cb=self._on_status)
+            service = await add_service(
+                nc,
+                name="ferry-coordinator",
+                version=VERSION,
+                description="Ferry coordinator: hosts, placement, migration sessions",
+            )
+            async with service:
+                api = service.add_group(name=f"{subjects.PREFIX}.api")
+                await api.add_endpoint(
+                    name="hosts",
+                    handler=endpoint(
+                        Decoder(HostsRequest, "hosts request"), self._handle_hosts, log=self._log, verb="hosts"
+                    ),
+                )
+                self._log.info("coordinator_started", version=VERSION)
+                sweeper = asyncio.create_task(self._sweep_loop())
+                await stop.wait()
+                sweeper.cancel()
+        finally:
+            if not nc.is_closed:
+                await nc.drain()
+            self._log.info("coordinator_stopped")
+
+    async def _on_status(self, msg: Msg) -> None:
+        try:
+            status = self._status_decoder.decode(msg.data)
+        except FerryError as exc:
+            self._log.warning("bad_heartbeat", subject=msg.subject, reason=exc.message)
+            if msg.reply:
+                await msg.respond(encode(exc.to_reply()))
+            return
+        if subjects.host_from_subject(msg.subject) != status.host:
+            # An agent may only speak for its own host (permissions pin its subjects).
+            self._log.warning("heartbeat_host_mismatch", subject=msg.subject, host=status.host)
+            return
+        await self._emit(self._registry.observe(status, self._monotonic()))
+
+    async def _on_reconnected(self) -> None:
+        self._registry.restart_clocks(self._monotonic())
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            if self._nc is None or not self._nc.is_connected:
+                continue
+            try:
+                await self._emit(self._registry.sweep(self._monotonic()))
+            except Exception:
+                self._log.exception("sweep_failed")
+
+    async def _emit(self, events: list[CoordinatorEvent]) -> None:
+        for event in events:
+            event = msgspec.structs.replace(event, at=self._wall())
+            fields = msgspec.structs.asdict(event)
+            kind = type(event).__struct_config__.tag
+            if isinstance(event, HostLost):
+                self._log.warning(kind, **fields)
+            else:
+                self._log.info(kind, **fields)
+            assert self._nc is not None
+            try:
+                await self._nc.publish(subjects.COORDINATOR_EVENTS, encode(event))
+            except Exception as exc:
+                self._log.warning("publish_failed", subject=subjects.COORDINATOR_EVENTS, error=str(exc))
+
+    async def _handle_hosts(self, request: HostsRequest) -> HostsReply:
+        views = self._registry.views(self._monotonic())
+        if not request.include_lost:
+            views = [v for v in views if v.state != "lost"]
+        return HostsReply(hosts=views)

@@ -1,0 +1,26 @@
+"""`ferry-coordinator --config coordinator.toml`"""
+
+import asyncio
+import sys
+
+from coordinator.config import CoordinatorConfig
+from coordinator.daemon import Coordinator
+from runtime.daemon import run_daemon
+
+
+async def _run(config: CoordinatorConfig, stop: asyncio.Event) -> None:
+    await Coordinator(config).run(stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_daemon(
+        prog="ferry-coordinator",
+        description="Ferry coordinator: host registry, placement, migration sessions.",
+        config_type=CoordinatorConfig,
+        run=_run,
+        argv=argv,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

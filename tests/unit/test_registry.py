@@ -1,0 +1,98 @@
+import msgspec
+import pytest
+
+from coordinator.registry import Registry
+from proto.api import HostState
+from proto.events import HostAppeared, HostLost, HostReturned
+from proto.host import Capacity, HostStatus
+
+
+def status(host="hv1", seq=1, boot="b1", interval=2.0, vcpus_used=0) -> HostStatus:
+    return HostStatus(
+        host=host,
+        seq=seq,
+        boot_id=boot,
+        sent_at=0.0,
+        interval=interval,
+        capacity=Capacity(cpus=8, memory_total_mib=1024, memory_free_mib=512, vcpus_used=vcpus_used),
+    )
+
+
+def test_first_heartbeat_makes_host_appear():
+    reg = Registry()
+    assert reg.observe(status(), now=10.0) == [HostAppeared(host="hv1")]
+    assert reg.views(now=10.5)[0].state == HostState.UP
+    assert reg.views(now=10.5)[0].last_seen_age == 0.5
+
+
+@pytest.mark.parametrize(
+    "interval, factor, fixed, silent, lost",
+    [
+        (2.0, 3.0, None, 5.9, False),
+        (2.0, 3.0, None, 6.1, True),
+        (0.5, 3.0, None, 1.6, True),
+        (2.0, 3.0, 10.0, 9.9, False),
+        (2.0, 3.0, 10.0, 10.1, True),
+        (2.0, 5.0, None, 9.0, False),
+    ],
+)
+def test_silent_host_is_lost_after_its_timeout(interval, factor, fixed, silent, lost):
+    reg = Registry(timeout_factor=factor, timeout=fixed)
+    reg.observe(status(interval=interval), now=100.0)
+    events = reg.sweep(now=100.0 + silent)
+    assert [type(e) for e in events] == ([HostLost] if lost else [])
+    assert reg.get("hv1").state == (HostState.LOST if lost else HostState.UP)
+
+
+def test_lost_is_reported_once_with_a_reason():
+    reg = Registry()
+    reg.observe(status(), now=0.0)
+    (event,) = reg.sweep(now=7.0)
+    assert event.host == "hv1" and event.silent_for == 7.0
+    assert "no heartbeat for 7.0 s (timeout 6.0 s)" == event.reason
+    assert reg.sweep(now=8.0) == []
+
+
+def test_lost_host_returns_on_next_heartbeat():
+    reg = Registry()
+    reg.observe(status(seq=1), now=0.0)
+    reg.sweep(now=10.0)
+    assert reg.observe(status(seq=2), now=11.0) == [HostReturned(host="hv1")]
+    assert reg.get("hv1").state == HostState.UP
+
+
+def test_stale_heartbeat_from_same_boot_is_ignored():
+    reg = Registry()
+    reg.observe(status(seq=5, vcpus_used=4), now=0.0)
+    assert reg.observe(status(seq=3, vcpus_used=1), now=1.0) == []
+    assert reg.get("hv1").status.capacity.vcpus_used == 4
+    assert reg.get("hv1").last_seen == 0.0
+
+
+def test_restarted_agent_with_lower_seq_is_accepted():
+    reg = Registry()
+    reg.observe(status(seq=50, boot="old"), now=0.0)
+    reg.observe(status(seq=1, boot="new", vcpus_used=2), now=1.0)
+    assert reg.get("hv1").status.boot_id == "new"
+    assert reg.get("hv1").last_seen == 1.0
+
+
+def test_restart_clocks_spares_up_hosts_but_not_lost_ones():
+    reg = Registry()
+    reg.observe(status("hv1"), now=0.0)
+    reg.observe(status("hv2"), now=0.0)
+    reg.sweep(now=7.0)  # both lost
+    reg.observe(status("hv1", seq=2), now=8.0)  # hv1 back
+    reg.restart_clocks(now=20.0)
+    assert reg.sweep(now=25.0) == []
+    assert reg.get("hv1").state == HostState.UP
+    assert reg.get("hv2").state == HostState.LOST
+
+
+def test_views_are_sorted_and_carry_status():
+    reg = Registry()
+    for name in ["hv3", "hv1", "hv2"]:
+        reg.observe(msgspec.structs.replace(status(name), cpu_model="Skylake"), now=0.0)
+    views = reg.views(now=1.0)
+    assert [v.host for v in views] == ["hv1", "hv2", "hv3"]
+    assert all(v.cpu_model == "Skylake" and v.capacity.cpus == 8 for v in views)

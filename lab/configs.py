@@ -1,0 +1,83 @@
+"""Text of every config file the lab writes. Pure functions of the layout."""
+
+from __future__ import annotations
+
+import json
+
+from lab.layout import PKI_PATH, QEMU_TLS_PATH, HostLayout, LabLayout
+
+HEARTBEAT_INTERVAL = 2.0
+HEARTBEAT_TIMEOUT = 6.0
+
+
+def _q(value: str) -> str:
+    """A quoted string for libvirt's conf syntax and for TOML (both accept JSON's form here)."""
+    return json.dumps(value)
+
+
+def libvirtd_conf(host: HostLayout) -> str:
+    return f"""\
+# Written by ferry-lab for {host.name}; paths are as seen inside its namespace.
+listen_tcp = 1
+listen_tls = 1
+listen_addr = {_q(host.address)}
+# Lab only: TCP without authentication on a loopback address.
+auth_tcp = "none"
+auth_tls = "none"
+auth_unix_rw = "none"
+auth_unix_ro = "none"
+key_file = {_q(str(PKI_PATH / "serverkey.pem"))}
+cert_file = {_q(str(PKI_PATH / "servercert.pem"))}
+ca_file = {_q(str(PKI_PATH / "cacert.pem"))}
+# Distinct per host: libvirt refuses to migrate to a host with its own UUID.
+host_uuid = {_q(host.uuid)}
+"""
+
+
+def qemu_conf(host: HostLayout) -> str:
+    return f"""\
+# Written by ferry-lab for {host.name}; paths are as seen inside its namespace.
+user = "root"
+group = "root"
+security_driver = "none"
+# No systemd and a shared cgroup tree: libvirt must not manage cgroups here.
+cgroup_controllers = [ ]
+# Without virtlogd, QEMU writes its stdio and file chardevs itself.
+stdio_handler = "file"
+# Ownership xattrs on the one filesystem all hosts share would confuse each other.
+remember_owner = 0
+migration_address = {_q(host.address)}
+migration_host = {_q(host.address)}
+migrate_tls_x509_cert_dir = {_q(str(QEMU_TLS_PATH))}
+migrate_tls_x509_verify = 1
+"""
+
+
+def agent_toml(host: HostLayout, nats_url: str) -> str:
+    return f"""\
+# Written by ferry-lab.
+host = {_q(host.name)}
+heartbeat_interval = {HEARTBEAT_INTERVAL}
+# This host's local images as the agent (outside the host's namespace) sees them;
+# inside the namespace, and in domain XML, they are under /var/lib/libvirt/images.
+images_dir = {_q(str(host.images_dir))}
+
+[nats]
+servers = [{_q(nats_url)}]
+
+[hypervisor]
+backend = "libvirt"
+uri = {_q(host.uri)}
+peer_uri = {_q(host.peer_uri)}
+migration_address = {_q(host.address)}
+"""
+
+
+def coordinator_toml(layout: LabLayout, nats_url: str) -> str:
+    return f"""\
+# Written by ferry-lab for the lab in {layout.dir}.
+heartbeat_timeout = {HEARTBEAT_TIMEOUT}
+
+[nats]
+servers = [{_q(nats_url)}]
+"""

@@ -1,0 +1,364 @@
+"""The Lab: start, inspect and stop a local multi-host lab; run guests in it.
+
+This is the Python API the CLI, the pytest fixtures, the demo and the
+benchmarks share::
+
+    lab = Lab.create(Path("/var/tmp/ferry-lab"), hosts=3)
+    lab.up(ferry=False)
+    lab.create_guest("web-1", "hv1", memory_mib=256)
+    lab.continuity("web-1").ok
+    lab.down()
+
+Another process finds a running lab with ``Lab.attach(dir)`` (state in DIR/lab.json).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab import certs, ferry_services, hosts, processes
+from lab.continuity import ContinuityReport, guest_continuity, last_tick_on
+from lab.errors import LabError
+from lab.guests import DiskKind, GuestInfo, GuestSpec, create_guest, delete_guest, list_guests
+from lab.image import GuestImage, ensure_guest_image
+from lab.layout import STATE_FILE_NAME, DEFAULT_ADDRESS_BASE, DEFAULT_CACHE_DIR, DEFAULT_DIR, HostLayout, LabLayout
+from lab.nats import NATS_HOST, free_port, nats_url, start_nats
+from lab.prereqs import check_programs, check_root
+from lab.processes import ProcessRef
+from lab.residency import Residency, residency
+from lab.state import LabState, load_state, save_state
+
+NATS_ROLE = "nats-server"
+COORDINATOR_ROLE = "coordinator"
+
+
+def libvirtd_role(host: HostLayout) -> str:
+    return f"libvirtd:{host.name}"
+
+
+def agent_role(host: HostLayout) -> str:
+    return f"agent:{host.name}"
+
+
+@dataclass
+class UpReport:
+    started: list[str] = field(default_factory=list)
+    already_running: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # part -> sentence
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+@dataclass(frozen=True)
+class PartStatus:
+    role: str
+    running: bool
+    pid: int | None
+
+
+@dataclass(frozen=True)
+class LabStatus:
+    dir: Path
+    nats_url: str | None
+    parts: tuple[PartStatus, ...]
+    guests: tuple[GuestInfo, ...]
+    problems: tuple[str, ...]  # e.g. a libvirtd that runs but does not answer
+
+
+class Lab:
+    def __init__(self, layout: LabLayout, state: LabState) -> None:
+        self.layout = layout
+        self._state = state
+        self._image: GuestImage | None = None
+
+    # ---- construction -------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        dir: Path = DEFAULT_DIR,
+        hosts: int = 3,
+        address_base: str = DEFAULT_ADDRESS_BASE,
+        cache_dir: Path = DEFAULT_CACHE_DIR,
+    ) -> Lab:
+        """A lab of this shape in ``dir``; refuses when a lab of another shape runs there."""
+        layout = LabLayout.build(dir, hosts, address_base, cache_dir)
+        state = load_state(layout.state_file)
+        if state is not None and (state.hosts, state.address_base) != (hosts, address_base):
+            if any(processes.is_running(ref) for ref in state.processes.values()):
+                raise LabError(
+                    f"The lab in {layout.dir} runs {state.hosts} hosts at {state.address_base}.N; "
+                    f"run `ferry-lab down --dir {layout.dir}` before starting it with {hosts} hosts at {address_base}.N."
+                )
+            state = None
+        if state is None:
+            state = LabState(str(layout.dir), hosts, address_base, str(layout.cache_dir))
+        return cls(layout, state)
+
+    @classmethod
+    def attach(cls, dir: Path = DEFAULT_DIR) -> Lab:
+        """The lab recorded in ``dir`` (started by another process)."""
+        state_file = Path(dir).absolute() / STATE_FILE_NAME
+        state = load_state(state_file)
+        if state is None:
+            raise LabError(f"There is no lab in {Path(dir).absolute()} (no {state_file.name}); start one with `ferry-lab up`.")
+        layout = LabLayout.build(Path(state.dir), state.hosts, state.address_base, Path(state.cache_dir))
+        return cls(layout, state)
+
+    # ---- what the lab is ----------------------------------------------------
+
+    @property
+    def dir(self) -> Path:
+        return self.layout.dir
+
+    @property
+    def hosts(self) -> tuple[HostLayout, ...]:
+        return self.layout.hosts
+
+    def host(self, name: str) -> HostLayout:
+        return self.layout.host(name)
+
+    @property
+    def shared_dir(self) -> Path:
+        return self.layout.shared_dir
+
+    @property
+    def nats_url(self) -> str:
+        if not self._state.nats_port:
+            raise LabError(f"The lab in {self.dir} has not started its nats-server yet.")
+        return nats_url(self._state.nats_port)
+
+    def process(self, role: str) -> ProcessRef | None:
+        ref = self._state.processes.get(role)
+        return ref if processes.is_running(ref) else None
+
+    # ---- up -------------------------------------------------------------------
+
+    def up(self, ferry: bool = True) -> UpReport:
+        """Start whatever part of the lab is not running. Safe to call again."""
+        check_root()
+        check_programs()
+        report = UpReport()
+        self._prepare_files()
+        self._up_nats(report)
+        self._up_libvirtds(report)
+        try:
+            self.image()
+        except LabError as error:
+            report.failed["guest image"] = str(error)
+        if ferry and NATS_ROLE not in report.failed:
+            report_ferry = self.start_ferry()
+            report.started += report_ferry.started
+            report.already_running += report_ferry.already_running
+            report.failed.update(report_ferry.failed)
+        return report
+
+    def _prepare_files(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.shared_dir.mkdir(parents=True, exist_ok=True)
+        save_state(self.layout.state_file, self._state)
+        try:
+            certs.ensure_pki(self.layout)
+        except (OSError, ValueError) as error:
+            raise LabError(f"Could not write the lab's certificates under {self.dir}: {error}.") from None
+        for host in self.hosts:
+            hosts.prepare_host_dirs(host)
+            hosts.write_host_configs(host)
+
+    def _record(self, role: str, ref: ProcessRef | None) -> None:
+        if ref is None:
+            self._state.processes.pop(role, None)
+        else:
+            self._state.processes[role] = ref
+        save_state(self.layout.state_file, self._state)
+
+    def _up_nats(self, report: UpReport) -> None:
+        if self.process(NATS_ROLE):
+            report.already_running.append(NATS_ROLE)
+            return
+        port = self._state.nats_port
+        if not port or not _port_free(port):
+            port = free_port()
+        self._state.nats_port = port
+        try:
+            self._record(NATS_ROLE, start_nats(self.layout, port))
+            report.started.append(f"{NATS_ROLE} at {nats_url(port)}")
+        except LabError as error:
+            report.failed[NATS_ROLE] = str(error)
+
+    def _up_libvirtds(self, report: UpReport) -> None:
+        starting = {}
+        for host in self.hosts:
+            role = libvirtd_role(host)
+            if self.process(role):
+                report.already_running.append(role)
+                continue
+            try:
+                ref = hosts.start_libvirtd(host)
+            except LabError as error:
+                report.failed[role] = str(error)
+                continue
+            self._record(role, ref)
+            starting[host] = ref
+        # Start all first, then wait: the daemons come up side by side.
+        for host, ref in starting.items():
+            try:
+                hosts.wait_libvirtd_ready(host, ref)
+                report.started.append(f"{libvirtd_role(host)} at {host.address}")
+            except LabError as error:
+                report.failed[libvirtd_role(host)] = str(error)
+
+    def start_ferry(self) -> UpReport:
+        """Start the agents and the coordinator that are not running (needs nats-server)."""
+        report = UpReport()
+        if not self.process(NATS_ROLE):
+            report.failed["ferry"] = "Ferry's daemons need the lab's nats-server, which is not running; run `ferry-lab up` first."
+            return report
+        ferry_services.write_ferry_configs(self.layout, self.nats_url)
+        wanted = [(agent_role(h), lambda h=h: ferry_services.start_agent(h), h.agent_log) for h in self.hosts]
+        wanted.append((COORDINATOR_ROLE, lambda: ferry_services.start_coordinator(self.layout), self.layout.coordinator_log))
+        started: dict[str, tuple[ProcessRef, Path]] = {}
+        for role, start, log in wanted:
+            if self.process(role):
+                report.already_running.append(role)
+                continue
+            try:
+                ref = start()
+            except LabError as error:
+                report.failed[role] = str(error)
+                continue
+            self._record(role, ref)
+            started[role] = (ref, log)
+        report.failed.update(ferry_services.settle(started))
+        report.started += [role for role in started if role not in report.failed]
+        return report
+
+    # ---- down -----------------------------------------------------------------
+
+    def stop_ferry(self) -> list[str]:
+        stopped = []
+        for role in [COORDINATOR_ROLE, *(agent_role(h) for h in self.hosts)]:
+            if processes.stop(self._state.processes.get(role)):
+                stopped.append(role)
+            self._record(role, None)
+        return stopped
+
+    def down(self) -> list[str]:
+        """Stop everything the lab started; leaves no daemon, QEMU, mount or namespace.
+
+        Guests are destroyed but stay defined, so a later `up` shows them shut off.
+        """
+        check_root()
+        done = [f"stopped {role}" for role in self.stop_ferry()]
+        for host in self.hosts:
+            if self.process(libvirtd_role(host)):
+                done += [f"destroyed guest {name} on {host.name}" for name in hosts.destroy_guests(host)]
+            done += [f"killed QEMU {pid} of {host.name}" for pid in hosts.kill_leftover_qemus(host)]
+        for role in [*(libvirtd_role(h) for h in self.hosts), NATS_ROLE]:
+            if processes.stop(self._state.processes.get(role)):
+                done.append(f"stopped {role}")
+            self._record(role, None)
+        done += [f"killed leftover process {pid} ({' '.join(processes.cmdline_of(pid)[:1])})" for pid in sweep_namespaces(self.dir)]
+        return done
+
+    # ---- status ---------------------------------------------------------------
+
+    def status(self) -> LabStatus:
+        roles = [NATS_ROLE, *(libvirtd_role(h) for h in self.hosts)]
+        roles += [*(agent_role(h) for h in self.hosts), COORDINATOR_ROLE]
+        parts = tuple(
+            PartStatus(role, self.process(role) is not None, ref.pid if (ref := self.process(role)) else None)
+            for role in roles
+        )
+        guests: list[GuestInfo] = []
+        problems = []
+        for host in self.hosts:
+            if self.process(libvirtd_role(host)):
+                try:
+                    guests += list_guests(self.layout, [host])
+                except LabError as error:
+                    problems.append(str(error))
+        return LabStatus(
+            self.dir,
+            nats_url(self._state.nats_port) if self.process(NATS_ROLE) else None,
+            parts,
+            tuple(guests),
+            tuple(problems),
+        )
+
+    def is_up(self) -> bool:
+        return bool(self.process(NATS_ROLE)) and all(self.process(libvirtd_role(h)) for h in self.hosts)
+
+    # ---- guests ---------------------------------------------------------------
+
+    def image(self) -> GuestImage:
+        if self._image is None:
+            self._image = ensure_guest_image(self.layout.cache_dir)
+        return self._image
+
+    def create_guest(
+        self,
+        name: str,
+        host: str,
+        memory_mib: int = 256,
+        dirty_mb: int = 0,
+        disk: DiskKind = "none",
+        disk_size_mib: int = 64,
+        disk_content: Path | None = None,
+    ) -> GuestInfo:
+        """Define and start a guest; ``disk_content`` (a raw file) fills its disk."""
+        spec = GuestSpec(name, host, memory_mib, dirty_mb, disk, disk_size_mib)
+        return create_guest(self.layout, self.image(), spec, disk_content)
+
+    def delete_guest(self, name: str) -> list[str]:
+        return delete_guest(self.layout, name)
+
+    def guests(self) -> list[GuestInfo]:
+        return list_guests(self.layout)
+
+    def continuity(self, name: str) -> ContinuityReport:
+        return guest_continuity(self.layout, name)
+
+    def residency(self, *names: str) -> dict[str, Residency]:
+        return residency(self.layout, names)
+
+    def wait_for_tick(self, name: str, host: str, at_least: int = 1, timeout: float = 60.0) -> int:
+        """Until the guest printed tick ``at_least`` (or later) on ``host``; returns the newest tick."""
+        deadline = time.monotonic() + timeout
+        while (tick := last_tick_on(self.layout, name, host)) < at_least:
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"{name} printed no tick {at_least} on {host} within {timeout:.0f} s (newest: {tick}); "
+                    f"see {self.host(host).console_log(name)}."
+                )
+            time.sleep(0.2)
+        return tick
+
+
+def sweep_namespaces(dir: Path, timeout: float = 10.0) -> list[int]:
+    """Kill any process still inside a lab host's namespace, until none is left."""
+    killed: list[int] = []
+    deadline = time.monotonic() + timeout
+    while pids := processes.pids_with_mounts_from(dir):
+        for pid in pids:
+            ref = processes.ref_of(pid)
+            if ref is not None:
+                processes.stop(ref, timeout=3.0)
+                killed.append(pid)
+        if time.monotonic() > deadline:
+            raise LabError(f"Processes {pids} stay inside the lab's mount namespaces in {dir}; stop them by hand.")
+    return sorted(set(killed))
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((NATS_HOST, port))
+        except OSError:
+            return False
+        return True

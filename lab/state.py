@@ -1,0 +1,51 @@
+"""The lab's state file (DIR/lab.json): what runs, so another process can find it.
+
+`ferry-lab status` and `down` run in a different process than `up`; they learn
+the lab's shape and the pid + start time of every daemon from this file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+from lab.errors import LabError
+from lab.processes import ProcessRef
+
+STATE_VERSION = 1
+
+
+class LabState(msgspec.Struct):
+    dir: str
+    hosts: int
+    address_base: str
+    cache_dir: str
+    nats_port: int = 0
+    # Role name ("libvirtd:hv1", "nats-server", "agent:hv1", "coordinator") -> process.
+    processes: dict[str, ProcessRef] = {}
+    version: int = STATE_VERSION
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(LabState)
+
+
+def load_state(path: Path) -> LabState | None:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        return _decoder.decode(raw)
+    except msgspec.DecodeError as error:
+        raise LabError(f"The lab state file {path} is damaged ({error}); remove it after stopping the lab by hand.") from None
+
+
+def save_state(path: Path, state: LabState) -> None:
+    """Write atomically: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(msgspec.json.format(_encoder.encode(state)))
+    os.replace(tmp, path)

@@ -1,0 +1,16 @@
+from pathlib import Path
+
+from agent.config import AgentConfig
+from coordinator.config import CoordinatorConfig
+from runtime.config import load_toml
+
+SYSTEMD = Path(__file__).parents[2] / "systemd"
+
+
+def test_example_agent_config_parses():
+    config = load_toml(SYSTEMD / "agent.toml.example", AgentConfig)
+    assert config.host == "hv1" and config.hypervisor.backend == "libvirt"
+
+
+def test_example_coordinator_config_parses():
+    assert load_toml(SYSTEMD / "coordinator.toml.example", CoordinatorConfig).heartbeat_timeout == 0

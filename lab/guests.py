@@ -121,6 +121,15 @@ def disk_virtual_size(path: Path) -> int:
     return int(json.loads(out)["virtual-size"])
 
 
+def create_disk_like(source: Path, dest: Path) -> None:
+    """An empty qcow2 at ``dest`` of ``source``'s size: what storage copy needs on the destination."""
+    if dest.exists():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    size = disk_virtual_size(source)
+    _qemu_img(["qemu-img", "create", "-q", "-f", "qcow2", str(dest), str(size)], f"Could not create {dest}")
+
+
 def _qemu_img(argv: list[str], what: str) -> str:
     result = subprocess.run(argv, capture_output=True, text=True)
     if result.returncode != 0:

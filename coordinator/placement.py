@@ -1,0 +1,148 @@
+"""Destination choice. Pure: hosts and a VM in, a ranking with reasons out.
+
+Every host that is not chosen gets a rejection with a code and a sentence, so
+an operator can see why a VM did not go where they expected.
+"""
+
+import re
+from dataclasses import dataclass, field
+
+from proto.host import HealthState
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    name: str
+    up: bool
+    health: HealthState
+    cpus: int
+    vcpus_used: int
+    memory_total_mib: int
+    memory_free_mib: int
+    memory_used_mib: int
+    libvirt_version: str
+    qemu_version: str
+    arch: str = "x86_64"
+    draining: bool = False
+    # Held by sessions that are preparing or migrating towards this host.
+    reserved_vcpus: int = 0
+    reserved_memory_mib: int = 0
+    # Shared storage this host reaches (for example the mount points of shared pools).
+    storage: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class VmDemand:
+    name: str
+    source: str
+    vcpus: int
+    memory_mib: int
+    libvirt_version: str
+    qemu_version: str
+    arch: str = "x86_64"
+    shared_storage: frozenset[str] = frozenset()
+    local_disks: bool = False
+
+
+@dataclass(frozen=True)
+class PlacementRules:
+    cpu_allocation_ratio: float = 4.0
+    # Memory a host keeps beyond what the VM itself needs (QEMU overhead, page cache).
+    memory_margin_mib: int = 128
+    allow_storage_copy: bool = True
+
+
+@dataclass(frozen=True)
+class Rejection:
+    host: str
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Ranking:
+    choices: list[tuple[str, float]] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+    @property
+    def best(self) -> str | None:
+        return self.choices[0][0] if self.choices else None
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """Leading digits of each dot-separated piece: "8.2.0-rc1" -> (8, 2, 0)."""
+    parts = []
+    for piece in version.split("."):
+        digits = re.match(r"\d*", piece).group()
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def available_memory_mib(host: HostFacts) -> int:
+    """What is left for a new VM: the lower of what the kernel says is free and what
+    the VMs' sizes leave, minus reservations (a VM's memory is not all touched yet)."""
+    by_accounting = host.memory_total_mib - host.memory_used_mib
+    return min(host.memory_free_mib, by_accounting) - host.reserved_memory_mib
+
+
+def reject_reason(vm: VmDemand, host: HostFacts, rules: PlacementRules) -> Rejection | None:
+    def no(code: str, reason: str) -> Rejection:
+        return Rejection(host.name, code, reason)
+
+    if host.name == vm.source:
+        return no("same_host", f"{host.name} is where {vm.name} runs now")
+    if not host.up:
+        return no("host_lost", f"{host.name} is lost (no heartbeat)")
+    if host.draining:
+        return no("host_draining", f"{host.name} is draining: no new VMs are placed there")
+    if host.health != HealthState.OK:
+        return no("host_unhealthy", f"{host.name} health is {host.health}")
+    if host.arch != vm.arch:
+        return no("arch_mismatch", f"{host.name} is {host.arch}, {vm.name} needs {vm.arch}")
+    for what, dest_v, src_v in (
+        ("libvirt", host.libvirt_version, vm.libvirt_version),
+        ("QEMU", host.qemu_version, vm.qemu_version),
+    ):
+        if version_tuple(dest_v) < version_tuple(src_v):
+            return no("version_older", f"{host.name} runs {what} {dest_v}, older than {src_v} on {vm.source}")
+    need = vm.memory_mib + rules.memory_margin_mib
+    have = available_memory_mib(host)
+    if have < need:
+        return no("no_capacity", f"{host.name} has {max(have, 0)} MiB free for VMs, {vm.name} needs {need} MiB")
+    vcpu_limit = int(host.cpus * rules.cpu_allocation_ratio)
+    vcpus_after = host.vcpus_used + host.reserved_vcpus + vm.vcpus
+    if vcpus_after > vcpu_limit:
+        return no(
+            "no_capacity",
+            f"{host.name} would have {vcpus_after} vCPUs on {host.cpus} CPUs (limit {vcpu_limit})",
+        )
+    unreachable = vm.shared_storage - host.storage
+    if (unreachable or vm.local_disks) and not rules.allow_storage_copy:
+        what = f"storage {', '.join(sorted(unreachable))}" if unreachable else "local disks"
+        return no(
+            "storage_unreachable",
+            f"{host.name} does not reach {vm.name}'s {what} and storage copy is not allowed",
+        )
+    return None
+
+
+def score(vm: VmDemand, host: HostFacts, rules: PlacementRules) -> float:
+    """Higher is better: spread load by preferring the host with the most room left."""
+    memory_left = (available_memory_mib(host) - vm.memory_mib) / max(host.memory_total_mib, 1)
+    vcpu_limit = host.cpus * rules.cpu_allocation_ratio
+    vcpu_left = (vcpu_limit - host.vcpus_used - host.reserved_vcpus - vm.vcpus) / max(vcpu_limit, 1)
+    # Shared storage beats copying disks: less data to move.
+    no_copy = 1.0 if not (vm.shared_storage - host.storage) else 0.0
+    return round(0.6 * memory_left + 0.3 * vcpu_left + 0.1 * no_copy, 6)
+
+
+def rank(vm: VmDemand, hosts: list[HostFacts], rules: PlacementRules = PlacementRules()) -> Ranking:
+    choices, rejections = [], []
+    for host in hosts:
+        rejection = reject_reason(vm, host, rules)
+        if rejection is None:
+            choices.append((host.name, score(vm, host, rules)))
+        else:
+            rejections.append(rejection)
+    choices.sort(key=lambda c: (-c[1], c[0]))
+    return Ranking(choices=choices, rejections=rejections)

@@ -1,5 +1,6 @@
 """One way to connect to NATS: reconnect forever, log every transition."""
 
+import asyncio
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -94,7 +95,9 @@ async def connect_once(settings: NatsSettings, *, name: str) -> Client:
         name=name,
         allow_reconnect=False,
         connect_timeout=settings.connect_timeout,
-        max_reconnect_attempts=0,
+        # 0 would mean "never give up" inside nats-py's server selection loop.
+        max_reconnect_attempts=1,
+        reconnect_time_wait=0.1,
     )
     options.update(_identity_options(settings))
 
@@ -103,5 +106,6 @@ async def connect_once(settings: NatsSettings, *, name: str) -> Client:
 
     options["error_cb"] = quiet
     nc = nats.NATS()
-    await nc.connect(**options)
+    # A person is waiting: bound the whole attempt, whatever the server list holds.
+    await asyncio.wait_for(nc.connect(**options), timeout=settings.connect_timeout * (len(settings.servers) + 1))
     return nc

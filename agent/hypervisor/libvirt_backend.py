@@ -95,16 +95,30 @@ class LibvirtHypervisor:
         await asyncio.to_thread(close_sync)
 
 
+def _read_memory_mib(conn: libvirt.virConnect) -> tuple[int, int]:
+    """Host-wide total and available memory.
+
+    `getInfo()` and `getFreeMemory()` sum the NUMA cells, which can miss memory
+    that no cell reports (seen: 4.6 of 24 GiB on a VM with hot-plugged memory);
+    the all-cells statistics come from /proc/meminfo. Buffers and page cache
+    are reclaimable, so they count as available.
+    """
+    stats = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)
+    available_kib = stats.get("free", 0) + stats.get("buffers", 0) + stats.get("cached", 0)
+    return stats["total"] // 1024, available_kib // 1024
+
+
 def _read_node_facts(conn: libvirt.virConnect) -> NodeFacts:
-    _model, memory_mib, cpus, *_ = conn.getInfo()
+    _model, _cells_memory_mib, cpus, *_ = conn.getInfo()
+    memory_total_mib, memory_free_mib = _read_memory_mib(conn)
     caps = ET.fromstring(conn.getCapabilities())
     return NodeFacts(
         host_uuid=caps.findtext("host/uuid", default=""),
         cpu_model=caps.findtext("host/cpu/model", default=""),
         arch=caps.findtext("host/cpu/arch", default=""),
         cpus=cpus,
-        memory_total_mib=memory_mib,
-        memory_free_mib=conn.getFreeMemory() // (1024 * 1024),
+        memory_total_mib=memory_total_mib,
+        memory_free_mib=memory_free_mib,
         libvirt_version=version_string(conn.getLibVersion()),
         qemu_version=version_string(conn.getVersion()),
     )

@@ -1,0 +1,135 @@
+"""`make demo`: Ferry on a local lab of real libvirt hosts.
+
+Starts the lab (libvirtd per host, nats-server, one ferry-agent per host, a
+ferry-coordinator), starts guests, and shows what an operator sees. Stops
+everything it started at the end unless --keep is given.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from lab import processes
+from lab.errors import LabError
+from lab.lab import Lab, agent_role
+
+console = Console()
+FERRY = str(Path(sys.executable).parent / "ferry")
+
+
+def step(text: str) -> None:
+    console.print(f"\n[bold cyan]==>[/] [bold]{text}[/]")
+
+
+def ferry(lab: Lab, *args: str, show: bool = True) -> str:
+    command = [FERRY, "--server", lab.nats_url, *args]
+    if show:
+        console.print(f"[dim]$ ferry {' '.join(args)}[/]")
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    if show:
+        sys.stdout.write(out.stdout)
+        sys.stdout.flush()
+    if out.returncode != 0:
+        raise LabError(f"`ferry {' '.join(args)}` failed: {out.stderr.strip()}")
+    return out.stdout
+
+
+def wait_hosts(lab: Lab, check, what: str, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            hosts = {h["host"]: h for h in json.loads(ferry(lab, "hosts", "--json", show=False))["hosts"]}
+            if check(hosts):
+                return hosts
+        except LabError:
+            pass  # the coordinator may still be starting
+        if time.monotonic() > deadline:
+            raise LabError(f"the demo waited {timeout:.0f} s for {what}, in vain; logs are in {lab.dir}")
+        time.sleep(0.5)
+
+
+def run(lab: Lab, keep: bool) -> None:
+    step(f"Starting a lab of {len(lab.hosts)} libvirt hosts, nats-server, agents and a coordinator in {lab.dir}")
+    report = lab.up(ferry=True)
+    for part in report.started:
+        console.print(f"  started {part}")
+    for part in report.already_running:
+        console.print(f"  already running: {part}")
+    if not report.ok:
+        raise LabError("; ".join(f"{part}: {why}" for part, why in report.failed.items()))
+
+    names = [h.name for h in lab.hosts]
+    step("Starting guests (TCG, 256 MiB each; they print a counter on their serial console)")
+    guests = {"web-1": names[0], "db-1": names[1 % len(names)]}
+    existing = {g.name for g in lab.guests()}
+    for guest, host in guests.items():
+        if guest not in existing:
+            lab.create_guest(guest, host, memory_mib=256, dirty_mb=4)
+        lab.wait_for_tick(guest, host, 1)
+        console.print(f"  {guest} runs on {host}")
+
+    def all_reported(hosts: dict) -> bool:
+        if set(hosts) != set(names) or any(h["state"] != "up" for h in hosts.values()):
+            return False
+        return all(any(vm["name"] == g for vm in hosts[h]["vms"]) for g, h in guests.items())
+
+    step("What the coordinator knows, from the agents' heartbeats")
+    wait_hosts(lab, all_reported, "every host up with its guests")
+    ferry(lab, "hosts")
+
+    victim = names[-1]
+    step(f"Stopping the agent on {victim}: the coordinator marks the host lost within 3 heartbeats")
+    processes.stop(lab.process(agent_role(lab.host(victim))))
+    started = time.monotonic()
+    wait_hosts(lab, lambda h: h[victim]["state"] == "lost", f"{victim} to be lost")
+    console.print(f"  {victim} lost after {time.monotonic() - started:.1f} s")
+    ferry(lab, "hosts")
+
+    step(f"Restarting the agent on {victim}: the host comes back")
+    lab.start_ferry()
+    wait_hosts(lab, lambda h: h[victim]["state"] == "up", f"{victim} to come back")
+    ferry(lab, "hosts")
+
+    if keep:
+        step("The lab keeps running")
+        console.print(f"  export FERRY_NATS_URL={lab.nats_url}; ferry hosts")
+        console.print(f"  ferry-lab status --dir {lab.dir}    ferry-lab down --dir {lab.dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ferry-demo", description=__doc__)
+    parser.add_argument("--hosts", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=Path(os.environ.get("FERRY_DEMO_DIR", "/var/tmp/ferry-demo")))
+    # Its own address range, so the demo never collides with a lab started by hand or by tests.
+    parser.add_argument("--address-base", default="127.0.30")
+    parser.add_argument("--keep", action="store_true", help="leave the lab running at the end")
+    args = parser.parse_args(argv)
+    lab = None
+    try:
+        lab = Lab.create(args.dir, args.hosts, args.address_base)
+        run(lab, args.keep)
+    except LabError as error:
+        console.print(f"[red]demo failed:[/] {error}", markup=True, highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if lab is not None and not args.keep:
+            step("Stopping everything the demo started")
+            try:
+                for line in lab.down():
+                    console.print(f"  {line}")
+            except LabError as error:
+                console.print(f"[red]could not stop the lab:[/] {error}")
+    step("Done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,7 +15,7 @@ from pathlib import Path
 from lab.errors import LabError
 from lab.guests import DISK_KINDS
 from lab.lab import NATS_ROLE, Lab, libvirtd_role, sweep_namespaces
-from lab.layout import DEFAULT_ADDRESS_BASE, DEFAULT_CACHE_DIR, DEFAULT_DIR, STATE_FILE_NAME
+from lab.layout import DEFAULT_ADDRESS_BASE, DEFAULT_CACHE_DIR, DEFAULT_DIR, DEFAULT_HOSTS, STATE_FILE_NAME
 from lab.prereqs import check_root
 
 EXIT_FAILED = 1
@@ -31,8 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     up = commands.add_parser("up", help="start the lab (again: starts what is not running)")
-    up.add_argument("--hosts", type=int, default=3, help="number of hypervisor hosts (default 3)")
-    up.add_argument("--address-base", default=DEFAULT_ADDRESS_BASE, help=f"host N listens on BASE.N (default {DEFAULT_ADDRESS_BASE})")
+    up.add_argument("--hosts", type=int, help=f"number of hypervisor hosts (default: as recorded in DIR, else {DEFAULT_HOSTS})")
+    up.add_argument(
+        "--address-base",
+        help=f"host N listens on BASE.N (default: as recorded in DIR, else {DEFAULT_ADDRESS_BASE})",
+    )
     up.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help=f"guest image cache (default {DEFAULT_CACHE_DIR})")
     up.add_argument("--no-ferry", action="store_true", help="start libvirt and NATS only, no ferry-agent/ferry-coordinator")
 
@@ -62,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     except LabError as error:
         print(f"ferry-lab: {error}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:
+        # The reader went away (`ferry-lab status | head`); nothing left to say.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("ferry-lab: interrupted; `ferry-lab down` stops whatever was started.", file=sys.stderr)
         return EXIT_FAILED
@@ -78,6 +85,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
+    check_root()
     lab = Lab.create(args.dir, args.hosts, args.address_base, args.cache_dir)
     report = lab.up(ferry=not args.no_ferry)
     for part in report.already_running:

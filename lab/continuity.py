@@ -68,8 +68,17 @@ def parse_console(host: str, text: str) -> ConsoleLog:
     return ConsoleLog(host, tuple(boots), tuple(ticks))
 
 
-def check_continuity(logs: Mapping[str, str], max_missing: int = DEFAULT_MAX_MISSING) -> ContinuityReport:
-    """``logs`` maps host name to the text of the guest's console log on that host."""
+def check_continuity(
+    logs: Mapping[str, str],
+    max_missing: int = DEFAULT_MAX_MISSING,
+    modified: Mapping[str, float] | None = None,
+) -> ContinuityReport:
+    """``logs`` maps host name to the text of the guest's console log on that host.
+
+    ``modified`` (host -> when its log last changed, any clock) decides the
+    current host when the counter cannot: after a restart the newest counter
+    need not be the newest line.
+    """
     parsed = [parse_console(host, text) for host, text in sorted(logs.items())]
     problems: list[str] = []
 
@@ -107,9 +116,13 @@ def check_continuity(logs: Mapping[str, str], max_missing: int = DEFAULT_MAX_MIS
     for tick in ticks:
         if not hosts_in_order or hosts_in_order[-1] != tick.host:
             hosts_in_order.append(tick.host)
+    current_host = ticks[-1].host if ticks else None
+    if modified and ticks:
+        ticking = {t.host for t in ticks}
+        current_host = max(ticking, key=lambda host: modified.get(host, float("-inf")))
     return ContinuityReport(
         ok=not problems,
-        current_host=ticks[-1].host if ticks else None,
+        current_host=current_host,
         hosts_in_order=tuple(hosts_in_order),
         first_tick=ticks[0].counter if ticks else None,
         last_tick=ticks[-1].counter if ticks else None,
@@ -128,8 +141,12 @@ def read_console_logs(layout: LabLayout, guest: str) -> dict[str, str]:
     return logs
 
 
+def console_log_times(layout: LabLayout, guest: str) -> dict[str, float]:
+    return {h.name: h.console_log(guest).stat().st_mtime for h in layout.hosts if h.console_log(guest).exists()}
+
+
 def guest_continuity(layout: LabLayout, guest: str, max_missing: int = DEFAULT_MAX_MISSING) -> ContinuityReport:
-    return check_continuity(read_console_logs(layout, guest), max_missing)
+    return check_continuity(read_console_logs(layout, guest), max_missing, console_log_times(layout, guest))
 
 
 def last_tick_on(layout: LabLayout, guest: str, host: str) -> int:

@@ -24,7 +24,15 @@ from lab.continuity import ContinuityReport, guest_continuity, last_tick_on
 from lab.errors import LabError
 from lab.guests import DiskKind, GuestInfo, GuestSpec, create_guest, delete_guest, list_guests
 from lab.image import GuestImage, ensure_guest_image
-from lab.layout import STATE_FILE_NAME, DEFAULT_ADDRESS_BASE, DEFAULT_CACHE_DIR, DEFAULT_DIR, HostLayout, LabLayout
+from lab.layout import (
+    DEFAULT_ADDRESS_BASE,
+    DEFAULT_CACHE_DIR,
+    DEFAULT_DIR,
+    DEFAULT_HOSTS,
+    STATE_FILE_NAME,
+    HostLayout,
+    LabLayout,
+)
 from lab.nats import NATS_HOST, free_port, nats_url, start_nats
 from lab.prereqs import check_programs, check_root
 from lab.processes import ProcessRef
@@ -82,13 +90,19 @@ class Lab:
     def create(
         cls,
         dir: Path = DEFAULT_DIR,
-        hosts: int = 3,
-        address_base: str = DEFAULT_ADDRESS_BASE,
+        hosts: int | None = None,
+        address_base: str | None = None,
         cache_dir: Path = DEFAULT_CACHE_DIR,
     ) -> Lab:
-        """A lab of this shape in ``dir``; refuses when a lab of another shape runs there."""
+        """A lab of this shape in ``dir``; refuses when a lab of another shape runs there.
+
+        A shape left out is the one recorded in ``dir``, else 3 hosts at 127.0.10.N.
+        """
+        state_file = Path(dir).absolute() / STATE_FILE_NAME
+        state = load_state(state_file)
+        hosts = hosts or (state.hosts if state else DEFAULT_HOSTS)
+        address_base = address_base or (state.address_base if state else DEFAULT_ADDRESS_BASE)
         layout = LabLayout.build(dir, hosts, address_base, cache_dir)
-        state = load_state(layout.state_file)
         if state is not None and (state.hosts, state.address_base) != (hosts, address_base):
             if any(processes.is_running(ref) for ref in state.processes.values()):
                 raise LabError(

@@ -21,6 +21,7 @@ DEFAULT_DIR = Path("/var/tmp/ferry-lab")
 # The guest image is shared by all labs on the machine: building it downloads a kernel.
 DEFAULT_CACHE_DIR = Path("/var/cache/ferry-lab")
 DEFAULT_ADDRESS_BASE = "127.0.10"
+DEFAULT_HOSTS = 3
 STATE_FILE_NAME = "lab.json"
 MAX_HOSTS = 50
 
@@ -139,7 +140,7 @@ class LabLayout:
     def build(
         cls,
         dir: Path = DEFAULT_DIR,
-        hosts: int = 3,
+        hosts: int = DEFAULT_HOSTS,
         address_base: str = DEFAULT_ADDRESS_BASE,
         cache_dir: Path = DEFAULT_CACHE_DIR,
     ) -> LabLayout:

@@ -1,0 +1,46 @@
+"""Lab slots: a folder and an address range that one process holds at a time.
+
+Test runs (and benchmarks) on one machine may overlap; each claims a free slot
+with a lock file, so two runs never start, reuse or stop each other's lab.
+Slot N is the folder PREFIX-N and the addresses 127.0.N.x; the lock is released
+when the holder exits, however it exits.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.errors import LabError
+
+DEFAULT_PREFIX = Path("/var/tmp/ferry-lab-slot")
+# Away from the hand-started lab's 127.0.10.N.
+DEFAULT_SLOTS = range(40, 80)
+
+
+@dataclass(frozen=True)
+class LabSlot:
+    number: int
+    dir: Path
+    address_base: str
+
+
+@contextmanager
+def claim_slot(prefix: Path = DEFAULT_PREFIX, slots: range = DEFAULT_SLOTS) -> Iterator[LabSlot]:
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    for number in slots:
+        handle = open(f"{prefix}-{number}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        try:
+            yield LabSlot(number, Path(f"{prefix}-{number}"), f"127.0.{number}")
+        finally:
+            handle.close()
+        return
+    raise LabError(f"All {len(slots)} lab slots under {prefix}-N are in use by other processes.")

@@ -1,0 +1,181 @@
+"""The lab's layout, config files, certificates and guest image, without starting anything."""
+
+from __future__ import annotations
+
+import gzip
+import ipaddress
+import stat
+import sys
+import tomllib
+import xml.etree.ElementTree as ET
+from pathlib import Path, PurePosixPath
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from lab import configs
+from lab.certs import ensure_pki
+from lab.errors import LabError
+from lab.guests import GuestSpec, domain_xml
+from lab.image import GuestImage, kernel_candidates
+from lab.initramfs import guest_initramfs
+from lab.layout import LabLayout
+from lab.prereqs import is_static_elf
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> LabLayout:
+    return LabLayout.build(tmp_path / "lab", hosts=3, address_base="127.0.11", cache_dir=tmp_path / "cache")
+
+
+def test_each_host_has_its_own_address_uuid_and_folders(layout: LabLayout) -> None:
+    hv1, hv2, hv3 = layout.hosts
+    assert [h.address for h in layout.hosts] == ["127.0.11.1", "127.0.11.2", "127.0.11.3"]
+    assert len({h.uuid for h in layout.hosts}) == 3
+    assert hv1.uuid == LabLayout.build(layout.dir, 3, "127.0.11").hosts[0].uuid  # stable across runs
+    assert hv1.images_dir == layout.dir / "hv1/var/lib/libvirt/images"
+    assert hv2.socket == layout.dir / "hv2/run/libvirt/libvirt-sock"
+    assert hv2.uri == f"qemu+unix:///system?socket={layout.dir}/hv2/run/libvirt/libvirt-sock"
+    assert hv3.peer_uri == "qemu+tls://127.0.11.3/system?pkipath=/etc/libvirt/pki"
+
+
+def test_private_paths_differ_per_host_and_shared_paths_do_not(layout: LabLayout) -> None:
+    hv1, hv2, _ = layout.hosts
+    image = PurePosixPath("/var/lib/libvirt/images/web-1.qcow2")
+    assert hv1.outside(image) != hv2.outside(image)
+    shared = layout.shared_dir / "web-1.qcow2"
+    assert hv1.outside(shared) == hv2.outside(shared) == shared
+
+
+@pytest.mark.parametrize("base", ["10.0.0", "127.0.10.1", "127.0", "127.0.300", "lab"])
+def test_a_bad_address_base_is_refused_with_a_sentence(base: str) -> None:
+    with pytest.raises(LabError, match="address base"):
+        LabLayout.build(Path("/tmp/x"), 2, base)
+
+
+def test_agent_and_coordinator_configs(layout: LabLayout) -> None:
+    hv2 = layout.host("hv2")
+    agent = tomllib.loads(configs.agent_toml(hv2, "nats://127.0.0.1:4333"))
+    assert agent == {
+        "host": "hv2",
+        "heartbeat_interval": 2.0,
+        "images_dir": str(hv2.images_dir),
+        "nats": {"servers": ["nats://127.0.0.1:4333"]},
+        "hypervisor": {
+            "backend": "libvirt",
+            "uri": hv2.uri,
+            "peer_uri": hv2.peer_uri,
+            "migration_address": "127.0.11.2",
+        },
+    }
+    coordinator = tomllib.loads(configs.coordinator_toml(layout, "nats://127.0.0.1:4333"))
+    assert coordinator == {"heartbeat_timeout": 6.0, "nats": {"servers": ["nats://127.0.0.1:4333"]}}
+
+
+def test_the_agent_reads_the_lab_agent_config(layout: LabLayout) -> None:
+    agent_config = pytest.importorskip("agent.config")
+    import msgspec
+
+    text = configs.agent_toml(layout.host("hv1"), "nats://127.0.0.1:4333")
+    config = msgspec.toml.decode(text, type=agent_config.AgentConfig)
+    assert config.hypervisor.peer_uri == layout.host("hv1").peer_uri
+
+
+def test_libvirt_configs_name_the_host(layout: LabLayout) -> None:
+    hv1 = layout.host("hv1")
+    daemon = configs.libvirtd_conf(hv1)
+    assert 'listen_addr = "127.0.11.1"' in daemon and f'host_uuid = "{hv1.uuid}"' in daemon
+    qemu = configs.qemu_conf(hv1)
+    assert 'migration_address = "127.0.11.1"' in qemu and 'migrate_tls_x509_cert_dir = "/etc/libvirt/pki/qemu"' in qemu
+
+
+def test_host_certificates_name_the_host_and_chain_to_the_lab_ca(layout: LabLayout) -> None:
+    ensure_pki(layout)
+    ca = x509.load_pem_x509_certificate((layout.ca_dir / "ca-cert.pem").read_bytes())
+    for host in layout.hosts:
+        for name, usage in (("server-cert.pem", ExtendedKeyUsageOID.SERVER_AUTH), ("client-cert.pem", ExtendedKeyUsageOID.CLIENT_AUTH)):
+            cert = x509.load_pem_x509_certificate((host.qemu_tls_dir / name).read_bytes())
+            cert.verify_directly_issued_by(ca)
+            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.IPv4Address(host.address)]
+            assert sans.get_values_for_type(x509.DNSName) == [host.name]
+            assert usage in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert (host.pki_dir / "servercert.pem").read_bytes() == (host.qemu_tls_dir / "server-cert.pem").read_bytes()
+        assert (host.pki_dir / "cacert.pem").read_bytes() == (layout.ca_dir / "ca-cert.pem").read_bytes()
+        assert stat.S_IMODE((host.pki_dir / "clientkey.pem").stat().st_mode) == 0o600
+
+
+def test_certificates_are_kept_and_renewed_only_when_the_address_changes(layout: LabLayout) -> None:
+    ensure_pki(layout)
+    first = (layout.host("hv1").pki_dir / "servercert.pem").read_bytes()
+    ensure_pki(layout)
+    assert (layout.host("hv1").pki_dir / "servercert.pem").read_bytes() == first
+    moved = LabLayout.build(layout.dir, 3, "127.0.12", layout.cache_dir)
+    ensure_pki(moved)
+    cert = x509.load_pem_x509_certificate((moved.host("hv1").pki_dir / "servercert.pem").read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.IPv4Address("127.0.12.1")]
+
+
+def read_newc(archive: bytes) -> dict[str, tuple[int, bytes, int, int]]:
+    """name -> (mode, data, rdev major, rdev minor), read back independently of the writer."""
+    entries, offset = {}, 0
+    while True:
+        assert archive[offset : offset + 6] == b"070701"
+        fields = [int(archive[offset + 6 + 8 * i : offset + 14 + 8 * i], 16) for i in range(13)]
+        namesize, filesize = fields[11], fields[6]
+        name_start = offset + 110
+        name = archive[name_start : name_start + namesize - 1].decode()
+        data_start = (name_start + namesize + 3) & ~3
+        if name == "TRAILER!!!":
+            return entries
+        entries[name] = (fields[1], archive[data_start : data_start + filesize], fields[9], fields[10])
+        offset = (data_start + filesize + 3) & ~3
+
+
+def test_the_initramfs_holds_init_busybox_and_a_console() -> None:
+    entries = read_newc(gzip.decompress(guest_initramfs(b"\x7fELF-busybox", "#!/bin/sh\necho hi\n")))
+    mode, data, _, _ = entries["init"]
+    assert stat.S_ISREG(mode) and mode & 0o111 and data == b"#!/bin/sh\necho hi\n"
+    mode, _, major, minor = entries["dev/console"]
+    assert stat.S_ISCHR(mode) and (major, minor) == (5, 1)
+    assert entries["bin/busybox"][1] == b"\x7fELF-busybox"
+    mode, target, _, _ = entries["bin/sh"]
+    assert stat.S_ISLNK(mode) and target == b"busybox"
+    assert guest_initramfs(b"x") == guest_initramfs(b"x")  # same inputs, same bytes
+
+
+def test_the_newest_kernel_package_is_tried_first() -> None:
+    names = [
+        "linux-image-6.1.0-9-amd64",
+        "linux-image-6.1.0-12-amd64-unsigned",
+        "linux-image-6.1.0-12-amd64",
+        "linux-image-6.1.0-12-rt-amd64",
+        "linux-image-6.1.0-12-cloud-amd64",
+        "linux-image-6.1.0-12-amd64-dbg",
+    ]
+    assert kernel_candidates(names) == [
+        "linux-image-6.1.0-12-amd64",
+        "linux-image-6.1.0-12-amd64-unsigned",
+        "linux-image-6.1.0-9-amd64",
+    ]
+
+
+def test_domain_xml_uses_tcg_direct_boot_and_a_per_host_console_log() -> None:
+    image = GuestImage(Path("/var/cache/ferry-lab/vmlinuz-6.1"), Path("/var/cache/ferry-lab/initrd.img"))
+    spec = GuestSpec("web-1", "hv1", memory_mib=128, dirty_mb=16, disk="local")
+    root = ET.fromstring(domain_xml(spec, image, PurePosixPath("/var/lib/libvirt/images/web-1.qcow2")))
+    assert root.get("type") == "qemu"
+    assert root.findtext("os/kernel") == str(image.kernel)
+    assert "ferry.dirty_mb=16" in root.findtext("os/cmdline", "")
+    serial = root.find("devices/serial/source")
+    assert serial is not None and serial.get("path") == "/var/log/libvirt/console/web-1.log" and serial.get("append") == "on"
+    disk = root.find("devices/disk/source")
+    assert disk is not None and disk.get("file") == "/var/lib/libvirt/images/web-1.qcow2"
+
+
+def test_static_elf_detection() -> None:
+    assert not is_static_elf(Path(sys.executable).resolve())
+    if Path("/bin/busybox").exists():
+        assert is_static_elf(Path("/bin/busybox"))

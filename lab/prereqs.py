@@ -32,9 +32,9 @@ def check_root() -> None:
         )
 
 
-def missing_programs() -> dict[str, str]:
+def missing_programs(search_path: str | None = None) -> dict[str, str]:
     """Programs not found on PATH (plus /usr/sbin, where libvirtd lives), with their package."""
-    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    path = search_path if search_path is not None else os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
     missing = {prog: pkg for prog, pkg in REQUIRED_PROGRAMS.items() if shutil.which(prog, path=path) is None}
     busybox = busybox_path()
     if busybox is not None and not is_static_elf(busybox):
@@ -42,8 +42,8 @@ def missing_programs() -> dict[str, str]:
     return missing
 
 
-def check_programs() -> None:
-    missing = missing_programs()
+def check_programs(search_path: str | None = None) -> None:
+    missing = missing_programs(search_path)
     if missing:
         packages = " ".join(sorted(set(missing.values())))
         raise LabError(

@@ -9,12 +9,15 @@ when the holder exits, however it exits.
 from __future__ import annotations
 
 import fcntl
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import LabError
+from lab.lab import Lab, sweep_namespaces
+from lab.layout import STATE_FILE_NAME
 
 DEFAULT_PREFIX = Path("/var/tmp/ferry-lab-slot")
 # Away from the hand-started lab's 127.0.10.N.
@@ -44,3 +47,14 @@ def claim_slot(prefix: Path = DEFAULT_PREFIX, slots: range = DEFAULT_SLOTS) -> I
             handle.close()
         return
     raise LabError(f"All {len(slots)} lab slots under {prefix}-N are in use by other processes.")
+
+
+def clear_slot(dir: Path) -> None:
+    """Stop a lab an earlier, interrupted holder left in ``dir`` and remove its files.
+
+    Only for a slot's folder, which its holder owns alone.
+    """
+    if (dir / STATE_FILE_NAME).exists():
+        Lab.attach(dir).down()
+    sweep_namespaces(dir)  # nothing may keep mounts from a folder about to be removed
+    shutil.rmtree(dir, ignore_errors=True)

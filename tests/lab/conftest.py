@@ -25,8 +25,7 @@ import pytest
 
 from lab.errors import LabError
 from lab.lab import Lab
-from lab.layout import STATE_FILE_NAME
-from lab.slots import LabSlot, claim_slot
+from lab.slots import LabSlot, claim_slot, clear_slot
 
 SESSION_HOSTS = 3
 
@@ -40,9 +39,8 @@ def cannot_run(reason: str) -> None:
 
 
 def start_clean_lab(dir: Path, hosts: int, address_base: str, ferry: bool = False) -> Lab:
-    """Stop a lab an interrupted earlier run left in ``dir``, then start a fresh one."""
-    if (dir / STATE_FILE_NAME).exists():
-        Lab.attach(dir).down()
+    """A fresh lab in ``dir``: no guests, sessions or certificates of earlier runs."""
+    clear_slot(dir)
     lab = Lab.create(dir, hosts, address_base)
     report = lab.up(ferry=ferry)
     if not report.ok:

@@ -21,7 +21,7 @@ from lab.guests import GuestSpec, domain_xml
 from lab.image import GuestImage, kernel_candidates
 from lab.initramfs import guest_initramfs
 from lab.layout import LabLayout
-from lab.prereqs import is_static_elf
+from lab.prereqs import check_programs, is_static_elf
 
 
 @pytest.fixture
@@ -179,3 +179,11 @@ def test_static_elf_detection() -> None:
     assert not is_static_elf(Path(sys.executable).resolve())
     if Path("/bin/busybox").exists():
         assert is_static_elf(Path("/bin/busybox"))
+
+
+def test_missing_programs_are_named_with_their_packages(tmp_path: Path) -> None:
+    with pytest.raises(LabError) as caught:
+        check_programs(search_path=str(tmp_path))
+    sentence = str(caught.value)
+    assert "libvirtd" in sentence and "qemu-img" in sentence
+    assert "apt-get install" in sentence and "libvirt-daemon-system" in sentence and "qemu-utils" in sentence

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.errors import LabError
 from lab.guests import GuestSpec, domain_xml
 from lab.lab import Lab
 from lab.layout import IMAGES_PATH
@@ -78,6 +79,22 @@ def test_tls_migration_copies_a_local_disk_unchanged(lab: Lab, guest_factory, tm
         capture_output=True, text=True,
     )  # fmt: skip
     assert compare.returncode == 0, compare.stdout + compare.stderr
+
+
+def test_a_guest_on_the_shared_folder_moves_without_copying_its_disk(lab: Lab, guest_factory) -> None:
+    name = guest_factory(host="hv3", disk="shared")
+    image = lab.shared_dir / f"{name}.qcow2"
+    inode = image.stat().st_ino
+    ticks_before = lab.wait_for_tick(name, "hv3", 3)
+
+    # libvirt sees the lab's shared folder as a local filesystem and calls the
+    # move unsafe; on real shared storage (NFS, Ceph) no such flag is needed.
+    with pytest.raises(LabError, match="unsafe"):
+        migrate(lab.layout, name, "hv3", "hv1")
+    migrate(lab.layout, name, "hv3", "hv1", MigrationOptions(unsafe=True))
+
+    assert_moved_without_restart(lab, name, "hv3", "hv1", ticks_before)
+    assert image.stat().st_ino == inode
 
 
 def test_the_checker_sees_a_restart_passed_off_as_a_move(lab: Lab, guest_factory) -> None:

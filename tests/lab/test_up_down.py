@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lab import processes
-from lab.slots import LabSlot, claim_slot
+from lab.slots import LabSlot, claim_slot, clear_slot
 
 CLI = [sys.executable, "-m", "lab.cli"]
 REPO = Path(__file__).resolve().parents[2]
@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def own_slot() -> Iterator[LabSlot]:
     with claim_slot() as slot:
+        clear_slot(slot.dir)
         yield slot
         # Whatever the test did, leave the slot stopped.
         ferry_lab(slot, "down")

@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+import libvirt
+
 from lab.errors import LabError
 from lab.guests import DISK_KINDS
 from lab.lab import NATS_ROLE, Lab, libvirtd_role, sweep_namespaces
@@ -64,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     except LabError as error:
         print(f"ferry-lab: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except libvirt.libvirtError as error:
+        print(f"ferry-lab: libvirt refused: {error.get_error_message()}.", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as error:
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"ferry-lab: a file or process operation failed{where}: {error.strerror or error}.", file=sys.stderr)
         return EXIT_FAILED
     except BrokenPipeError:
         # The reader went away (`ferry-lab status | head`); nothing left to say.

@@ -31,7 +31,10 @@ def open_host(host: HostLayout) -> Iterator[libvirt.virConnect]:
     try:
         conn = libvirt.open(host.uri)
     except libvirt.libvirtError as error:
-        raise LabError(f"Cannot reach libvirtd of {host.name} at {host.socket}: {error.get_error_message()}.") from None
+        raise LabError(
+            f"Cannot reach libvirtd of {host.name} at {host.socket} (is the lab up? `ferry-lab up` starts it): "
+            f"{error.get_error_message()}."
+        ) from None
     try:
         yield conn
     finally:

@@ -12,5 +12,8 @@ class CoordinatorConfig(msgspec.Struct, frozen=True):
     # `heartbeat_timeout_factor` times the interval the host announces.
     heartbeat_timeout: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     heartbeat_timeout_factor: Annotated[float, msgspec.Meta(gt=1)] = 3.0
+    # After the coordinator reconnects to NATS, no host is declared lost for this
+    # many seconds: the agents need time to reconnect too.
+    reconnect_grace: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     log_level: str = "info"
     nats: NatsSettings = NatsSettings()

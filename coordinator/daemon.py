@@ -88,7 +88,7 @@ class Coordinator:
         await self._emit(self._registry.observe(status, self._monotonic()))
 
     async def _on_reconnected(self) -> None:
-        self._registry.restart_clocks(self._monotonic())
+        self._registry.restart_clocks(self._monotonic(), grace=self._config.reconnect_grace)
 
     async def _sweep_loop(self) -> None:
         while True:

@@ -26,6 +26,8 @@ class Registry:
         self._timeout_factor = timeout_factor
         self._timeout = timeout
         self._hosts: dict[str, HostRecord] = {}
+        # Until then no host can be declared lost (see restart_clocks).
+        self._quiet_until = float("-inf")
 
     def timeout_for(self, status: HostStatus) -> float:
         if self._timeout is not None:
@@ -51,7 +53,7 @@ class Registry:
         for name, record in self._hosts.items():
             silent_for = now - record.last_seen
             timeout = self.timeout_for(record.status)
-            if record.state == HostState.UP and silent_for > timeout:
+            if record.state == HostState.UP and silent_for > timeout and now > self._quiet_until:
                 record.state = HostState.LOST
                 events.append(
                     HostLost(
@@ -62,9 +64,11 @@ class Registry:
                 )
         return events
 
-    def restart_clocks(self, now: float) -> None:
+    def restart_clocks(self, now: float, grace: float = 0.0) -> None:
         """After the coordinator itself was cut off from NATS, silence proves
-        nothing about the hosts: give every host a full timeout from now."""
+        nothing about the hosts: give every host a full timeout from now, and
+        at least `grace` seconds, since agents reconnect on their own schedule."""
+        self._quiet_until = now + grace
         for record in self._hosts.values():
             if record.state == HostState.UP:
                 record.last_seen = max(record.last_seen, now)

@@ -53,16 +53,16 @@ async def connect(
     log = log or structlog.get_logger()
     state = {"down_logged": False}
 
-    async def on_error(exc: Exception) -> None:
+    async def log_error(exc: Exception) -> None:
         # Each failed attempt calls this; say it once per outage, not once a second.
         if not state["down_logged"]:
             log.warning("nats_unreachable", error=str(exc) or type(exc).__name__)
             state["down_logged"] = True
 
-    async def on_disconnected() -> None:
+    async def log_disconnected() -> None:
         log.warning("nats_disconnected")
 
-    async def on_reconnected() -> None:
+    async def log_reconnected() -> None:
         state["down_logged"] = False
         log.info("nats_reconnected", server=str(nc.connected_url.netloc if nc.connected_url else ""))
         if on_reconnected is not None:
@@ -75,9 +75,9 @@ async def connect(
         max_reconnect_attempts=-1,
         reconnect_time_wait=settings.reconnect_wait,
         connect_timeout=settings.connect_timeout,
-        error_cb=on_error,
-        disconnected_cb=on_disconnected,
-        reconnected_cb=on_reconnected,
+        error_cb=log_error,
+        disconnected_cb=log_disconnected,
+        reconnected_cb=log_reconnected,
         # Heartbeats must not pile up in memory during a long outage.
         pending_size=8 * 1024 * 1024,
     )

@@ -104,7 +104,9 @@ async def test_restarted_nats_server_is_survived_without_restarting_anything(dae
     )
     assert {name: p.pid for name, p in daemons.procs.items()} == before
     assert all(p.poll() is None for p in daemons.procs.values())
-    assert "nats_reconnected" in daemons.log("hv1") and "nats_reconnected" in daemons.log("coordinator")
+    # Once per process and outage (a callback that re-entered itself once logged thousands).
+    assert daemons.log("hv1").count('"nats_reconnected"') == 1
+    assert daemons.log("coordinator").count('"nats_reconnected"') == 1
     assert "host_lost" not in daemons.log("coordinator")
 
 

@@ -96,3 +96,12 @@ def test_views_are_sorted_and_carry_status():
     views = reg.views(now=1.0)
     assert [v.host for v in views] == ["hv1", "hv2", "hv3"]
     assert all(v.cpu_model == "Skylake" and v.capacity.cpus == 8 for v in views)
+
+
+def test_grace_after_reconnect_holds_off_lost_then_lets_it_through():
+    reg = Registry()
+    reg.observe(status("hv1"), now=0.0)
+    reg.restart_clocks(now=10.0, grace=10.0)
+    assert reg.sweep(now=17.0) == []  # past the 6 s timeout, inside the grace
+    assert reg.sweep(now=19.9) == []
+    assert [type(e) for e in reg.sweep(now=20.1)] == [HostLost]

@@ -4,7 +4,6 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Awaitable, Callable
 
 import msgspec
 from rich.console import Console
@@ -60,9 +59,6 @@ async def _cmd_hosts(client: FerryClient, args: argparse.Namespace, console: Con
             if check.state != HealthState.OK:
                 console.print(f"[{_HEALTH_STYLE[check.state]}]{h.host}: {check.name} {check.state}: {check.message}[/]")
     return 0
-
-
-Command = Callable[[FerryClient, argparse.Namespace, Console], Awaitable[int]]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ from nats.micro import add_service
 from coordinator.config import CoordinatorConfig
 from coordinator.registry import Registry
 from proto import subjects
-from proto.api import HostsReply, HostsRequest
+from proto.api import HostState, HostsReply, HostsRequest
 from proto.codec import Decoder, encode
 from proto.errors import FerryError
 from proto.events import CoordinatorEvent, HostLost
@@ -118,5 +118,5 @@ class Coordinator:
     async def _handle_hosts(self, request: HostsRequest) -> HostsReply:
         views = self._registry.views(self._monotonic())
         if not request.include_lost:
-            views = [v for v in views if v.state != "lost"]
+            views = [v for v in views if v.state != HostState.LOST]
         return HostsReply(hosts=views)

@@ -11,16 +11,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import structlog
 from nats.micro.request import Request
 
 from proto.codec import Decoder, encode
 from proto.errors import ErrorCode, FerryError
 
 Req = TypeVar("Req")
-
-Handler = Callable[[Any], Awaitable[Any]]
-
 
 def endpoint(
     decoder: Decoder[Req],

@@ -15,6 +15,8 @@ class SimulatedVm(msgspec.Struct, frozen=True):
     name: VmName
     vcpus: Annotated[int, msgspec.Meta(ge=1)] = 1
     memory_mib: Annotated[int, msgspec.Meta(ge=1)] = 256
+    # A CPU model the VM needs; a simulated host with another model declines it.
+    cpu_model: str = ""
 
 
 class SimulatedHost(msgspec.Struct, frozen=True):
@@ -28,6 +30,8 @@ class SimulatedHost(msgspec.Struct, frozen=True):
     qemu_version: str = "7.2.0"
     host_uuid: str = ""
     vms: list[SimulatedVm] = []
+    # How fast a simulated migration moves memory when no bandwidth limit is set.
+    migration_mib_per_s: Annotated[int, msgspec.Meta(ge=1)] = 4096
 
 
 class HypervisorSettings(msgspec.Struct, frozen=True):
@@ -50,11 +54,27 @@ class HealthSettings(msgspec.Struct, frozen=True):
     disk_critical_percent: Percent = 3.0
 
 
+class MigrationSettings(msgspec.Struct, frozen=True):
+    # How long a destination holds a reservation for a migration that has not started.
+    lease_seconds: PositiveSeconds = 30.0
+    # Memory a destination keeps free beyond the incoming VM's size (QEMU overhead).
+    memory_margin_mib: Annotated[int, msgspec.Meta(ge=0)] = 128
+    # How often the source samples the job's statistics and publishes progress.
+    progress_interval: PositiveSeconds = 0.5
+    # Let libvirt migrate disks on storage it cannot prove is shared (for example a
+    # local folder both lab hosts see). Never needed with real shared storage.
+    allow_unsafe: bool = False
+
+
 class AgentConfig(msgspec.Struct, frozen=True):
     host: HostName
     heartbeat_interval: PositiveSeconds = 2.0
     images_dir: str = "/var/lib/libvirt/images"
+    # The same folder as the hypervisor (and domain XML) names it, when that differs
+    # from what the agent sees (the lab's per-host mount namespaces). Default: images_dir.
+    images_dir_in_domain: str = ""
     log_level: str = "info"
     nats: NatsSettings = NatsSettings()
     hypervisor: HypervisorSettings = HypervisorSettings()
     health: HealthSettings = HealthSettings()
+    migration: MigrationSettings = MigrationSettings()

@@ -11,10 +11,20 @@ from nats.aio.client import Client
 from nats.micro import add_service
 
 from agent.config import AgentConfig
+from agent.destination import Destination
 from agent.health import probe_host
 from agent.hypervisor import Hypervisor, HypervisorUnavailable, NodeFacts
+from agent.source import Source
 from agent.status import AGENT_VERSION, Observation, build_status
 from proto import subjects
+from proto.agent import (
+    BandwidthRequest,
+    CommitReply,
+    DescribeRequest,
+    MigrateRequest,
+    PrepareRequest,
+    SessionRef,
+)
 from proto.api import AgentStatusRequest
 from proto.codec import Decoder, encode
 from proto.events import HealthChanged
@@ -25,6 +35,7 @@ from runtime.service import endpoint
 # How often the VM list is read: changes must reach the coordinator well
 # before the next regular heartbeat.
 INVENTORY_POLL_SECONDS = 1.0
+LEASE_CHECK_SECONDS = 1.0
 
 
 class Agent:
@@ -47,6 +58,8 @@ class Agent:
         self._changed = asyncio.Event()
         self._nc: Client | None = None
         self._last_status: HostStatus | None = None
+        self._source = Source(config, hypervisor, self._publish, clock=clock)
+        self._destination = Destination(config, hypervisor, lambda: self._facts, clock)
 
     async def run(self, stop: asyncio.Event) -> None:
         self._log.info("agent_starting", backend=self._hypervisor.backend, version=AGENT_VERSION)
@@ -61,15 +74,20 @@ class Agent:
             )
             async with service:
                 group = service.add_group(name=subjects.agent_prefix(self._config.host))
-                await group.add_endpoint(
-                    name="status",
-                    handler=endpoint(
-                        Decoder(AgentStatusRequest, "status request"),
-                        self._handle_status,
-                        log=self._log,
-                        verb="status",
-                    ),
-                )
+                for verb, request_type, handler in (
+                    ("status", AgentStatusRequest, self._handle_status),
+                    ("describe", DescribeRequest, self._source.describe),
+                    ("prepare", PrepareRequest, self._destination.prepare),
+                    ("migrate", MigrateRequest, self._source.migrate),
+                    ("abort", SessionRef, self._source.abort),
+                    ("bandwidth", BandwidthRequest, self._source.set_bandwidth),
+                    ("commit", SessionRef, self._handle_commit),
+                    ("rollback", SessionRef, self._destination.rollback),
+                ):
+                    await group.add_endpoint(
+                        name=verb,
+                        handler=endpoint(Decoder(request_type, f"{verb} request"), handler, log=self._log, verb=verb),
+                    )
                 await self._probe_health_once()
                 await self._read_inventory_once()
                 async with asyncio.TaskGroup() as tg:
@@ -77,11 +95,15 @@ class Agent:
                         tg.create_task(self._forever("health", self._probe_health_once, self._config.health.interval)),
                         tg.create_task(self._forever("inventory", self._read_inventory_once, INVENTORY_POLL_SECONDS)),
                         tg.create_task(self._heartbeat_loop()),
+                        tg.create_task(
+                            self._forever("leases", self._destination.expire_leases, LEASE_CHECK_SECONDS)
+                        ),
                     ]
                     await stop.wait()
                     for task in loops:
                         task.cancel()
         finally:
+            await self._source.close()
             await self._hypervisor.close()
             if not nc.is_closed:
                 await nc.drain()
@@ -147,6 +169,7 @@ class Agent:
             migration_address=self._config.hypervisor.migration_address,
             observation=Observation(facts=self._facts, vms=self._vms, checks=self._checks),
             last_facts=self._facts,
+            migrations_in_flight=self._source.in_flight,
         )
 
     async def _heartbeat_loop(self) -> None:
@@ -175,3 +198,11 @@ class Agent:
 
     async def _handle_status(self, _request: AgentStatusRequest) -> Any:
         return self._last_status or self.current_status()
+
+    async def _handle_commit(self, request: SessionRef) -> CommitReply:
+        """Commit ends a session on either end: where the VM arrived (or a reservation
+        for it is held) it is the destination's confirmation, elsewhere the source's cleanup."""
+        arrived = self._destination.reservations.get(request.session_id) is not None
+        if arrived or any(vm.name == request.vm for vm in await self._hypervisor.list_vms()):
+            return await self._destination.commit(request)
+        return await self._source.commit(request)

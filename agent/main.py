@@ -10,7 +10,7 @@ from runtime.daemon import run_daemon
 
 
 async def _run(config: AgentConfig, stop: asyncio.Event) -> None:
-    await Agent(config, open_hypervisor(config.host, config.hypervisor)).run(stop)
+    await Agent(config, open_hypervisor(config)).run(stop)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ def build_status(
     migration_address: str,
     observation: Observation,
     last_facts: NodeFacts | None,
+    migrations_in_flight: int = 0,
 ) -> HostStatus:
     """`last_facts` fills the capacity when the hypervisor is unreachable right now,
     so a host does not look empty because of one failed read."""
@@ -60,4 +61,5 @@ def build_status(
         backend=backend,
         peer_uri=peer_uri,
         migration_address=migration_address,
+        migrations_in_flight=migrations_in_flight,
     )

@@ -15,5 +15,7 @@ class CoordinatorConfig(msgspec.Struct, frozen=True):
     # After the coordinator reconnects to NATS, no host is declared lost for this
     # many seconds: the agents need time to reconnect too.
     reconnect_grace: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    # Seconds to wait for an agent's answer to one request (prepare may take longer).
+    agent_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     log_level: str = "info"
     nats: NatsSettings = NatsSettings()

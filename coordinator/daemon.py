@@ -10,12 +10,26 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.micro import add_service
 
+from coordinator.agents import AgentClient
 from coordinator.config import CoordinatorConfig
 from coordinator.registry import Registry
+from coordinator.session_store import SessionStore, VmClaims
+from coordinator.sessions import SessionManager
 from proto import subjects
-from proto.api import HostState, HostsReply, HostsRequest
+from proto.api import (
+    BandwidthChange,
+    CancelRequest,
+    HostState,
+    HostsReply,
+    HostsRequest,
+    MigrateRequest,
+    SessionReply,
+    SessionRequest,
+    SessionsReply,
+    SessionsRequest,
+)
 from proto.codec import Decoder, encode
-from proto.errors import FerryError
+from proto.errors import ErrorCode, FerryError
 from proto.events import CoordinatorEvent, HostLost
 from proto.host import HostStatus
 from runtime.connection import connect
@@ -43,13 +57,26 @@ class Coordinator:
         )
         self._status_decoder = Decoder(HostStatus, "host status")
         self._nc: Client | None = None
+        self._sessions: SessionManager | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         nc = self._nc = await connect(
             self._config.nats, name="ferry-coordinator", log=self._log, on_reconnected=self._on_reconnected
         )
         try:
+            js = nc.jetstream()
+            store = await SessionStore.open(js)
+            sessions = self._sessions = SessionManager(
+                store,
+                await VmClaims.open(js, store),
+                AgentClient(nc, timeout=self._config.agent_timeout),
+                lambda: self._registry.views(self._monotonic()),
+                self._emit,
+                wall=self._wall,
+                monotonic=self._monotonic,
+            )
             await nc.subscribe(subjects.ALL_HOST_STATUS, cb=self._on_status)
+            await nc.subscribe(subjects.ALL_HOST_SESSIONS, cb=self._on_session_update)
             service = await add_service(
                 nc,
                 name="ferry-coordinator",
@@ -58,16 +85,23 @@ class Coordinator:
             )
             async with service:
                 api = service.add_group(name=f"{subjects.PREFIX}.api")
-                await api.add_endpoint(
-                    name="hosts",
-                    handler=endpoint(
-                        Decoder(HostsRequest, "hosts request"), self._handle_hosts, log=self._log, verb="hosts"
-                    ),
-                )
+                for verb, request_type, handler in (
+                    ("hosts", HostsRequest, self._handle_hosts),
+                    ("migrate", MigrateRequest, self._handle_migrate),
+                    ("sessions", SessionsRequest, self._handle_sessions),
+                    ("session", SessionRequest, self._handle_session),
+                    ("cancel", CancelRequest, self._handle_cancel),
+                    ("bandwidth", BandwidthChange, self._handle_bandwidth),
+                ):
+                    await api.add_endpoint(
+                        name=verb,
+                        handler=endpoint(Decoder(request_type, f"{verb} request"), handler, log=self._log, verb=verb),
+                    )
                 self._log.info("coordinator_started", version=VERSION)
                 sweeper = asyncio.create_task(self._sweep_loop())
                 await stop.wait()
                 sweeper.cancel()
+                await sessions.close()
         finally:
             if not nc.is_closed:
                 await nc.drain()
@@ -86,6 +120,10 @@ class Coordinator:
             self._log.warning("heartbeat_host_mismatch", subject=msg.subject, host=status.host)
             return
         await self._emit(self._registry.observe(status, self._monotonic()))
+
+    async def _on_session_update(self, msg: Msg) -> None:
+        if self._sessions is not None:
+            self._sessions.on_update(msg.data)
 
     async def _on_reconnected(self) -> None:
         self._registry.restart_clocks(self._monotonic(), grace=self._config.reconnect_grace)
@@ -120,3 +158,28 @@ class Coordinator:
         if not request.include_lost:
             views = [v for v in views if v.state != HostState.LOST]
         return HostsReply(hosts=views)
+
+    def _manager(self) -> SessionManager:
+        if self._sessions is None:
+            raise FerryError(ErrorCode.UNAVAILABLE, "the coordinator is still starting")
+        return self._sessions
+
+    async def _handle_migrate(self, request: MigrateRequest) -> SessionReply:
+        return SessionReply(session=await self._manager().start(request))
+
+    async def _handle_sessions(self, request: SessionsRequest) -> SessionsReply:
+        sessions = await self._manager().all()
+        if request.vm is not None:
+            sessions = [s for s in sessions if s.vm == request.vm]
+        if not request.include_finished:
+            sessions = [s for s in sessions if not s.state.terminal]
+        return SessionsReply(sessions=sessions[-request.limit :])
+
+    async def _handle_session(self, request: SessionRequest) -> SessionReply:
+        return SessionReply(session=await self._manager().get(request.id))
+
+    async def _handle_cancel(self, request: CancelRequest) -> SessionReply:
+        return SessionReply(session=await self._manager().cancel(request.id))
+
+    async def _handle_bandwidth(self, request: BandwidthChange) -> SessionReply:
+        return SessionReply(session=await self._manager().set_bandwidth(request))

@@ -4,10 +4,9 @@ Every host that is not chosen gets a rejection with a code and a sentence, so
 an operator can see why a VM did not go where they expected.
 """
 
-import re
 from dataclasses import dataclass, field
 
-from proto.host import HealthState
+from proto.host import HealthState, version_tuple
 
 
 @dataclass(frozen=True)
@@ -67,15 +66,6 @@ class Ranking:
     @property
     def best(self) -> str | None:
         return self.choices[0][0] if self.choices else None
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    """Leading digits of each dot-separated piece: "8.2.0-rc1" -> (8, 2, 0)."""
-    parts = []
-    for piece in version.split("."):
-        digits = re.match(r"\d*", piece).group()
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
 
 
 def available_memory_mib(host: HostFacts) -> int:

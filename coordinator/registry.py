@@ -94,6 +94,8 @@ class Registry:
             cpu_model=status.cpu_model,
             host_uuid=status.host_uuid,
             backend=status.backend,
+            arch=status.arch,
+            migrations_in_flight=status.migrations_in_flight,
         )
 
 

@@ -86,3 +86,78 @@ class SessionStore:
             except FerryError:
                 continue  # deleted between listing and reading
         return sorted(sessions, key=lambda s: s.created_at)
+
+
+CLAIMS_BUCKET = "ferry_vm_claims"
+
+
+class VmClaims:
+    """One session per VM at a time: a key per VM, created atomically.
+
+    A claim left by a session that has ended (a coordinator that died before
+    releasing it) is taken over with a compare-and-set.
+    """
+
+    def __init__(self, kv: KeyValue, sessions: SessionStore) -> None:
+        self._kv = kv
+        self._sessions = sessions
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, sessions: SessionStore, *, bucket: str = CLAIMS_BUCKET) -> "VmClaims":
+        try:
+            kv = await js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            kv = await js.create_key_value(
+                KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE,
+                               description="Ferry: which session moves which VM")
+            )
+        return cls(kv, sessions)
+
+    async def claim(self, vm: str, session_id: str) -> None:
+        for _ in range(CAS_ATTEMPTS):
+            try:
+                await self._kv.create(vm, session_id.encode())
+                return
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass
+            try:
+                entry = await self._kv.get(vm)
+            except nats.js.errors.KeyNotFoundError:
+                continue  # released meanwhile; try creating again
+            holder = (entry.value or b"").decode()
+            if holder == session_id:
+                return
+            if holder and await self._holds(holder):
+                raise FerryError(ErrorCode.CONFLICT, f"{vm} is already being moved by session {holder}")
+            try:
+                await self._kv.update(vm, session_id.encode(), last=entry.revision)
+                return
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+        raise FerryError(ErrorCode.CONFLICT, f"could not claim {vm}: it kept changing hands")
+
+    async def _holds(self, session_id: str) -> bool:
+        try:
+            session, _ = await self._sessions.get(session_id)
+        except FerryError:
+            return False
+        return not session.state.terminal
+
+    async def release(self, vm: str, session_id: str) -> None:
+        try:
+            entry = await self._kv.get(vm)
+        except nats.js.errors.KeyNotFoundError:
+            return
+        if (entry.value or b"").decode() != session_id:
+            return  # another session holds it now
+        try:
+            await self._kv.delete(vm, last=entry.revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            pass
+
+    async def holder(self, vm: str) -> str | None:
+        try:
+            entry = await self._kv.get(vm)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return (entry.value or b"").decode() or None

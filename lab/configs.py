@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from lab.layout import PKI_PATH, QEMU_TLS_PATH, HostLayout, LabLayout
+from lab.layout import IMAGES_PATH, PKI_PATH, QEMU_TLS_PATH, HostLayout, LabLayout
 
 HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_TIMEOUT = 6.0
@@ -61,6 +61,7 @@ heartbeat_interval = {HEARTBEAT_INTERVAL}
 # This host's local images as the agent (outside the host's namespace) sees them;
 # inside the namespace, and in domain XML, they are under /var/lib/libvirt/images.
 images_dir = {_q(str(host.images_dir))}
+images_dir_in_domain = {_q(str(IMAGES_PATH))}
 
 [nats]
 servers = [{_q(nats_url)}]
@@ -70,6 +71,11 @@ backend = "libvirt"
 uri = {_q(host.uri)}
 peer_uri = {_q(host.peer_uri)}
 migration_address = {_q(host.address)}
+
+[migration]
+# The lab's shared folder is a local directory both hosts see; libvirt cannot
+# tell it is shared and refuses to migrate its disks without this.
+allow_unsafe = true
 """
 
 

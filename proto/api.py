@@ -1,11 +1,13 @@
-"""Coordinator API (`ferry.api.<verb>`) and agent requests (`ferry.agent.<host>.<verb>`)."""
+"""The coordinator API (`ferry.api.<verb>`). Agent requests are in proto.agent."""
 
 import enum
+from typing import Annotated
 
 import msgspec
 
 from proto.host import Capacity, HealthCheck, HealthState, VmInfo, Versions
-from proto.names import HostName
+from proto.names import HostName, NonNegative, SessionId, VmName
+from proto.session import MiBps, MigrateOptions, Session
 
 
 class HostState(enum.StrEnum):
@@ -31,6 +33,8 @@ class HostView(msgspec.Struct, frozen=True):
     cpu_model: str = ""
     host_uuid: str = ""
     backend: str = ""
+    arch: str = ""
+    migrations_in_flight: NonNegative = 0
 
 
 class HostsReply(msgspec.Struct, frozen=True, tag="hosts"):
@@ -39,3 +43,40 @@ class HostsReply(msgspec.Struct, frozen=True, tag="hosts"):
 
 class AgentStatusRequest(msgspec.Struct, frozen=True):
     pass
+
+
+class MigrateRequest(msgspec.Struct, frozen=True):
+    vm: VmName
+    # Where the VM runs now; found from the hosts' reports when not given.
+    source: HostName | None = None
+    # Chosen automatically when not given; a named destination that declines fails the session.
+    dest: HostName | None = None
+    options: MigrateOptions = MigrateOptions()
+
+
+class SessionReply(msgspec.Struct, frozen=True, tag="session"):
+    session: Session
+
+
+class SessionsRequest(msgspec.Struct, frozen=True):
+    vm: VmName | None = None
+    # Finished sessions (completed, failed, cancelled) too.
+    include_finished: bool = True
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 200
+
+
+class SessionsReply(msgspec.Struct, frozen=True, tag="sessions"):
+    sessions: list[Session]
+
+
+class SessionRequest(msgspec.Struct, frozen=True):
+    id: SessionId
+
+
+class CancelRequest(msgspec.Struct, frozen=True):
+    id: SessionId
+
+
+class BandwidthChange(msgspec.Struct, frozen=True):
+    id: SessionId
+    bandwidth_mib: MiBps

@@ -4,7 +4,8 @@ coordinator decided (`ferry.coordinator.event`). One tagged union each."""
 import msgspec
 
 from proto.host import HealthCheck, HealthState
-from proto.names import HostName
+from proto.names import HostName, SessionId, VmName
+from proto.session import SessionState
 
 
 class HealthChanged(msgspec.Struct, frozen=True, tag="health_changed"):
@@ -43,4 +44,15 @@ class HostAppeared(msgspec.Struct, frozen=True, tag="host_appeared"):
     at: float = 0.0
 
 
-CoordinatorEvent = HostAppeared | HostLost | HostReturned
+class SessionChanged(msgspec.Struct, frozen=True, tag="session_changed"):
+    session_id: SessionId
+    vm: VmName
+    state: SessionState
+    source: HostName
+    dest: HostName | None = None
+    code: str = ""
+    reason: str = ""
+    at: float = 0.0
+
+
+CoordinatorEvent = HostAppeared | HostLost | HostReturned | SessionChanged

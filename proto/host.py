@@ -1,6 +1,7 @@
 """What an agent says about its host: the heartbeat on `ferry.host.<host>.status`."""
 
 import enum
+import re
 
 import msgspec
 
@@ -96,3 +97,12 @@ class HostStatus(msgspec.Struct, frozen=True, tag="status"):
             self.versions,
             self.migrations_in_flight,
         )
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """Leading digits of each dot-separated piece: "8.2.0-rc1" -> (8, 2, 0)."""
+    parts = []
+    for piece in version.split("."):
+        digits = re.match(r"\d*", piece).group()
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)

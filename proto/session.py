@@ -65,6 +65,25 @@ class Outcome(msgspec.Struct, frozen=True):
     data_transferred: NonNegative = 0
 
 
+class Demand(msgspec.Struct, frozen=True):
+    """What the VM holds on a host: reserved on the destination while the session runs."""
+
+    vcpus: NonNegative = 0
+    memory_mib: NonNegative = 0
+
+
+class SessionCode(enum.StrEnum):
+    """Why a session ended other than `completed` (declines add the destination's own codes)."""
+
+    NO_DESTINATION = "no_destination"
+    MIGRATION_FAILED = "migration_failed"
+    SOURCE_UNREACHABLE = "source_unreachable"
+    DEST_UNREACHABLE = "dest_unreachable"
+    NOT_CONFIRMED = "not_confirmed"
+    CANCELLED = "cancelled"
+    INTERNAL = "internal"
+
+
 class Session(msgspec.Struct, frozen=True):
     id: SessionId
     vm: VmName
@@ -82,3 +101,10 @@ class Session(msgspec.Struct, frozen=True):
     reason: str = ""
     progress: Progress | None = None
     outcome: Outcome | None = None
+    demand: Demand = Demand()
+    # Device names of the local disks copied along with memory.
+    copy_disks: list[str] = []
+    # Set by `cancel` while the source still runs the job; the session ends
+    # `cancelled` once the source confirms the abort (or `completed` if it had
+    # already finished).
+    cancel_requested: bool = False

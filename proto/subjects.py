@@ -6,6 +6,7 @@ PREFIX = "ferry"
 
 ALL_HOST_STATUS = f"{PREFIX}.host.*.status"
 ALL_HOST_EVENTS = f"{PREFIX}.host.*.event"
+ALL_HOST_SESSIONS = f"{PREFIX}.host.*.session.*"
 COORDINATOR_EVENTS = f"{PREFIX}.coordinator.event"
 
 

@@ -1,16 +1,43 @@
 """The hypervisor seam: a Protocol and its backends (libvirt, simulated)."""
 
-from agent.config import HypervisorSettings
-from agent.hypervisor.base import Hypervisor, HypervisorUnavailable, NodeFacts
+from pathlib import Path, PurePosixPath
 
-__all__ = ["Hypervisor", "HypervisorUnavailable", "NodeFacts", "open_hypervisor"]
+from agent.config import AgentConfig
+from agent.hypervisor.base import (
+    Hypervisor,
+    HypervisorUnavailable,
+    JobStats,
+    MigrationFailed,
+    MigrationPlan,
+    NodeFacts,
+    VmNotFound,
+)
+from agent.hypervisor.disks import DiskError, ImagesFolder
+
+__all__ = [
+    "DiskError",
+    "Hypervisor",
+    "HypervisorUnavailable",
+    "ImagesFolder",
+    "JobStats",
+    "MigrationFailed",
+    "MigrationPlan",
+    "NodeFacts",
+    "VmNotFound",
+    "open_hypervisor",
+]
 
 
-def open_hypervisor(host: str, settings: HypervisorSettings) -> Hypervisor:
+def open_hypervisor(config: AgentConfig) -> Hypervisor:
+    settings = config.hypervisor
     if settings.backend == "simulated":
         from agent.hypervisor.simulated import SimulatedHypervisor
 
-        return SimulatedHypervisor(host, settings.simulated)
+        return SimulatedHypervisor(config.host, settings.simulated)
     from agent.hypervisor.libvirt_backend import LibvirtHypervisor
 
-    return LibvirtHypervisor(settings.uri)
+    images = ImagesFolder(
+        host_dir=Path(config.images_dir),
+        domain_dir=PurePosixPath(config.images_dir_in_domain or config.images_dir),
+    )
+    return LibvirtHypervisor(settings.uri, images)

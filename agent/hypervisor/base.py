@@ -1,13 +1,22 @@
 """The one seam between the agent and a hypervisor."""
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from proto.host import VmInfo
+from proto.agent import DiskInfo, VmDescription
+from proto.host import VmInfo, VmState
 
 
 class HypervisorUnavailable(Exception):
     """The hypervisor cannot be reached right now (daemon down, socket gone)."""
+
+
+class VmNotFound(Exception):
+    """The hypervisor has no domain of that name."""
+
+
+class MigrationFailed(Exception):
+    """The hypervisor ended the migration job with an error (or because it was aborted)."""
 
 
 @dataclass(frozen=True)
@@ -22,15 +31,82 @@ class NodeFacts:
     qemu_version: str
 
 
+@dataclass(frozen=True)
+class MigrationPlan:
+    """How the source hands a VM to the destination."""
+
+    peer_uri: str
+    migration_address: str = ""
+    tls: bool = True
+    bandwidth_mib: int = 0
+    max_downtime_ms: int = 500
+    # Device names of local disks to copy with the memory (storage migration).
+    copy_disks: list[str] = field(default_factory=list)
+    # Shared disks on storage the hypervisor cannot prove is shared (lab folders).
+    unsafe: bool = False
+
+
+# A job-statistics sample as the hypervisor reports it (libvirt's virDomainGetJobStats keys).
+JobStats = dict[str, Any]
+
+
 class Hypervisor(Protocol):
+    """Every method raises HypervisorUnavailable when the hypervisor cannot be reached."""
+
     backend: str
 
-    async def node_facts(self) -> NodeFacts:
-        """Raises HypervisorUnavailable."""
+    async def node_facts(self) -> NodeFacts: ...
+
+    async def list_vms(self) -> list[VmInfo]: ...
+
+    async def describe_vm(self, name: str) -> VmDescription:
+        """Raises VmNotFound."""
         ...
 
-    async def list_vms(self) -> list[VmInfo]:
-        """Raises HypervisorUnavailable."""
+    async def vm_state(self, name: str) -> VmState | None:
+        """None when there is no domain of that name."""
+        ...
+
+    async def cpu_incompatibility(self, vm: VmDescription) -> str | None:
+        """A sentence saying why this host cannot run the VM's CPU; None when it can."""
+        ...
+
+    async def storage_problem(self, disk: DiskInfo) -> str | None:
+        """For a disk the VM keeps on shared storage: why this host cannot reach it, or None."""
+        ...
+
+    async def create_disk(self, disk: DiskInfo) -> bool:
+        """An empty image like `disk` at the same path, for storage copy. False if it existed."""
+        ...
+
+    async def remove_disk(self, path: str) -> bool:
+        """False when there was nothing to remove."""
+        ...
+
+    async def migrate(self, name: str, plan: MigrationPlan) -> None:
+        """Runs the whole live migration; raises MigrationFailed."""
+        ...
+
+    async def job_stats(self, name: str) -> JobStats | None:
+        """The running job's statistics; None when no job runs."""
+        ...
+
+    async def completed_job_stats(self, name: str) -> JobStats:
+        """Statistics of the last finished job (on the destination after an incoming migration)."""
+        ...
+
+    async def abort_job(self, name: str) -> bool: ...
+
+    async def set_bandwidth(self, name: str, bandwidth_mib: int) -> None: ...
+
+    async def destroy_incoming(self, name: str) -> bool:
+        """Removes a paused, not yet running incoming domain left by a failed migration.
+        Never touches a running one. False when there was none."""
+        ...
+
+    async def adopt_incoming(self, vm: VmDescription) -> None:
+        """Called when the destination confirms a finished migration. Nothing to do
+        for a real hypervisor; the simulated one materialises the VM here."""
         ...
 
     async def close(self) -> None: ...

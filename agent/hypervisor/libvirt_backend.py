@@ -5,17 +5,42 @@ stalls the whole agent (seen: `jobStats()` blocking a loop for ~5 s).
 """
 
 import asyncio
+import os
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import libvirt
 
-from agent.hypervisor.base import HypervisorUnavailable, NodeFacts, version_string
+from agent.hypervisor.base import (
+    HypervisorUnavailable,
+    JobStats,
+    MigrationFailed,
+    MigrationPlan,
+    NodeFacts,
+    VmNotFound,
+    version_string,
+)
+from agent.hypervisor.disks import ImagesFolder, create_image, remove_image
+from proto.agent import DiskInfo, VmDescription
 from proto.host import VmInfo, VmState
 
 T = TypeVar("T")
+
+BASE_MIGRATE_FLAGS = (
+    libvirt.VIR_MIGRATE_LIVE
+    | libvirt.VIR_MIGRATE_PEER2PEER
+    | libvirt.VIR_MIGRATE_PERSIST_DEST
+    | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    # Stop on a disk I/O error instead of carrying on with a broken guest.
+    | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
+)
+# libvirt's "no limit" for migration speed (MiB/s): 0 is not accepted as unlimited everywhere.
+UNLIMITED_MIB = 8796093022207
+# Long-running migrations get their own threads so they never starve short calls.
+MAX_CONCURRENT_MIGRATIONS = 16
 
 _STATE = {
     libvirt.VIR_DOMAIN_RUNNING: VmState.RUNNING,
@@ -32,15 +57,25 @@ def _silence_default_error_printer() -> None:
 class LibvirtHypervisor:
     backend = "libvirt"
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, images: ImagesFolder) -> None:
         _silence_default_error_printer()
         self._uri = uri
+        self._images = images
         self._conn: libvirt.virConnect | None = None
         # Opening and dropping the connection happen in worker threads; one at a time.
         self._conn_lock = threading.Lock()
+        self._migrations = ThreadPoolExecutor(MAX_CONCURRENT_MIGRATIONS, thread_name_prefix="migrate")
 
     async def _call(self, fn: Callable[[libvirt.virConnect], T]) -> T:
         return await asyncio.to_thread(self._call_sync, fn)
+
+    async def _on_domain(self, name: str, fn: Callable[[libvirt.virDomain], T]) -> T:
+        """Runs `fn` on the named domain in a thread; VmNotFound when there is none."""
+
+        def call(conn: libvirt.virConnect) -> T:
+            return fn(_lookup(conn, name))
+
+        return await self._call(call)
 
     def _call_sync(self, fn: Callable[[libvirt.virConnect], T]) -> T:
         conn = self._connection()
@@ -82,7 +117,111 @@ class LibvirtHypervisor:
     async def list_vms(self) -> list[VmInfo]:
         return await self._call(_read_vms)
 
+    async def describe_vm(self, name: str) -> VmDescription:
+        return await self._on_domain(name, lambda dom: _describe(dom, self._images))
+
+    async def vm_state(self, name: str) -> VmState | None:
+        try:
+            state = await self._on_domain(name, lambda dom: dom.state()[0])
+        except VmNotFound:
+            return None
+        return _STATE.get(state, VmState.OTHER)
+
+    async def cpu_incompatibility(self, vm: VmDescription) -> str | None:
+        if not vm.cpu_xml:
+            return None
+
+        def compare(conn: libvirt.virConnect) -> str | None:
+            try:
+                result = conn.compareHypervisorCPU(None, vm.arch or None, None, vm.virt_type or None, vm.cpu_xml, 0)
+            except libvirt.libvirtError as exc:
+                return exc.get_error_message()
+            if result == libvirt.VIR_CPU_COMPARE_INCOMPATIBLE:
+                return "the hypervisor cannot provide the guest's CPU model and features"
+            return None
+
+        return await self._call(compare)
+
+    async def storage_problem(self, disk: DiskInfo) -> str | None:
+        path = self._images.host_path(disk.path)
+        if not await asyncio.to_thread(os.path.exists, path):
+            return f"{disk.path} ({disk.target}) is not reachable here"
+        return None
+
+    async def create_disk(self, disk: DiskInfo) -> bool:
+        return await create_image(self._images.host_path(disk.path), disk)
+
+    async def remove_disk(self, path: str) -> bool:
+        return await remove_image(self._images.host_path(path))
+
+    async def migrate(self, name: str, plan: MigrationPlan) -> None:
+        def run() -> None:
+            conn = self._connection()
+            try:
+                dom = _lookup(conn, name)
+                try:
+                    dom.migrateSetMaxDowntime(plan.max_downtime_ms, 0)
+                except libvirt.libvirtError:
+                    pass  # an older QEMU keeps its default; not a reason to refuse
+                dom.migrateToURI3(plan.peer_uri, _migrate_params(plan), _migrate_flags(plan))
+            except libvirt.libvirtError as exc:
+                raise MigrationFailed(exc.get_error_message()) from None
+
+        await asyncio.get_running_loop().run_in_executor(self._migrations, run)
+
+    async def job_stats(self, name: str) -> JobStats | None:
+        try:
+            stats = await self._on_domain(name, lambda dom: dom.jobStats())
+        except VmNotFound:
+            return None
+        if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+            return None
+        return stats
+
+    async def completed_job_stats(self, name: str) -> JobStats:
+        return await self._on_domain(name, lambda dom: dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED))
+
+    async def abort_job(self, name: str) -> bool:
+        def abort(dom: libvirt.virDomain) -> bool:
+            try:
+                dom.abortJob()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
+                    return False  # no job is running
+                raise
+            return True
+
+        try:
+            return await self._on_domain(name, abort)
+        except VmNotFound:
+            return False
+
+    async def set_bandwidth(self, name: str, bandwidth_mib: int) -> None:
+        await self._on_domain(name, lambda dom: dom.migrateSetMaxSpeed(bandwidth_mib or UNLIMITED_MIB, 0))
+
+    async def destroy_incoming(self, name: str) -> bool:
+        def destroy(dom: libvirt.virDomain) -> bool:
+            state, reason = dom.state()
+            incoming = state == libvirt.VIR_DOMAIN_PAUSED and reason in (
+                libvirt.VIR_DOMAIN_PAUSED_MIGRATION,
+                libvirt.VIR_DOMAIN_PAUSED_STARTING_UP,
+            )
+            if not incoming:
+                return False
+            dom.destroy()
+            return True
+
+        try:
+            return await self._on_domain(name, destroy)
+        except VmNotFound:
+            return False
+
+    async def adopt_incoming(self, vm: VmDescription) -> None:
+        pass  # libvirt defined and started it (PERSIST_DEST)
+
     async def close(self) -> None:
+        self._migrations.shutdown(wait=False, cancel_futures=True)
+
         def close_sync() -> None:
             with self._conn_lock:
                 conn, self._conn = self._conn, None
@@ -145,3 +284,69 @@ def _read_vms(conn: libvirt.virConnect) -> list[VmInfo]:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                 raise
     return sorted(vms, key=lambda vm: vm.name)
+
+
+def _lookup(conn: libvirt.virConnect, name: str) -> libvirt.virDomain:
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            raise VmNotFound(name) from None
+        raise
+
+
+def _describe(dom: libvirt.virDomain, images: ImagesFolder) -> VmDescription:
+    state, max_mem_kib, _mem_kib, vcpus, _cpu_time = dom.info()
+    root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
+    cpu = root.find("cpu")
+    cpu_xml = ET.tostring(cpu, encoding="unicode") if cpu is not None and cpu.find("model") is not None else ""
+    disks = []
+    for disk in root.iterfind("./devices/disk[@device='disk']"):
+        source, target, driver = disk.find("source"), disk.find("target"), disk.find("driver")
+        path = source.get("file") if source is not None else None
+        if not path or target is None:
+            continue  # network and empty disks move without copying
+        capacity, _allocation, _physical = dom.blockInfo(path)
+        disks.append(
+            DiskInfo(
+                target=target.get("dev", ""),
+                path=path,
+                format=driver.get("type", "raw") if driver is not None else "raw",
+                capacity_bytes=capacity,
+                local=images.is_local(path),
+            )
+        )
+    os_type = root.find("os/type")
+    return VmDescription(
+        name=dom.name(),
+        uuid=dom.UUIDString(),
+        vcpus=vcpus,
+        memory_mib=max_mem_kib // 1024,
+        arch=os_type.get("arch", "") if os_type is not None else "",
+        virt_type=root.get("type", ""),
+        cpu_xml=cpu_xml,
+        disks=disks,
+        running=state == libvirt.VIR_DOMAIN_RUNNING,
+    )
+
+
+def _migrate_flags(plan: MigrationPlan) -> int:
+    flags = BASE_MIGRATE_FLAGS
+    if plan.tls:
+        flags |= libvirt.VIR_MIGRATE_TLS
+    if plan.copy_disks:
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+    if plan.unsafe:
+        flags |= libvirt.VIR_MIGRATE_UNSAFE
+    return flags
+
+
+def _migrate_params(plan: MigrationPlan) -> dict[str, object]:
+    params: dict[str, object] = {}
+    if plan.bandwidth_mib:
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = plan.bandwidth_mib
+    if plan.migration_address:
+        params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{plan.migration_address}"
+    if plan.copy_disks:
+        params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(plan.copy_disks)
+    return params

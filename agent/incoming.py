@@ -1,0 +1,54 @@
+"""Would this host take an incoming VM? Pure: observations in, a decline or None out.
+
+The checks that need the hypervisor (CPU comparison, storage reachability) are
+done by the caller; their answers arrive here as sentences.
+"""
+
+from dataclasses import dataclass
+
+from agent.hypervisor import NodeFacts
+from proto.agent import VmDescription
+from proto.host import VmState, Versions, version_tuple
+
+
+@dataclass(frozen=True)
+class Refusal:
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class IncomingFacts:
+    host: str
+    node: NodeFacts
+    reserved_memory_mib: int
+    existing_state: VmState | None
+    cpu_problem: str | None
+    storage_problems: list[str]
+    memory_margin_mib: int
+
+
+def judge_incoming(vm: VmDescription, source: str, source_versions: Versions, facts: IncomingFacts) -> Refusal | None:
+    host = facts.host
+    if facts.existing_state is not None:
+        return Refusal("vm_exists", f"{host} already has a domain named {vm.name} ({facts.existing_state})")
+    if vm.arch and facts.node.arch and vm.arch != facts.node.arch:
+        return Refusal("arch_mismatch", f"{host} is {facts.node.arch}, {vm.name} needs {vm.arch}")
+    for what, mine, theirs in (
+        ("libvirt", facts.node.libvirt_version, source_versions.libvirt),
+        ("QEMU", facts.node.qemu_version, source_versions.qemu),
+    ):
+        if theirs and version_tuple(mine) < version_tuple(theirs):
+            return Refusal("version_older", f"{host} runs {what} {mine}, older than {theirs} on {source}")
+    if facts.cpu_problem:
+        return Refusal("cpu_incompatible", f"{host} cannot run {vm.name}'s CPU: {facts.cpu_problem}")
+    free = facts.node.memory_free_mib - facts.reserved_memory_mib
+    need = vm.memory_mib + facts.memory_margin_mib
+    if free < need:
+        return Refusal(
+            "no_capacity",
+            f"{host} has {max(free, 0)} MiB of memory free after reservations; {vm.name} needs {need} MiB",
+        )
+    if facts.storage_problems:
+        return Refusal("storage_unreachable", f"{host} cannot reach {vm.name}'s disks: {'; '.join(facts.storage_problems)}")
+    return None

@@ -1,0 +1,244 @@
+"""The source half of a session: describe the VM, run the migration with a
+monitor that publishes progress, obey abort and bandwidth changes, and clean up
+copied local images once the destination confirmed the VM runs there."""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from agent.config import AgentConfig
+from agent.hypervisor import Hypervisor, HypervisorUnavailable, MigrationFailed, MigrationPlan, VmNotFound
+from agent.progress import outcome_from_stats, progress_from_stats
+from proto import subjects
+from proto.agent import (
+    AbortReply,
+    BandwidthRequest,
+    CommitReply,
+    DescribeRequest,
+    MigrateRequest,
+    MigrationState,
+    SessionProgress,
+    SessionRef,
+    SessionResult,
+    VmDescription,
+)
+from proto.codec import encode
+from proto.errors import ErrorCode, FerryError
+from proto.host import VmState
+from proto.session import Progress, SessionCode
+
+# Finished jobs are remembered this long, so a repeated migrate request (a
+# coordinator that restarted, a lost reply) gets the result instead of a new job.
+KEEP_FINISHED_SECONDS = 3600.0
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+
+
+@dataclass
+class SourceJob:
+    request: MigrateRequest
+    started: float
+    bandwidth_mib: int
+    # Domain paths of the local disks copied to the destination: removed here after commit.
+    copied_paths: list[str]
+    abort_requested: bool = False
+    last_progress: Progress | None = None
+    result: SessionResult | None = None
+    finished: float = 0.0
+    task: asyncio.Task | None = field(default=None, repr=False)
+
+    def state(self) -> MigrationState:
+        return MigrationState(
+            session_id=self.request.session_id,
+            running=self.result is None,
+            result=self.result,
+            bandwidth_mib=self.bandwidth_mib,
+        )
+
+
+class Source:
+    def __init__(
+        self,
+        config: AgentConfig,
+        hypervisor: Hypervisor,
+        publish: Publish,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._hypervisor = hypervisor
+        self._publish = publish
+        self._clock = clock
+        self._monotonic = monotonic
+        self._jobs: dict[str, SourceJob] = {}
+        self._log = structlog.get_logger().bind(host=config.host, role="source")
+
+    @property
+    def in_flight(self) -> int:
+        return sum(1 for job in self._jobs.values() if job.result is None)
+
+    async def describe(self, request: DescribeRequest) -> VmDescription:
+        try:
+            return await self._hypervisor.describe_vm(request.vm)
+        except VmNotFound:
+            raise FerryError(ErrorCode.UNKNOWN_VM, f"{self._config.host} has no VM named {request.vm}") from None
+        except HypervisorUnavailable as exc:
+            raise FerryError(ErrorCode.UNAVAILABLE, str(exc)) from None
+
+    async def migrate(self, request: MigrateRequest) -> MigrationState:
+        job = self._jobs.get(request.session_id)
+        if job is not None:
+            return job.state()  # the same request again: where that job stands
+        self._forget_old_jobs()
+        busy = next((j for j in self._jobs.values() if j.result is None and j.request.vm == request.vm), None)
+        if busy is not None:
+            raise FerryError(
+                ErrorCode.CONFLICT, f"{request.vm} is already migrating in session {busy.request.session_id}"
+            )
+        vm = await self.describe(DescribeRequest(vm=request.vm))
+        if not vm.running:
+            raise FerryError(ErrorCode.CONFLICT, f"{request.vm} is not running on {self._config.host}")
+        copied = [d.path for d in vm.disks if d.target in request.copy_disks]
+        job = SourceJob(
+            request=request,
+            started=self._monotonic(),
+            bandwidth_mib=request.options.bandwidth_mib,
+            copied_paths=copied,
+        )
+        self._jobs[request.session_id] = job
+        job.task = asyncio.create_task(self._run(job), name=f"migrate-{request.session_id}")
+        return job.state()
+
+    async def _run(self, job: SourceJob) -> None:
+        request = job.request
+        log = self._log.bind(session_id=request.session_id, vm=request.vm, dest=request.dest)
+        plan = MigrationPlan(
+            peer_uri=request.peer_uri,
+            migration_address=request.migration_address,
+            tls=request.options.tls,
+            bandwidth_mib=request.options.bandwidth_mib,
+            max_downtime_ms=request.options.max_downtime_ms,
+            copy_disks=list(request.copy_disks),
+            unsafe=self._config.migration.allow_unsafe,
+        )
+        log.info("migration_started", tls=plan.tls, bandwidth_mib=plan.bandwidth_mib, copy_disks=plan.copy_disks)
+        monitor = asyncio.create_task(self._monitor(job))
+        ok, code, reason = False, "", ""
+        try:
+            if job.abort_requested:
+                raise MigrationFailed("aborted before the migration started")
+            await self._hypervisor.migrate(request.vm, plan)
+            ok = True
+        except MigrationFailed as exc:
+            code, reason = str(SessionCode.MIGRATION_FAILED), str(exc)
+        except Exception as exc:  # the session must end with a result whatever happened
+            log.exception("migration_crashed")
+            code, reason = str(SessionCode.INTERNAL), f"the agent on {self._config.host} failed: {exc}"
+        finally:
+            monitor.cancel()
+        elapsed_ms = int((self._monotonic() - job.started) * 1000)
+        aborted = not ok and job.abort_requested
+        if aborted:
+            code, reason = str(SessionCode.CANCELLED), f"aborted on request; {request.vm} keeps running on {self._config.host}"
+        job.result = SessionResult(
+            session_id=request.session_id,
+            vm=request.vm,
+            host=self._config.host,
+            at=self._clock(),
+            ok=ok,
+            aborted=aborted,
+            code=code,
+            reason=reason,
+            outcome=outcome_from_stats({}, measured_total_ms=elapsed_ms) if ok else None,
+            last_progress=job.last_progress,
+        )
+        job.finished = self._monotonic()
+        (log.info if ok else log.warning)("migration_finished", ok=ok, aborted=aborted, code=code, reason=reason, elapsed_ms=elapsed_ms)
+        await self._publish(subjects.host_session(self._config.host, request.session_id), encode(job.result))
+
+    async def _monitor(self, job: SourceJob) -> None:
+        """Samples the job about twice a second; re-sends an abort that came too early."""
+        subject = subjects.host_session(self._config.host, job.request.session_id)
+        while True:
+            await asyncio.sleep(self._config.migration.progress_interval)
+            try:
+                stats = await self._hypervisor.job_stats(job.request.vm)
+                if stats is None:
+                    continue
+                if job.abort_requested:
+                    await self._hypervisor.abort_job(job.request.vm)
+                job.last_progress = progress_from_stats(stats)
+                await self._publish(
+                    subject,
+                    encode(
+                        SessionProgress(
+                            session_id=job.request.session_id,
+                            vm=job.request.vm,
+                            host=self._config.host,
+                            at=self._clock(),
+                            progress=job.last_progress,
+                        )
+                    ),
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # A missed sample is not a failed migration.
+                self._log.warning("progress_sample_failed", session_id=job.request.session_id, error=str(exc))
+
+    async def abort(self, request: SessionRef) -> AbortReply:
+        job = self._jobs.get(request.session_id)
+        if job is None:
+            return AbortReply(session_id=request.session_id, aborted=False, message="no such migration here")
+        if job.result is not None:
+            return AbortReply(
+                session_id=request.session_id, aborted=False, message=f"the migration already ended (ok={job.result.ok})"
+            )
+        job.abort_requested = True
+        await self._hypervisor.abort_job(request.vm)
+        self._log.info("abort_requested", session_id=request.session_id, vm=request.vm)
+        return AbortReply(session_id=request.session_id, aborted=True, message="abort sent to the hypervisor")
+
+    async def set_bandwidth(self, request: BandwidthRequest) -> MigrationState:
+        job = self._jobs.get(request.session_id)
+        if job is None:
+            raise FerryError(ErrorCode.NOT_FOUND, f"{self._config.host} runs no migration for session {request.session_id}")
+        if job.result is None:
+            await self._hypervisor.set_bandwidth(job.request.vm, request.bandwidth_mib)
+            job.bandwidth_mib = request.bandwidth_mib
+            self._log.info("bandwidth_changed", session_id=request.session_id, bandwidth_mib=request.bandwidth_mib)
+        return job.state()
+
+    async def commit(self, request: SessionRef) -> CommitReply:
+        """After the destination confirmed: remove the local images copied away."""
+        state = await self._hypervisor.vm_state(request.vm)
+        if state in (VmState.RUNNING, VmState.PAUSED):
+            raise FerryError(
+                ErrorCode.CONFLICT,
+                f"{request.vm} is still active on {self._config.host}; its images stay",
+            )
+        job = self._jobs.get(request.session_id)
+        removed = []
+        if job is not None and job.result is not None and job.result.ok:
+            for path in job.copied_paths:
+                if await self._hypervisor.remove_disk(path):
+                    removed.append(path)
+            job.copied_paths = []
+        self._log.info("source_cleaned_up", session_id=request.session_id, vm=request.vm, removed=removed)
+        return CommitReply(session_id=request.session_id, host=self._config.host, vm_running=False, removed=removed)
+
+    def _forget_old_jobs(self) -> None:
+        now = self._monotonic()
+        for sid, job in list(self._jobs.items()):
+            if job.result is not None and now - job.finished > KEEP_FINISHED_SECONDS:
+                del self._jobs[sid]
+
+    async def close(self) -> None:
+        """On shutdown running migrations are left to the hypervisor, which finishes them."""
+        for job in self._jobs.values():
+            if job.task is not None and not job.task.done():
+                job.task.cancel()

@@ -1,0 +1,71 @@
+"""Requests to agents (`ferry.agent.<host>.<verb>`), typed, with errors as sentences."""
+
+from typing import Any, TypeVar
+
+import nats.errors
+from nats.aio.client import Client
+
+from proto import subjects
+from proto.agent import (
+    AbortReply,
+    BandwidthRequest,
+    CommitReply,
+    DescribeRequest,
+    MigrateRequest,
+    MigrationState,
+    PrepareReply,
+    PrepareRequest,
+    RollbackReply,
+    SessionRef,
+    VmDescription,
+)
+from proto.codec import ReplyDecoder, encode
+from proto.errors import ErrorCode, FerryError
+
+T = TypeVar("T")
+
+_DESCRIBE = ReplyDecoder(VmDescription, "describe")
+_PREPARE = ReplyDecoder(PrepareReply, "prepare")  # type: ignore[arg-type]
+_MIGRATION = ReplyDecoder(MigrationState, "migrate")
+_ABORT = ReplyDecoder(AbortReply, "abort")
+_COMMIT = ReplyDecoder(CommitReply, "commit")
+_ROLLBACK = ReplyDecoder(RollbackReply, "rollback")
+
+
+class AgentClient:
+    def __init__(self, nc: Client, *, timeout: float = 10.0) -> None:
+        self._nc = nc
+        self._timeout = timeout
+
+    async def _request(self, host: str, verb: str, message: Any, decoder: ReplyDecoder[T], timeout: float | None = None) -> T:
+        subject = subjects.agent_verb(host, verb)
+        wait = timeout or self._timeout
+        try:
+            reply = await self._nc.request(subject, encode(message), timeout=wait)
+        except nats.errors.NoRespondersError:
+            raise FerryError(ErrorCode.UNAVAILABLE, f"the agent on {host} does not answer ({verb})") from None
+        except nats.errors.TimeoutError:
+            raise FerryError(ErrorCode.TIMEOUT, f"the agent on {host} did not answer {verb} within {wait:g} s") from None
+        return decoder.decode(reply.data)
+
+    async def describe(self, host: str, vm: str) -> VmDescription:
+        return await self._request(host, "describe", DescribeRequest(vm=vm), _DESCRIBE)
+
+    async def prepare(self, host: str, request: PrepareRequest) -> PrepareReply:
+        # Creating images for storage copy can take a moment.
+        return await self._request(host, "prepare", request, _PREPARE, timeout=max(self._timeout, 60.0))
+
+    async def migrate(self, host: str, request: MigrateRequest) -> MigrationState:
+        return await self._request(host, "migrate", request, _MIGRATION)
+
+    async def abort(self, host: str, ref: SessionRef) -> AbortReply:
+        return await self._request(host, "abort", ref, _ABORT)
+
+    async def bandwidth(self, host: str, request: BandwidthRequest) -> MigrationState:
+        return await self._request(host, "bandwidth", request, _MIGRATION)
+
+    async def commit(self, host: str, ref: SessionRef) -> CommitReply:
+        return await self._request(host, "commit", ref, _COMMIT)
+
+    async def rollback(self, host: str, ref: SessionRef) -> RollbackReply:
+        return await self._request(host, "rollback", ref, _ROLLBACK)

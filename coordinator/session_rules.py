@@ -1,0 +1,110 @@
+"""Checks and inputs for a new session. Pure: the hosts as last reported, and the
+sessions in flight, in; a decision or a FerryError with a sentence out."""
+
+from collections.abc import Iterable
+
+from coordinator.placement import HostFacts, PlacementRules, VmDemand
+from proto.agent import VmDescription
+from proto.api import HostState, HostView
+from proto.errors import ErrorCode, FerryError
+from proto.host import VmState
+from proto.session import Session, StorageMode
+
+
+def find_source(vm: str, source: str | None, hosts: Iterable[HostView]) -> HostView:
+    """The host the VM runs on: the one named (checked), else the one reporting it."""
+    by_name = {h.host: h for h in hosts}
+    if source is not None:
+        view = by_name.get(source)
+        if view is None:
+            raise FerryError(ErrorCode.UNKNOWN_HOST, f"no host named {source} has reported to the coordinator")
+        if view.state == HostState.LOST:
+            raise FerryError(ErrorCode.HOST_LOST, f"{source} is lost (no heartbeat for {view.last_seen_age:.0f} s); its VMs cannot be live-migrated")
+        return view
+    running = [h for h in by_name.values() if any(v.name == vm and v.state == VmState.RUNNING for v in h.vms)]
+    if not running:
+        known = [h.host for h in by_name.values() if any(v.name == vm for v in h.vms)]
+        if known:
+            raise FerryError(ErrorCode.CONFLICT, f"{vm} is not running (known on {', '.join(known)}); only running VMs are live-migrated")
+        raise FerryError(ErrorCode.UNKNOWN_VM, f"no host reports a VM named {vm}")
+    if len(running) > 1:
+        raise FerryError(
+            ErrorCode.CONFLICT, f"{vm} is reported running on {', '.join(h.host for h in running)}; name the source with --from"
+        )
+    view = running[0]
+    if view.state == HostState.LOST:
+        raise FerryError(ErrorCode.HOST_LOST, f"{vm} runs on {view.host}, which is lost; its VMs cannot be live-migrated")
+    return view
+
+
+def check_named_dest(dest: str, source: str, hosts: Iterable[HostView]) -> HostView:
+    """A destination the user named must exist, be up and differ from the source.
+    Capacity and compatibility are the destination's own call (it declines)."""
+    if dest == source:
+        raise FerryError(ErrorCode.BAD_REQUEST, f"the destination {dest} is the source; nothing to move")
+    view = next((h for h in hosts if h.host == dest), None)
+    if view is None:
+        raise FerryError(ErrorCode.UNKNOWN_HOST, f"no host named {dest} has reported to the coordinator")
+    if view.state == HostState.LOST:
+        raise FerryError(ErrorCode.HOST_LOST, f"the destination {dest} is lost (no heartbeat for {view.last_seen_age:.0f} s)")
+    return view
+
+
+def demand_of(vm: VmDescription, source: HostView) -> VmDemand:
+    return VmDemand(
+        name=vm.name,
+        source=source.host,
+        vcpus=vm.vcpus,
+        memory_mib=vm.memory_mib,
+        libvirt_version=source.versions.libvirt,
+        qemu_version=source.versions.qemu,
+        arch=vm.arch or source.arch or "x86_64",
+        local_disks=any(d.local for d in vm.disks),
+    )
+
+
+def rules_for(session: Session, base: PlacementRules = PlacementRules()) -> PlacementRules:
+    if session.options.storage == StorageMode.SHARED:
+        return PlacementRules(
+            cpu_allocation_ratio=base.cpu_allocation_ratio,
+            memory_margin_mib=base.memory_margin_mib,
+            allow_storage_copy=False,
+        )
+    return base
+
+
+def host_facts(hosts: Iterable[HostView], in_flight: Iterable[Session]) -> list[HostFacts]:
+    """Placement's view: each host as reported, minus what sessions heading there hold.
+
+    A session holds its VM's size on its destination until the VM shows up in
+    that host's report (then the report itself counts it).
+    """
+    reserved: dict[str, tuple[int, int]] = {}
+    views = list(hosts)
+    reported = {h.host: {v.name for v in h.vms} for h in views}
+    for s in in_flight:
+        if s.state.terminal or s.dest is None or s.vm in reported.get(s.dest, ()):
+            continue
+        vcpus, memory = reserved.get(s.dest, (0, 0))
+        reserved[s.dest] = (vcpus + s.demand.vcpus, memory + s.demand.memory_mib)
+    facts = []
+    for h in views:
+        vcpus, memory = reserved.get(h.host, (0, 0))
+        facts.append(
+            HostFacts(
+                name=h.host,
+                up=h.state == HostState.UP,
+                health=h.health,
+                cpus=h.capacity.cpus,
+                vcpus_used=h.capacity.vcpus_used,
+                memory_total_mib=h.capacity.memory_total_mib,
+                memory_free_mib=h.capacity.memory_free_mib,
+                memory_used_mib=h.capacity.memory_used_mib,
+                libvirt_version=h.versions.libvirt,
+                qemu_version=h.versions.qemu,
+                arch=h.arch or "x86_64",
+                reserved_vcpus=vcpus,
+                reserved_memory_mib=memory,
+            )
+        )
+    return facts

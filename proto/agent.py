@@ -1,0 +1,156 @@
+"""Requests the coordinator sends an agent (`ferry.agent.<host>.<verb>`) and what an
+agent publishes about a session (`ferry.host.<host>.session.<id>`).
+
+Every request that belongs to a session carries its id and is idempotent: the
+same request twice has the effect of one.
+"""
+
+from typing import Annotated
+
+import msgspec
+
+from proto.host import Versions
+from proto.names import HostName, NonNegative, SessionId, VmName
+from proto.session import MiBps, MigrateOptions, Outcome, Progress
+
+LeaseSeconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
+
+
+class DiskInfo(msgspec.Struct, frozen=True):
+    target: str  # device name in the guest, e.g. "vda"
+    path: str  # as the hypervisor (and the domain XML) names it
+    format: str = "raw"
+    capacity_bytes: NonNegative = 0
+    # On this host's own storage (copied along when the storage mode allows),
+    # as opposed to storage other hosts reach at the same path.
+    local: bool = False
+
+
+class VmDescription(msgspec.Struct, frozen=True, tag="vm"):
+    """What a destination needs to judge an incoming VM."""
+
+    name: VmName
+    uuid: str
+    vcpus: NonNegative
+    memory_mib: NonNegative
+    arch: str = ""
+    # The hypervisor's domain type ("kvm", "qemu"): CPU models are judged per type.
+    virt_type: str = ""
+    # The guest's <cpu> element from its migratable XML; "" when it has none.
+    cpu_xml: str = ""
+    disks: list[DiskInfo] = []
+    running: bool = True
+
+
+class DescribeRequest(msgspec.Struct, frozen=True):
+    vm: VmName
+
+
+class PrepareRequest(msgspec.Struct, frozen=True):
+    session_id: SessionId
+    vm: VmDescription
+    source: HostName
+    source_versions: Versions
+    options: MigrateOptions
+    # The reservation lapses if no migration has started by then.
+    lease_seconds: LeaseSeconds = 30.0
+
+
+class Offer(msgspec.Struct, frozen=True, tag="offer"):
+    session_id: SessionId
+    host: HostName
+    peer_uri: str
+    migration_address: str = ""
+    # Device names of the local disks the destination created for storage copy.
+    copy_disks: list[str] = []
+    lease_expires_at: float = 0.0
+
+
+class Decline(msgspec.Struct, frozen=True, tag="decline"):
+    session_id: SessionId
+    host: HostName
+    code: str
+    reason: str
+
+
+PrepareReply = Offer | Decline
+
+
+class MigrateRequest(msgspec.Struct, frozen=True):
+    session_id: SessionId
+    vm: VmName
+    dest: HostName
+    peer_uri: str
+    migration_address: str = ""
+    options: MigrateOptions = MigrateOptions()
+    copy_disks: list[str] = []
+
+
+class SessionRef(msgspec.Struct, frozen=True):
+    """For verbs that only need to know the session: abort, commit, rollback."""
+
+    session_id: SessionId
+    vm: VmName
+
+
+class BandwidthRequest(msgspec.Struct, frozen=True):
+    session_id: SessionId
+    bandwidth_mib: MiBps
+
+
+class SessionProgress(msgspec.Struct, frozen=True, tag="progress"):
+    session_id: SessionId
+    vm: VmName
+    host: HostName
+    at: float
+    progress: Progress
+
+
+class SessionResult(msgspec.Struct, frozen=True, tag="result"):
+    session_id: SessionId
+    vm: VmName
+    host: HostName
+    at: float
+    ok: bool
+    # The migration stopped because it was asked to (abort), not because it failed.
+    aborted: bool = False
+    code: str = ""
+    reason: str = ""
+    outcome: Outcome | None = None
+    last_progress: Progress | None = None
+
+
+SessionUpdate = SessionProgress | SessionResult
+
+
+class MigrationState(msgspec.Struct, frozen=True, tag="migration"):
+    """The source's answer to migrate (idempotent) and bandwidth: where the job stands."""
+
+    session_id: SessionId
+    running: bool
+    result: SessionResult | None = None
+    bandwidth_mib: MiBps = 0
+
+
+class AbortReply(msgspec.Struct, frozen=True, tag="abort"):
+    session_id: SessionId
+    # False when there was nothing to abort (not started, or already finished).
+    aborted: bool
+    message: str = ""
+
+
+class CommitReply(msgspec.Struct, frozen=True, tag="commit"):
+    session_id: SessionId
+    host: HostName
+    vm_running: bool
+    # What the host removed (copied-away local images on the source).
+    removed: list[str] = []
+    # The destination's statistics of the finished job (downtime, total time).
+    outcome: Outcome | None = None
+
+
+class RollbackReply(msgspec.Struct, frozen=True, tag="rollback"):
+    session_id: SessionId
+    host: HostName
+    removed: list[str] = []
+    message: str = ""

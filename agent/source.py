@@ -167,8 +167,8 @@ class Source:
             await asyncio.sleep(self._config.migration.progress_interval)
             try:
                 stats = await self._hypervisor.job_stats(job.request.vm)
-                if stats is None:
-                    continue
+                if stats is None or not stats.get("data_total"):
+                    continue  # no job yet, or one still setting up (nothing to show)
                 if job.abort_requested:
                     await self._hypervisor.abort_job(job.request.vm)
                 job.last_progress = progress_from_stats(stats)

@@ -4,16 +4,27 @@ import argparse
 import asyncio
 import os
 import sys
+import time
+from typing import Any
 
 import msgspec
 from rich.console import Console
+from rich.progress import BarColumn, Progress as Bar, TaskProgressColumn, TextColumn
 from rich.table import Table
 
 from coordinator.client import FerryClient
-from proto.api import HostState, HostsReply, HostView
-from proto.errors import FerryError
+from proto.api import HostState, HostsReply, HostView, MigrateRequest, SessionsRequest
+from proto.errors import ErrorCode, FerryError
 from proto.host import HealthState
+from proto.session import MigrateOptions, Progress, Session, SessionState, StorageMode
 from runtime.config import NatsSettings
+
+MIB = 1024 * 1024
+_STATE_STYLE = {
+    SessionState.COMPLETED: "green",
+    SessionState.FAILED: "red",
+    SessionState.CANCELLED: "yellow",
+}
 
 _HEALTH_STYLE = {HealthState.OK: "green", HealthState.WARNING: "yellow", HealthState.CRITICAL: "red"}
 
@@ -61,6 +72,191 @@ async def _cmd_hosts(client: FerryClient, args: argparse.Namespace, console: Con
     return 0
 
 
+def _print_json(value: Any) -> None:
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(value)).decode() + "\n")
+
+
+def _mib(n: int) -> str:
+    return f"{n / MIB:.1f} MiB"
+
+
+def _route(s: Session) -> str:
+    return f"{s.source} -> {s.dest or '?'}"
+
+
+def _percent(p: Progress | None) -> str:
+    if p is None or not (p.data_processed + p.data_remaining):
+        return "-"
+    return f"{100 * p.data_processed / (p.data_processed + p.data_remaining):.0f}%"
+
+
+def summary(s: Session) -> str:
+    """One line for people: what happened to the VM."""
+    if s.state == SessionState.COMPLETED:
+        o = s.outcome
+        details = f" in {o.total_time_ms / 1000:.1f} s, downtime {o.downtime_ms} ms, {_mib(o.data_transferred)} sent" if o else ""
+        tls = "TLS" if s.options.tls else "no TLS"
+        return f"completed: {s.vm} moved {_route(s)}{details} ({tls})"
+    if s.state.terminal:
+        return f"{s.state}: {s.vm} {_route(s)}: {s.code}: {s.reason}"
+    return f"{s.state}: {s.vm} {_route(s)}"
+
+
+async def _cmd_migrate(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
+    storage = StorageMode.COPY if args.copy_storage else StorageMode.SHARED if args.shared_storage else StorageMode.AUTO
+    request = MigrateRequest(
+        vm=args.vm,
+        source=args.source,
+        dest=args.to,
+        options=MigrateOptions(
+            bandwidth_mib=args.bandwidth,
+            storage=storage,
+            tls=not args.no_tls,
+            max_downtime_ms=args.max_downtime,
+            priority=args.priority,
+        ),
+    )
+    request = _validated(request)
+    session = await client.migrate(request)
+    if not args.wait:
+        if args.json:
+            _print_json(session)
+        else:
+            console.print(f"session {session.id}: moving {session.vm} from {session.source} to {session.dest or 'a host Ferry chooses'}")
+        return 0
+    final = await follow(client, session, console, quiet=args.json)
+    if args.json:
+        _print_json(final)
+    return _exit_for(final)
+
+
+def _validated(request: MigrateRequest) -> MigrateRequest:
+    """The same checks the coordinator makes, so bad flags fail before any request."""
+    try:
+        return msgspec.json.decode(msgspec.json.encode(request), type=MigrateRequest)
+    except msgspec.ValidationError as exc:
+        raise FerryError(ErrorCode.BAD_REQUEST, f"invalid migrate request: {exc}") from None
+
+
+def _exit_for(session: Session) -> int:
+    if session.state == SessionState.COMPLETED:
+        return 0
+    Console(stderr=True).print(f"ferry: {session.code or session.state}: {session.reason}", markup=False, highlight=False)
+    return 1
+
+
+async def follow(client: FerryClient, session: Session, console: Console, *, quiet: bool = False) -> Session:
+    """Follows a session to its end: a live bar on a terminal, a line every few seconds elsewhere."""
+    out = Console(stderr=True) if quiet else console
+    bar = Bar(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}  {task.fields[left]}  ETA {task.fields[eta]}"),
+        console=out,
+        transient=True,
+        disable=not out.is_terminal,
+    )
+    current = session
+    last_line = 0.0
+    with bar:
+        task = bar.add_task(session.vm, total=100, rate="", left="", eta="")
+        async for item in client.follow(session):
+            if isinstance(item, Session):
+                current = item
+                if not current.state.terminal:
+                    bar.console.print(f"session {current.id}: {summary(current)}", highlight=False)
+                continue
+            done, left, rate = item.data_processed, item.data_remaining, item.bandwidth_bps
+            eta = f"{left / rate:.0f}s" if rate else "?"
+            fields = dict(rate=f"{rate / MIB:.1f} MiB/s", left=f"{_mib(left)} left", eta=eta)
+            if done + left:
+                bar.update(task, completed=100 * done / (done + left), **fields)
+            if not out.is_terminal and time.monotonic() - last_line >= 2.0:
+                last_line = time.monotonic()
+                out.print(f"  {_percent(item)}  {fields['rate']}  {fields['left']}  iteration {item.iteration}", highlight=False)
+    style = _STATE_STYLE.get(current.state, "")
+    out.print(f"[{style}]{summary(current)}[/]" if style else summary(current), highlight=False)
+    return current
+
+
+def sessions_table(sessions: list[Session]) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("SESSION", "VM", "FROM", "TO", "STATE", "DONE", "DOWNTIME", "AGE", "REASON"):
+        table.add_column(column)
+    now = time.time()
+    for s in sessions:
+        style = _STATE_STYLE.get(s.state)
+        table.add_row(
+            s.id,
+            s.vm,
+            s.source,
+            s.dest or "-",
+            f"[{style}]{s.state}[/]" if style else str(s.state),
+            "100%" if s.state == SessionState.COMPLETED else _percent(s.progress),
+            f"{s.outcome.downtime_ms} ms" if s.outcome else "-",
+            f"{now - s.created_at:.0f}s",
+            f"{s.code}: {s.reason}" if s.code else "",
+        )
+    return table
+
+
+async def _cmd_sessions(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
+    sessions = await client.sessions(SessionsRequest(vm=args.vm, include_finished=not args.running))
+    if args.json:
+        _print_json(sessions)
+    elif not sessions:
+        console.print("no sessions")
+    else:
+        console.print(sessions_table(sessions))
+    return 0
+
+
+async def _cmd_session(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
+    s = await client.session(args.id)
+    if args.json:
+        _print_json(s)
+        return 0
+    console.print(f"session {s.id}: {summary(s)}", highlight=False)
+    o = s.options
+    console.print(
+        f"  options: bandwidth {o.bandwidth_mib or 'unlimited'} MiB/s, storage {o.storage}, "
+        f"{'TLS' if o.tls else 'no TLS'}, max downtime {o.max_downtime_ms} ms, priority {o.priority}",
+        highlight=False,
+    )
+    if s.candidates_tried:
+        console.print(f"  destinations tried: {', '.join(s.candidates_tried)}", highlight=False)
+    if s.progress:
+        p = s.progress
+        console.print(
+            f"  progress: {_percent(p)}, {_mib(p.data_processed)} sent, {_mib(p.data_remaining)} left, "
+            f"{p.bandwidth_bps / MIB:.1f} MiB/s, dirty {p.dirty_rate_bps / MIB:.1f} MiB/s, iteration {p.iteration}",
+            highlight=False,
+        )
+    start = s.history[0].at if s.history else s.created_at
+    for t in s.history:
+        why = f"  {t.code}: {t.reason}" if t.code or t.reason else ""
+        console.print(f"  +{t.at - start:7.2f}s  {t.state}{why}", highlight=False)
+    return 0
+
+
+async def _cmd_cancel(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
+    s = await client.cancel(args.id)
+    if s.state == SessionState.CANCELLED:
+        console.print(f"session {s.id}: cancelled; {s.vm} stays on {s.source}", highlight=False)
+    else:
+        console.print(f"session {s.id}: abort sent to {s.source}; {s.vm} stays there once it confirms", highlight=False)
+    if args.wait:
+        return 0 if (await follow(client, s, console)).state == SessionState.CANCELLED else 1
+    return 0
+
+
+async def _cmd_bandwidth(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
+    s = await client.bandwidth(args.id, args.mib)
+    console.print(f"session {s.id}: bandwidth {args.mib or 'unlimited'} MiB/s ({s.state})", highlight=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferry", description="Operate a Ferry cluster.")
     parser.add_argument(
@@ -74,6 +270,44 @@ def build_parser() -> argparse.ArgumentParser:
     hosts = sub.add_parser("hosts", help="list hosts with state, health and capacity")
     hosts.add_argument("--json", action="store_true", help="machine-readable output")
     hosts.set_defaults(run=_cmd_hosts)
+
+    migrate = sub.add_parser("migrate", help="live-migrate a running VM to another host")
+    migrate.add_argument("vm")
+    migrate.add_argument("--to", metavar="HOST", help="destination (default: the best host Ferry finds)")
+    migrate.add_argument("--from", dest="source", metavar="HOST", help="source (default: where the VM runs)")
+    migrate.add_argument("--bandwidth", type=int, default=0, metavar="MiB/s", help="speed limit (default: none)")
+    storage = migrate.add_mutually_exclusive_group()
+    storage.add_argument("--copy-storage", action="store_true", help="copy every disk along with memory")
+    storage.add_argument(
+        "--shared-storage", action="store_true", help="never copy disks; the destination must reach them"
+    )
+    migrate.add_argument("--no-tls", action="store_true", help="send memory unencrypted (trusted networks only)")
+    migrate.add_argument("--max-downtime", type=int, default=500, metavar="MS", help="longest pause allowed (default 500)")
+    migrate.add_argument("--priority", type=int, default=0, help="-100..100; higher goes first when queued")
+    migrate.add_argument("--wait", action="store_true", help="follow the migration to its end")
+    migrate.add_argument("--json", action="store_true", help="print the session as JSON")
+    migrate.set_defaults(run=_cmd_migrate)
+
+    sessions = sub.add_parser("sessions", help="list migration sessions")
+    sessions.add_argument("--vm", help="only this VM's sessions")
+    sessions.add_argument("--running", action="store_true", help="only sessions that have not ended")
+    sessions.add_argument("--json", action="store_true")
+    sessions.set_defaults(run=_cmd_sessions)
+
+    session = sub.add_parser("session", help="one session with its history")
+    session.add_argument("id")
+    session.add_argument("--json", action="store_true")
+    session.set_defaults(run=_cmd_session)
+
+    cancel = sub.add_parser("cancel", help="stop a migration; the VM stays on its source")
+    cancel.add_argument("id")
+    cancel.add_argument("--wait", action="store_true", help="wait until the session has ended")
+    cancel.set_defaults(run=_cmd_cancel)
+
+    bandwidth = sub.add_parser("bandwidth", help="change the speed limit of a session, also while it runs")
+    bandwidth.add_argument("id")
+    bandwidth.add_argument("mib", type=int, metavar="MiB/s", help="0: unlimited")
+    bandwidth.set_defaults(run=_cmd_bandwidth)
     return parser
 
 

@@ -1,21 +1,40 @@
 """A client of the coordinator API, for the CLI, tests and scripts."""
 
+import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import nats.errors
 from nats.aio.client import Client
 
 from proto import subjects
-from proto.api import HostsReply, HostsRequest
-from proto.codec import ReplyDecoder, encode
+from proto.agent import SessionProgress, SessionUpdate
+from proto.events import CoordinatorEvent, SessionChanged
+from proto.api import (
+    BandwidthChange,
+    CancelRequest,
+    HostsReply,
+    HostsRequest,
+    MigrateRequest,
+    SessionReply,
+    SessionRequest,
+    SessionsReply,
+    SessionsRequest,
+)
+from proto.codec import Decoder, ReplyDecoder, encode
 from proto.errors import ErrorCode, FerryError
+from proto.session import Progress, Session
 from runtime.config import NatsSettings
 from runtime.connection import connect_once
 
 T = TypeVar("T")
 
 _HOSTS = ReplyDecoder(HostsReply, "hosts")
+_SESSION = ReplyDecoder(SessionReply, "session")
+_SESSIONS = ReplyDecoder(SessionsReply, "sessions")
+_UPDATE = Decoder(SessionUpdate, "session update")  # type: ignore[arg-type]
+_EVENT = Decoder(CoordinatorEvent, "coordinator event")  # type: ignore[arg-type]
 
 
 class FerryClient:
@@ -62,3 +81,68 @@ class FerryClient:
 
     async def hosts(self, request: HostsRequest = HostsRequest()) -> HostsReply:
         return _HOSTS.decode(await self.request_raw("hosts", encode(request)))
+
+    async def migrate(self, request: MigrateRequest) -> Session:
+        return _SESSION.decode(await self.request_raw("migrate", encode(request))).session
+
+    async def session(self, session_id: str) -> Session:
+        return _SESSION.decode(await self.request_raw("session", encode(SessionRequest(id=session_id)))).session
+
+    async def sessions(self, request: SessionsRequest = SessionsRequest()) -> list[Session]:
+        return _SESSIONS.decode(await self.request_raw("sessions", encode(request))).sessions
+
+    async def cancel(self, session_id: str) -> Session:
+        return _SESSION.decode(await self.request_raw("cancel", encode(CancelRequest(id=session_id)))).session
+
+    async def bandwidth(self, session_id: str, bandwidth_mib: int) -> Session:
+        change = BandwidthChange(id=session_id, bandwidth_mib=bandwidth_mib)
+        return _SESSION.decode(await self.request_raw("bandwidth", encode(change))).session
+
+    async def follow(self, session: Session, *, poll: float = 1.0) -> AsyncIterator[Session | Progress]:
+        """Live progress samples from the source, and the session each time its state
+        changes, until it ends (the last item is the finished session).
+
+        State changes are announced on the coordinator's event subject, so the
+        end of a session is seen at once rather than at the next poll.
+        """
+        queue: asyncio.Queue[Progress | None] = asyncio.Queue()
+
+        async def on_progress(msg: Any) -> None:
+            try:
+                update = _UPDATE.decode(msg.data)
+            except FerryError:
+                return
+            if isinstance(update, SessionProgress):
+                queue.put_nowait(update.progress)
+
+        async def on_event(msg: Any) -> None:
+            try:
+                event = _EVENT.decode(msg.data)
+            except FerryError:
+                return
+            if isinstance(event, SessionChanged) and event.session_id == session.id:
+                queue.put_nowait(None)  # re-read the session now
+
+        subs = [
+            await self._nc.subscribe(subjects.host_session(session.source, session.id), cb=on_progress),
+            await self._nc.subscribe(subjects.COORDINATOR_EVENTS, cb=on_event),
+        ]
+        try:
+            last_state = None
+            while True:
+                current = await self.session(session.id)
+                if current.state != last_state:
+                    last_state = current.state
+                    yield current
+                if current.state.terminal:
+                    return
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout=poll)
+                    while item is not None:
+                        yield item
+                        item = queue.get_nowait() if not queue.empty() else None
+                except TimeoutError:
+                    pass
+        finally:
+            for sub in subs:
+                await sub.unsubscribe()

@@ -1,0 +1,248 @@
+import pytest
+
+from coordinator.placement import PlacementRules
+from coordinator.session_rules import (
+    check_named_dest,
+    demand_of,
+    find_source,
+    host_facts,
+    rules_for,
+)
+from proto.agent import DiskInfo, VmDescription
+from proto.api import HostState, HostView
+from proto.errors import ErrorCode, FerryError
+from proto.host import Capacity, HealthState, Versions, VmInfo, VmState
+from proto.session import Demand, MigrateOptions, Session, SessionState, StorageMode
+
+
+def vm(name="g1", state=VmState.RUNNING, vcpus=2, memory_mib=1024) -> VmInfo:
+    return VmInfo(name=name, uuid=f"u-{name}", vcpus=vcpus, memory_mib=memory_mib, state=state)
+
+
+def view(host="hv1", state=HostState.UP, vms=(), **kw) -> HostView:
+    base = {
+        "health": HealthState.OK,
+        "last_seen_age": 0.5,
+        "capacity": Capacity(cpus=8, memory_total_mib=16384, memory_free_mib=12000, vcpus_used=4, memory_used_mib=2048),
+        "versions": Versions(libvirt="9.0.0", qemu="7.2.0", agent="0.1.0"),
+        "arch": "x86_64",
+    }
+    return HostView(host=host, state=state, vms=list(vms), **{**base, **kw})
+
+
+def session(vm="g1", source="hv1", dest="hv2", state=SessionState.MIGRATING, vcpus=2, memory_mib=1024,
+            storage=StorageMode.AUTO, id="sess01") -> Session:
+    return Session(
+        id=id, vm=vm, source=source, dest=dest, state=state, created_at=1.0, updated_at=2.0,
+        options=MigrateOptions(storage=storage), demand=Demand(vcpus=vcpus, memory_mib=memory_mib),
+    )
+
+
+def raised(fn, *args) -> FerryError:
+    with pytest.raises(FerryError) as info:
+        fn(*args)
+    return info.value
+
+
+# find_source
+
+
+def test_a_named_source_that_is_up_is_the_source():
+    hosts = [view("hv1"), view("hv2", vms=[vm()])]
+    assert find_source("g1", "hv1", hosts).host == "hv1"  # the name is trusted; the VM list is not consulted
+
+
+def test_a_named_source_nobody_knows_is_an_unknown_host():
+    error = raised(find_source, "g1", "hv9", [view("hv1")])
+    assert error.code == ErrorCode.UNKNOWN_HOST
+    assert error.message == "no host named hv9 has reported to the coordinator"
+
+
+def test_a_named_source_that_is_lost_says_for_how_long():
+    error = raised(find_source, "g1", "hv1", [view("hv1", state=HostState.LOST, last_seen_age=42.4)])
+    assert error.code == ErrorCode.HOST_LOST
+    assert error.message == "hv1 is lost (no heartbeat for 42 s); its VMs cannot be live-migrated"
+
+
+def test_without_a_name_the_source_is_the_host_running_the_vm():
+    hosts = [view("hv1", vms=[vm("other")]), view("hv2", vms=[vm("g1")]), view("hv3")]
+    assert find_source("g1", None, hosts).host == "hv2"
+
+
+def test_a_vm_nobody_reports_is_unknown():
+    error = raised(find_source, "g1", None, [view("hv1", vms=[vm("g2")]), view("hv2")])
+    assert error.code == ErrorCode.UNKNOWN_VM
+    assert error.message == "no host reports a VM named g1"
+
+
+def test_a_vm_that_is_not_running_anywhere_is_a_conflict_naming_where_it_is_known():
+    hosts = [view("hv1", vms=[vm(state=VmState.SHUTOFF)]), view("hv2", vms=[vm(state=VmState.PAUSED)])]
+    error = raised(find_source, "g1", None, hosts)
+    assert error.code == ErrorCode.CONFLICT
+    assert error.message == "g1 is not running (known on hv1, hv2); only running VMs are live-migrated"
+
+
+def test_a_vm_running_on_two_hosts_is_a_conflict_asking_for_from():
+    hosts = [view("hv1", vms=[vm()]), view("hv2", vms=[vm()]), view("hv3", vms=[vm(state=VmState.SHUTOFF)])]
+    error = raised(find_source, "g1", None, hosts)
+    assert error.code == ErrorCode.CONFLICT
+    assert error.message == "g1 is reported running on hv1, hv2; name the source with --from"
+
+
+def test_a_running_copy_wins_over_a_stopped_one():
+    hosts = [view("hv1", vms=[vm(state=VmState.SHUTOFF)]), view("hv2", vms=[vm()])]
+    assert find_source("g1", None, hosts).host == "hv2"
+
+
+def test_a_vm_found_on_a_lost_host_cannot_be_moved():
+    hosts = [view("hv1", state=HostState.LOST, vms=[vm()]), view("hv2")]
+    error = raised(find_source, "g1", None, hosts)
+    assert error.code == ErrorCode.HOST_LOST
+    assert error.message == "g1 runs on hv1, which is lost; its VMs cannot be live-migrated"
+
+
+# check_named_dest
+
+
+def test_a_destination_that_is_the_source_is_a_bad_request():
+    error = raised(check_named_dest, "hv1", "hv1", [view("hv1")])
+    assert error.code == ErrorCode.BAD_REQUEST
+    assert error.message == "the destination hv1 is the source; nothing to move"
+
+
+def test_an_unknown_destination_is_an_unknown_host():
+    error = raised(check_named_dest, "hv9", "hv1", [view("hv1"), view("hv2")])
+    assert error.code == ErrorCode.UNKNOWN_HOST and "hv9" in error.message
+
+
+def test_a_lost_destination_says_for_how_long():
+    error = raised(check_named_dest, "hv2", "hv1", [view("hv1"), view("hv2", state=HostState.LOST, last_seen_age=9.6)])
+    assert error.code == ErrorCode.HOST_LOST
+    assert error.message == "the destination hv2 is lost (no heartbeat for 10 s)"
+
+
+def test_a_destination_that_is_up_is_returned_whatever_its_capacity():
+    full = Capacity(cpus=1, memory_total_mib=1024, memory_free_mib=0)
+    assert check_named_dest("hv2", "hv1", [view("hv1"), view("hv2", capacity=full)]).host == "hv2"
+
+
+def test_an_unhealthy_destination_is_still_the_destinations_own_call():
+    dest = view("hv2", health=HealthState.CRITICAL)
+    assert check_named_dest("hv2", "hv1", [view("hv1"), dest]) is dest
+
+
+# host_facts
+
+
+def test_host_facts_copy_each_report():
+    (facts,) = host_facts([view("hv1")], [])
+    assert (facts.name, facts.up, facts.health, facts.cpus, facts.vcpus_used) == ("hv1", True, HealthState.OK, 8, 4)
+    assert (facts.memory_total_mib, facts.memory_free_mib, facts.memory_used_mib) == (16384, 12000, 2048)
+    assert (facts.libvirt_version, facts.qemu_version, facts.arch) == ("9.0.0", "7.2.0", "x86_64")
+    assert (facts.reserved_vcpus, facts.reserved_memory_mib) == (0, 0)
+
+
+def test_a_lost_host_is_not_up_and_an_unknown_arch_is_x86_64():
+    (facts,) = host_facts([view("hv1", state=HostState.LOST, arch="")], [])
+    assert not facts.up and facts.arch == "x86_64"
+
+
+def reserved(hosts, sessions) -> dict[str, tuple[int, int]]:
+    return {f.name: (f.reserved_vcpus, f.reserved_memory_mib) for f in host_facts(hosts, sessions)}
+
+
+def test_sessions_in_flight_reserve_their_size_on_their_destination():
+    hosts = [view("hv1", vms=[vm("g1"), vm("g2")]), view("hv2"), view("hv3")]
+    sessions = [
+        session("g1", dest="hv2", vcpus=2, memory_mib=1024, id="sess01"),
+        session("g2", dest="hv2", vcpus=4, memory_mib=4096, state=SessionState.PREPARING, id="sess02"),
+        session("g3", dest="hv3", vcpus=1, memory_mib=512, state=SessionState.POSTCOPY, id="sess03"),
+    ]
+    assert reserved(hosts, sessions) == {"hv1": (0, 0), "hv2": (6, 5120), "hv3": (1, 512)}
+
+
+def test_the_reservation_ends_once_the_vm_shows_in_the_destinations_report():
+    sessions = [session("g1", dest="hv2")]
+    before = [view("hv1", vms=[vm("g1")]), view("hv2")]
+    after = [view("hv1"), view("hv2", vms=[vm("g1", state=VmState.PAUSED)])]
+    assert reserved(before, sessions)["hv2"] == (2, 1024)
+    assert reserved(after, sessions)["hv2"] == (0, 0)
+
+
+def test_a_vm_on_another_host_does_not_end_the_reservation():
+    sessions = [session("g1", dest="hv2")]
+    hosts = [view("hv1", vms=[vm("g1")]), view("hv2"), view("hv3", vms=[vm("g1")])]
+    assert reserved(hosts, sessions)["hv2"] == (2, 1024)
+
+
+@pytest.mark.parametrize("state", [SessionState.COMPLETED, SessionState.FAILED, SessionState.CANCELLED])
+def test_finished_sessions_reserve_nothing(state):
+    assert reserved([view("hv1"), view("hv2")], [session(state=state)])["hv2"] == (0, 0)
+
+
+def test_a_session_without_a_destination_reserves_nothing():
+    assert reserved([view("hv1"), view("hv2")], [session(dest=None, state=SessionState.QUEUED)]) == {
+        "hv1": (0, 0), "hv2": (0, 0)}
+
+
+def test_a_session_towards_a_host_that_never_reported_adds_no_facts():
+    assert [f.name for f in host_facts([view("hv1")], [session(dest="hv7")])] == ["hv1"]
+
+
+def test_host_facts_accept_generators():
+    facts = host_facts((h for h in [view("hv1"), view("hv2")]), (s for s in [session()]))
+    assert [(f.name, f.reserved_memory_mib) for f in facts] == [("hv1", 0), ("hv2", 1024)]
+
+
+# rules_for
+
+
+def test_shared_storage_forbids_storage_copy_and_keeps_the_rest():
+    base = PlacementRules(cpu_allocation_ratio=2.0, memory_margin_mib=256)
+    assert rules_for(session(storage=StorageMode.SHARED), base) == PlacementRules(
+        cpu_allocation_ratio=2.0, memory_margin_mib=256, allow_storage_copy=False)
+
+
+@pytest.mark.parametrize("storage", [StorageMode.COPY, StorageMode.AUTO])
+def test_copy_and_auto_keep_the_base_rules(storage):
+    base = PlacementRules(cpu_allocation_ratio=2.0, memory_margin_mib=256)
+    assert rules_for(session(storage=storage), base) is base
+
+
+def test_rules_default_to_placements_defaults():
+    assert rules_for(session()) == PlacementRules()
+    assert rules_for(session(storage=StorageMode.SHARED)).allow_storage_copy is False
+
+
+# demand_of
+
+
+def test_demand_takes_size_from_the_vm_and_versions_from_the_source():
+    description = VmDescription(name="g1", uuid="u-g1", vcpus=4, memory_mib=2048, arch="aarch64")
+    demand = demand_of(description, view("hv1", versions=Versions(libvirt="10.0.0", qemu="8.2.0")))
+    assert (demand.name, demand.source, demand.vcpus, demand.memory_mib) == ("g1", "hv1", 4, 2048)
+    assert (demand.libvirt_version, demand.qemu_version, demand.arch) == ("10.0.0", "8.2.0", "aarch64")
+    assert demand.local_disks is False
+
+
+@pytest.mark.parametrize(
+    "vm_arch, host_arch, arch",
+    [("aarch64", "x86_64", "aarch64"), ("", "aarch64", "aarch64"), ("", "", "x86_64")],
+)
+def test_demand_arch_falls_back_to_the_source_then_x86_64(vm_arch, host_arch, arch):
+    description = VmDescription(name="g1", uuid="u", vcpus=1, memory_mib=256, arch=vm_arch)
+    assert demand_of(description, view("hv1", arch=host_arch)).arch == arch
+
+
+@pytest.mark.parametrize(
+    "disks, local",
+    [
+        ([], False),
+        ([DiskInfo(target="vda", path="/srv/nfs/g1.qcow2")], False),
+        ([DiskInfo(target="vda", path="/srv/nfs/g1.qcow2"),
+          DiskInfo(target="vdb", path="/var/lib/libvirt/images/g1-data.raw", local=True)], True),
+    ],
+)
+def test_demand_has_local_disks_when_any_disk_is_local(disks, local):
+    description = VmDescription(name="g1", uuid="u", vcpus=1, memory_mib=256, disks=disks)
+    assert demand_of(description, view("hv1")).local_disks is local

@@ -39,7 +39,7 @@ def judge_incoming(vm: VmDescription, source: str, source_versions: Versions, fa
         ("QEMU", facts.node.qemu_version, source_versions.qemu),
     ):
         if theirs and version_tuple(mine) < version_tuple(theirs):
-            return Refusal("version_older", f"{host} runs {what} {mine}, older than {theirs} on {source}")
+            return Refusal("version_older", f"{host} runs {what} {mine}, older than {theirs} on {source} where {vm.name} runs")
     if facts.cpu_problem:
         return Refusal("cpu_incompatible", f"{host} cannot run {vm.name}'s CPU: {facts.cpu_problem}")
     free = facts.node.memory_free_mib - facts.reserved_memory_mib

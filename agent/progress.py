@@ -1,5 +1,6 @@
 """libvirt job statistics into Ferry's progress and outcome. Pure."""
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -8,7 +9,9 @@ from proto.session import Outcome, Progress
 
 def _int(stats: Mapping[str, Any], key: str) -> int:
     value = stats.get(key, 0)
-    return max(0, int(value)) if isinstance(value, (int, float)) else 0
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return 0
+    return max(0, int(value))
 
 
 def progress_from_stats(stats: Mapping[str, Any]) -> Progress:

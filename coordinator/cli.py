@@ -141,8 +141,13 @@ def _validated(request: MigrateRequest) -> MigrateRequest:
 def _exit_for(session: Session) -> int:
     if session.state == SessionState.COMPLETED:
         return 0
-    Console(stderr=True).print(f"ferry: {session.code or session.state}: {session.reason}", markup=False, highlight=False)
+    _say_error(session.code or str(session.state), session.reason)
     return 1
+
+
+def _say_error(code: str, message: str) -> None:
+    # Plain, unwrapped: scripts match on these lines.
+    sys.stderr.write(f"ferry: {code}: {message}\n")
 
 
 async def follow(client: FerryClient, session: Session, console: Console, *, quiet: bool = False) -> Session:
@@ -318,12 +323,11 @@ def _settings(args: argparse.Namespace) -> NatsSettings:
 
 async def _main(args: argparse.Namespace) -> int:
     console = Console()
-    err = Console(stderr=True)
     try:
         async with await FerryClient.connect(_settings(args)) as client:
             return await args.run(client, args, console)
     except FerryError as exc:
-        err.print(f"ferry: {exc.code}: {exc.message}", markup=False, highlight=False)
+        _say_error(exc.code, exc.message)
         return 1
 
 

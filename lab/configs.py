@@ -53,7 +53,9 @@ migrate_tls_x509_verify = 1
 """
 
 
-def agent_toml(host: HostLayout, nats_url: str) -> str:
+def agent_toml(host: HostLayout, nats_url: str, migration: dict[str, object] | None = None) -> str:
+    """``migration``: extra keys for the agent's [migration] table (tests tune limits with it)."""
+    extra = "".join(f"{key} = {json.dumps(value)}\n" for key, value in (migration or {}).items())
     return f"""\
 # Written by ferry-lab.
 host = {_q(host.name)}
@@ -76,7 +78,7 @@ migration_address = {_q(host.address)}
 # The lab's shared folder is a local directory both hosts see; libvirt cannot
 # tell it is shared and refuses to migrate its disks without this.
 allow_unsafe = true
-"""
+{extra}"""
 
 
 def coordinator_toml(layout: LabLayout, nats_url: str) -> str:

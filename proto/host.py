@@ -99,10 +99,12 @@ class HostStatus(msgspec.Struct, frozen=True, tag="status"):
         )
 
 
-def version_tuple(version: str) -> tuple[int, ...]:
-    """Leading digits of each dot-separated piece: "8.2.0-rc1" -> (8, 2, 0)."""
+def version_tuple(version: str, width: int = 3) -> tuple[int, ...]:
+    """Leading digits of each dot-separated piece: "8.2.0-rc1" -> (8, 2, 0).
+    Padded with zeros to `width` pieces, so "9.0" and "9.0.0" compare equal."""
     parts = []
     for piece in version.split("."):
         digits = re.match(r"\d*", piece).group()
         parts.append(int(digits) if digits else 0)
+    parts += [0] * (width - len(parts))
     return tuple(parts)

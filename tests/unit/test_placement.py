@@ -83,8 +83,8 @@ def test_nothing_fits():
     assert [r.code for r in ranking.rejections] == ["host_lost", "no_capacity"]
 
 
-@pytest.mark.parametrize("text, parsed", [("9.0.0", (9, 0, 0)), ("7.2.22", (7, 2, 22)), ("10.1", (10, 1)),
-                                          ("8.2.0-rc1", (8, 2, 0)), ("", (0,))])
+@pytest.mark.parametrize("text, parsed", [("9.0.0", (9, 0, 0)), ("7.2.22", (7, 2, 22)), ("10.1", (10, 1, 0)),
+                                          ("8.2.0-rc1", (8, 2, 0)), ("", (0, 0, 0))])
 def test_version_tuple(text, parsed):
     assert version_tuple(text) == parsed
 

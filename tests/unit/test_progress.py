@@ -119,10 +119,6 @@ def test_float_values_are_truncated():
     assert progress_from_stats({"time_elapsed": 12.9, "downtime": 0.4}) == Progress(elapsed_ms=12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent/progress.py _int: int(nan) raises ValueError and int(inf) OverflowError instead of counting as 0",
-)
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_floats_count_as_zero(value):
     assert progress_from_stats({**RUNNING, "memory_bps": value}).bandwidth_bps == 0

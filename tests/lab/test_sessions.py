@@ -1,0 +1,274 @@
+"""Migration sessions end to end: the real CLI, coordinator and agents, real
+libvirtd + QEMU guests in the lab, a real nats-server. Every test checks that
+the guest runs in exactly one place afterwards and never restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from coordinator.client import FerryClient
+from lab.lab import Lab
+from lab.layout import IMAGES_PATH
+from lab.libvirt_conn import open_host
+from proto import subjects
+from proto.agent import SessionProgress, SessionUpdate
+from proto.api import MigrateRequest
+from proto.session import MigrateOptions, SessionState
+from runtime.config import NatsSettings
+from tests.support.ferry_cli import ferry
+
+pytestmark = pytest.mark.lab
+
+MIB = 1024 * 1024
+
+
+def assert_runs_only_on(lab: Lab, guest: str, host: str) -> None:
+    where = lab.residency(guest)[guest]
+    assert where.running_on == (host,) and where.active_on == (host,) and where.defined_on == (host,), where.explain()
+
+
+def assert_never_restarted(lab: Lab, guest: str) -> None:
+    report = lab.continuity(guest)
+    assert report.ok, report.explain()
+    assert len(report.boot_ids) == 1, report.explain()
+
+
+def wait_ticking_on(lab: Lab, guest: str, host: str) -> None:
+    before = lab.wait_for_tick(guest, host, 1)
+    lab.wait_for_tick(guest, host, before + 1)
+
+
+async def client_for(lab: Lab) -> FerryClient:
+    return await FerryClient.connect(NatsSettings(servers=[lab.nats_url], request_timeout=10.0))
+
+
+def test_migrate_wait_moves_a_busy_guest_to_a_host_ferry_chooses(lab_with_ferry: Lab, guest_factory) -> None:
+    lab = lab_with_ferry
+    guest = guest_factory(host="hv1", memory_mib=256, dirty_mb=16, wait_ticks=3)
+
+    result = ferry(lab.nats_url, "migrate", guest, "--wait", "--json")
+
+    assert result.code == 0, result.stderr
+    session = result.session()
+    assert session.state == SessionState.COMPLETED
+    assert session.source == "hv1" and session.dest in ("hv2", "hv3")
+    assert not session.dest_requested
+    assert [t.state for t in session.history] == ["queued", "preparing", "migrating", "completed"]
+    assert session.options.tls
+    assert session.outcome is not None and session.outcome.downtime_ms > 0 and session.outcome.total_time_ms > 0
+    wait_ticking_on(lab, guest, session.dest)
+    assert_runs_only_on(lab, guest, session.dest)
+    assert_never_restarted(lab, guest)
+    # The record keeps what happened, for `ferry session ID`.
+    shown = ferry(lab.nats_url, "session", session.id)
+    assert shown.code == 0 and "completed" in shown.stdout and "downtime" in shown.stdout
+
+
+async def test_bandwidth_limit_holds_and_raising_it_speeds_the_migration_up(lab_with_ferry: Lab, guest_factory) -> None:
+    lab = lab_with_ferry
+    # The workload keeps 24 MiB of memory changing, so at 8 MiB/s the copy runs
+    # long enough to be measured; at a higher speed it converges.
+    guest = guest_factory(host="hv1", memory_mib=256, dirty_mb=24, wait_ticks=3)
+    samples: list[tuple[float, int]] = []
+    decoder = msgspec.json.Decoder(SessionUpdate)
+    client = await client_for(lab)
+    try:
+        session = await client.migrate(MigrateRequest(vm=guest, dest="hv2", options=MigrateOptions(bandwidth_mib=8)))
+
+        async def on_update(msg) -> None:
+            update = decoder.decode(msg.data)
+            if isinstance(update, SessionProgress):
+                samples.append((update.at, update.progress.data_processed))
+
+        await client._nc.subscribe(subjects.host_session("hv1", session.id), cb=on_update)
+        await asyncio.sleep(6.0)
+        limited = list(samples)
+        assert len(limited) >= 6, f"too few progress samples: {limited}"
+        # Skip the first sample: the job's start (connection, zero pages) is not steady state.
+        (t0, b0), (t1, b1) = limited[1], limited[-1]
+        rate_limited = (b1 - b0) / (t1 - t0) / MIB
+        assert rate_limited <= 8 * 1.10, f"measured {rate_limited:.2f} MiB/s with an 8 MiB/s limit"
+        assert rate_limited >= 8 * 0.5, f"measured only {rate_limited:.2f} MiB/s"
+
+        raised_at, processed_at_raise = time.time(), limited[-1][1]
+        changed = await asyncio.to_thread(ferry, lab.nats_url, "bandwidth", session.id, "64")
+        assert changed.code == 0, changed.stderr
+
+        final = await wait_finished(client, session.id, timeout=120)
+        assert final.state == SessionState.COMPLETED, final.reason
+        assert final.options.bandwidth_mib == 64
+        finished_at = final.history[-1].at
+        moved_after = final.outcome.data_transferred - processed_at_raise
+        rate_raised = moved_after / (finished_at - raised_at) / MIB
+        assert rate_raised > 8 * 1.5, f"after raising to 64 MiB/s: {rate_raised:.2f} MiB/s"
+    finally:
+        await client.close()
+    assert_runs_only_on(lab, guest, "hv2")
+    assert_never_restarted(lab, guest)
+
+
+async def wait_finished(client: FerryClient, session_id: str, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        session = await client.session(session_id)
+        if session.state.terminal:
+            return session
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"session {session_id} did not end within {timeout} s")
+
+
+def test_tls_by_default_and_copy_storage_moves_a_local_disk_unchanged(lab_with_ferry: Lab, guest_factory, tmp_path: Path) -> None:
+    lab = lab_with_ferry
+    pattern = tmp_path / "pattern.raw"
+    pattern.write_bytes(random.Random(20261125).randbytes(8 << 20))
+    guest = guest_factory(host="hv1", disk="local", disk_size_mib=32, disk_content=pattern, wait_ticks=3)
+    source_image = lab.host("hv1").outside(IMAGES_PATH / f"{guest}.qcow2")
+    dest_image = lab.host("hv3").outside(IMAGES_PATH / f"{guest}.qcow2")
+
+    result = ferry(lab.nats_url, "migrate", guest, "--to", "hv3", "--copy-storage", "--wait", "--json")
+
+    assert result.code == 0, result.stderr
+    session = result.session()
+    assert session.state == SessionState.COMPLETED
+    assert session.options.tls, "TLS is on unless --no-tls"
+    assert session.copy_disks == ["vda"]
+    wait_ticking_on(lab, guest, "hv3")
+    assert_runs_only_on(lab, guest, "hv3")
+    assert_never_restarted(lab, guest)
+    # The source removed its copy only after the destination confirmed.
+    assert not source_image.exists()
+    with open_host(lab.host("hv3")) as conn:
+        conn.lookupByName(guest).destroy()  # compare a disk nobody writes to
+    compare = subprocess.run(
+        ["qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(pattern), str(dest_image)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+
+
+def test_no_tls_is_recorded_when_asked_for(lab_with_ferry: Lab, guest_factory) -> None:
+    lab = lab_with_ferry
+    guest = guest_factory(host="hv2")
+    result = ferry(lab.nats_url, "migrate", guest, "--to", "hv1", "--no-tls", "--wait", "--json")
+    assert result.code == 0, result.stderr
+    assert result.session().options.tls is False
+    assert_runs_only_on(lab, guest, "hv1")
+
+
+async def test_cancel_mid_migration_leaves_the_guest_on_its_source_and_nothing_on_the_destination(
+    lab_with_ferry: Lab, guest_factory
+) -> None:
+    lab = lab_with_ferry
+    guest = guest_factory(host="hv1", memory_mib=256, dirty_mb=16, disk="local", disk_size_mib=32, wait_ticks=3)
+    dest_image = lab.host("hv2").outside(IMAGES_PATH / f"{guest}.qcow2")
+    client = await client_for(lab)
+    try:
+        # 4 MiB/s against 16 MiB/s of dirtying: this migration would never end by itself.
+        session = await client.migrate(
+            MigrateRequest(vm=guest, dest="hv2", options=MigrateOptions(bandwidth_mib=4, storage="copy"))
+        )
+
+        async def copying():
+            s = await client.session(session.id)
+            return s if s.state == SessionState.MIGRATING and s.progress and s.progress.data_processed else None
+
+        await eventually_async(copying, timeout=60)
+        assert dest_image.exists(), "the destination pre-created the image for the copy"
+
+        cancelled = await asyncio.to_thread(ferry, lab.nats_url, "cancel", session.id, "--wait")
+        assert cancelled.code == 0, cancelled.stdout + cancelled.stderr
+        final = await client.session(session.id)
+    finally:
+        await client.close()
+    assert final.state == SessionState.CANCELLED
+    assert final.code == "cancelled"
+    wait_ticking_on(lab, guest, "hv1")
+    assert_runs_only_on(lab, guest, "hv1")
+    assert_never_restarted(lab, guest)
+    assert not dest_image.exists(), "the destination removed the image it prepared"
+    assert lab.residency(guest)[guest].defined_on == ("hv1",)
+
+
+async def eventually_async(probe, timeout: float, every: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = await probe()
+        if found:
+            return found
+        await asyncio.sleep(every)
+    raise AssertionError(f"not reached within {timeout} s")
+
+
+def test_a_destination_without_enough_memory_declines_with_no_capacity(lab_with_ferry: Lab, guest_factory) -> None:
+    lab = lab_with_ferry
+    guest = guest_factory(host="hv1")
+    # hv3 keeps more memory free than this machine has: any VM is too big for it.
+    lab.restart_agent("hv3", migration={"memory_margin_mib": 1 << 20})
+    try:
+        result = ferry(lab.nats_url, "migrate", guest, "--to", "hv3", "--wait", "--json")
+    finally:
+        lab.restart_agent("hv3")
+    assert result.code == 1
+    session = result.session()
+    assert session.state == SessionState.FAILED
+    assert session.code == "no_capacity"
+    assert "hv3 declined" in session.reason and "MiB" in session.reason
+    assert "no_capacity" in result.stderr
+    assert_runs_only_on(lab, guest, "hv1")
+    assert_never_restarted(lab, guest)
+
+
+def test_a_named_destination_that_is_lost_is_refused_with_its_reason(lab_with_ferry: Lab, guest_factory) -> None:
+    lab = lab_with_ferry
+    guest = guest_factory(host="hv1")
+    lab.stop_agent("hv3")
+    try:
+        deadline = time.monotonic() + 30
+        while '"state": "lost"' not in ferry(lab.nats_url, "hosts", "--json").stdout:
+            assert time.monotonic() < deadline, "hv3 never became lost"
+            time.sleep(0.5)
+        result = ferry(lab.nats_url, "migrate", guest, "--to", "hv3", "--wait")
+    finally:
+        lab.restart_agent("hv3")
+    assert result.code == 1
+    assert result.stderr.startswith("ferry: host_lost: the destination hv3 is lost")
+    assert "Traceback" not in result.stderr
+    assert_runs_only_on(lab, guest, "hv1")
+
+
+def test_an_unknown_vm_gets_a_clear_error(lab_with_ferry: Lab) -> None:
+    result = ferry(lab_with_ferry.nats_url, "migrate", "no-such-vm", "--wait")
+    assert result.code == 1
+    assert result.stderr.strip() == "ferry: unknown_vm: no host reports a VM named no-such-vm"
+
+
+def test_bad_input_gets_a_sentence(lab_with_ferry: Lab) -> None:
+    result = ferry(lab_with_ferry.nats_url, "migrate", "bad.name", "--bandwidth", "-3")
+    assert result.code == 1
+    assert result.stderr.startswith("ferry: bad_request: invalid migrate request")
+    assert "Traceback" not in result.stderr
+
+
+async def test_a_second_session_for_the_same_vm_is_refused(lab_with_ferry: Lab, guest_factory) -> None:
+    lab = lab_with_ferry
+    guest = guest_factory(host="hv2", memory_mib=256, dirty_mb=16, wait_ticks=3)
+    client = await client_for(lab)
+    try:
+        first = await client.migrate(MigrateRequest(vm=guest, dest="hv1", options=MigrateOptions(bandwidth_mib=4)))
+        second = await asyncio.to_thread(ferry, lab.nats_url, "migrate", guest, "--to", "hv3")
+        assert second.code == 1
+        assert second.stderr.strip() == f"ferry: conflict: {guest} is already being moved by session {first.id}"
+        await client.cancel(first.id)
+        final = await wait_finished(client, first.id, timeout=60)
+    finally:
+        await client.close()
+    assert final.state == SessionState.CANCELLED
+    assert_runs_only_on(lab, guest, "hv2")
+    assert_never_restarted(lab, guest)

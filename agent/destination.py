@@ -40,7 +40,10 @@ class Destination:
         log = self._log.bind(session_id=request.session_id, vm=request.vm.name)
         held = self._book.get(request.session_id)
         if held is not None:
-            return held.offer  # the same request again: the same answer
+            # The same request again: the same answer, and the lease renewed (the
+            # coordinator repeats prepare to keep the reservation while the job runs).
+            self._book.renew(request.session_id, self._clock() + request.lease_seconds)
+            return held.offer
         host = self._config.host
 
         def decline(code: str, reason: str) -> Decline:

@@ -226,16 +226,17 @@ class SessionManager:
         session = await self._move(
             session_id, S.PREPARING, demand=Demand(vcpus=vm.vcpus, memory_mib=vm.memory_mib)
         )
-        offer = await self._find_destination(session, vm, log)
-        if offer is None:
+        found = await self._find_destination(session, vm, log)
+        if found is None:
             return
+        offer, prepared = found
         log = log.bind(dest=offer.host)
         try:
             session = await self._move(session_id, S.MIGRATING, copy_disks=list(offer.copy_disks))
         except Superseded:
             await self._rollback(offer.host, session, log)
             raise
-        result = await self._migrate(session, offer, log)
+        result = await self._migrate(session, offer, prepared, log)
         if result is None:
             return
         if result.ok:
@@ -247,7 +248,9 @@ class SessionManager:
             else:
                 await self._finish(session_id, S.FAILED, result.code or SessionCode.MIGRATION_FAILED, result.reason, progress=result.last_progress)
 
-    async def _find_destination(self, session: Session, vm: VmDescription, log) -> Offer | None:
+    async def _find_destination(
+        self, session: Session, vm: VmDescription, log
+    ) -> tuple[Offer, PrepareRequest] | None:
         hosts = self._hosts()
         source_view = next((h for h in hosts if h.host == session.source), None)
         if source_view is None:
@@ -291,7 +294,7 @@ class SessionManager:
                 reply = Decline(session_id=session.id, host=host, code=SessionCode.DEST_UNREACHABLE, reason=exc.message)
             if isinstance(reply, Offer):
                 log.info("destination_offered", dest=host, copy_disks=reply.copy_disks)
-                return reply
+                return reply, request
             last = reply
             log.info("destination_declined", dest=host, code=reply.code, reason=reply.reason)
             declines.append(f"{host}: {reply.reason}")
@@ -303,7 +306,7 @@ class SessionManager:
         )
         return None
 
-    async def _migrate(self, session: Session, offer: Offer, log) -> SessionResult | None:
+    async def _migrate(self, session: Session, offer: Offer, prepared: PrepareRequest, log) -> SessionResult | None:
         waiter: asyncio.Future[SessionResult] = asyncio.get_running_loop().create_future()
         self._results[session.id] = waiter
         request = AgentMigrateRequest(
@@ -340,6 +343,11 @@ class SessionManager:
                 live = self._progress.get(session.id)
                 if live is not None:
                     await self._change(session.id, lambda s: msgspec.structs.replace(s, progress=live))
+                try:
+                    # Prepare again: the same offer, and the destination's lease renewed.
+                    await self._agents.prepare(offer.host, prepared)
+                except FerryError as exc:
+                    log.warning("lease_not_renewed", dest=offer.host, error=exc.message)
                 try:
                     # Results are published once; a missed one is fetched (migrate is idempotent).
                     state = await self._agents.migrate(session.source, request)

@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--shared-storage", action="store_true", help="never copy disks; the destination must reach them"
     )
     migrate.add_argument("--no-tls", action="store_true", help="send memory unencrypted (trusted networks only)")
-    migrate.add_argument("--max-downtime", type=int, default=500, metavar="MS", help="longest pause allowed (default 500)")
+    migrate.add_argument("--max-downtime", type=int, default=300, metavar="MS", help="longest pause allowed (default 300, as QEMU)")
     migrate.add_argument("--priority", type=int, default=0, help="-100..100; higher goes first when queued")
     migrate.add_argument("--wait", action="store_true", help="follow the migration to its end")
     migrate.add_argument("--json", action="store_true", help="print the session as JSON")

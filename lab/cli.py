@@ -108,7 +108,7 @@ def _up(args: argparse.Namespace) -> int:
         return 0
     core = [NATS_ROLE, *(libvirtd_role(h) for h in lab.hosts)]
     if any(part in report.failed for part in core):
-        print(f"ferry-lab: the lab did not start; `ferry-lab down --dir {lab.dir}` stops what did.", file=sys.stderr)
+        print(f"ferry-lab: the lab did not start; `ferry-lab --dir {lab.dir} down` stops what did.", file=sys.stderr)
         return EXIT_FAILED
     print(f"ferry-lab: the lab's core runs in {lab.dir}, but parts above failed.", file=sys.stderr)
     return EXIT_PARTIAL

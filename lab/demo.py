@@ -99,7 +99,7 @@ def run(lab: Lab, keep: bool) -> None:
     if keep:
         step("The lab keeps running")
         console.print(f"  export FERRY_NATS_URL={lab.nats_url}; ferry hosts")
-        console.print(f"  ferry-lab status --dir {lab.dir}    ferry-lab down --dir {lab.dir}")
+        console.print(f"  ferry-lab --dir {lab.dir} status    ferry-lab --dir {lab.dir} down")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,7 +107,7 @@ class Lab:
             if any(processes.is_running(ref) for ref in state.processes.values()):
                 raise LabError(
                     f"The lab in {layout.dir} runs {state.hosts} hosts at {state.address_base}.N; "
-                    f"run `ferry-lab down --dir {layout.dir}` before starting it with {hosts} hosts at {address_base}.N."
+                    f"run `ferry-lab --dir {layout.dir} down` before starting it with {hosts} hosts at {address_base}.N."
                 )
             state = None
         if state is None:

@@ -37,7 +37,8 @@ class MigrateOptions(msgspec.Struct, frozen=True):
     bandwidth_mib: MiBps = 0
     storage: StorageMode = StorageMode.AUTO
     tls: bool = True
-    max_downtime_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 500
+    # QEMU's own default; a higher limit converges sooner but pauses the guest longer.
+    max_downtime_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 300
     priority: Priority = 0
 
 

@@ -179,7 +179,13 @@ class LibvirtHypervisor:
         return stats
 
     async def completed_job_stats(self, name: str) -> JobStats:
-        return await self._on_domain(name, lambda dom: dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED))
+        # KEEP_COMPLETED: an operator can still read them with `virsh domjobinfo --completed`.
+        return await self._on_domain(
+            name,
+            lambda dom: dom.jobStats(
+                libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
+            )
+        )
 
     async def abort_job(self, name: str) -> bool:
         def abort(dom: libvirt.virDomain) -> bool:

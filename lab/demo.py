@@ -83,6 +83,21 @@ def run(lab: Lab, keep: bool) -> None:
     wait_hosts(lab, all_reported, "every host up with its guests")
     ferry(lab, "hosts")
 
+    step("Moving web-1 live: Ferry picks the destination, TLS on, progress while it runs")
+    ferry(lab, "migrate", "web-1", "--wait")
+    report = lab.continuity("web-1")
+    if not report.ok:
+        raise LabError(f"web-1 did not keep running across the move: {report.explain()}")
+    where = lab.residency("web-1")["web-1"]
+    console.print(f"  web-1 never stopped ({report.explain()}); {where.explain()}")
+
+    step("Moving it back, limited to 32 MiB/s, and a cancel of a second move")
+    ferry(lab, "migrate", "web-1", "--to", names[0], "--bandwidth", "32", "--wait")
+    session = json.loads(ferry(lab, "migrate", "db-1", "--bandwidth", "2", "--json", show=False))
+    time.sleep(3)
+    ferry(lab, "cancel", session["id"], "--wait")
+    ferry(lab, "sessions")
+
     victim = names[-1]
     step(f"Stopping the agent on {victim}: the coordinator marks the host lost within 3 heartbeats")
     processes.stop(lab.process(agent_role(lab.host(victim))))

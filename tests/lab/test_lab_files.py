@@ -61,6 +61,7 @@ def test_agent_and_coordinator_configs(layout: LabLayout) -> None:
         "host": "hv2",
         "heartbeat_interval": 2.0,
         "images_dir": str(hv2.images_dir),
+        "images_dir_in_domain": "/var/lib/libvirt/images",
         "nats": {"servers": ["nats://127.0.0.1:4333"]},
         "hypervisor": {
             "backend": "libvirt",
@@ -68,7 +69,10 @@ def test_agent_and_coordinator_configs(layout: LabLayout) -> None:
             "peer_uri": hv2.peer_uri,
             "migration_address": "127.0.11.2",
         },
+        "migration": {"allow_unsafe": True},
     }
+    tuned = tomllib.loads(configs.agent_toml(hv2, "nats://127.0.0.1:4333", {"memory_margin_mib": 4096}))
+    assert tuned["migration"] == {"allow_unsafe": True, "memory_margin_mib": 4096}
     coordinator = tomllib.loads(configs.coordinator_toml(layout, "nats://127.0.0.1:4333"))
     assert coordinator == {"heartbeat_timeout": 6.0, "nats": {"servers": ["nats://127.0.0.1:4333"]}}
 

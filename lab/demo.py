@@ -69,15 +69,18 @@ def run(lab: Lab, keep: bool) -> None:
     guests = {"web-1": names[0], "db-1": names[1 % len(names)]}
     existing = {g.name for g in lab.guests()}
     for guest, host in guests.items():
-        if guest not in existing:
-            lab.create_guest(guest, host, memory_mib=256, dirty_mb=4)
+        if guest in existing:
+            lab.delete_guest(guest)  # left shut off by an earlier demo: start afresh
+        lab.create_guest(guest, host, memory_mib=256, dirty_mb=4)
         lab.wait_for_tick(guest, host, 1)
         console.print(f"  {guest} runs on {host}")
 
     def all_reported(hosts: dict) -> bool:
         if set(hosts) != set(names) or any(h["state"] != "up" for h in hosts.values()):
             return False
-        return all(any(vm["name"] == g for vm in hosts[h]["vms"]) for g, h in guests.items())
+        return all(
+            any(vm["name"] == g and vm["state"] == "running" for vm in hosts[h]["vms"]) for g, h in guests.items()
+        )
 
     step("What the coordinator knows, from the agents' heartbeats")
     wait_hosts(lab, all_reported, "every host up with its guests")

@@ -59,7 +59,7 @@ class Agent:
         self._nc: Client | None = None
         self._last_status: HostStatus | None = None
         self._source = Source(config, hypervisor, self._publish, clock=clock)
-        self._destination = Destination(config, hypervisor, lambda: self._facts, clock)
+        self._destination = Destination(config, hypervisor, clock)
 
     async def run(self, stop: asyncio.Event) -> None:
         self._log.info("agent_starting", backend=self._hypervisor.backend, version=AGENT_VERSION)
@@ -203,6 +203,6 @@ class Agent:
         """Commit ends a session on either end: where the VM arrived (or a reservation
         for it is held) it is the destination's confirmation, elsewhere the source's cleanup."""
         arrived = self._destination.reservations.get(request.session_id) is not None
-        if arrived or any(vm.name == request.vm for vm in await self._hypervisor.list_vms()):
+        if arrived or await self._hypervisor.vm_state(request.vm) is not None:
             return await self._destination.commit(request)
         return await self._source.commit(request)

@@ -7,11 +7,19 @@ from collections.abc import Callable
 import structlog
 
 from agent.config import AgentConfig
-from agent.hypervisor import DiskError, Hypervisor, HypervisorUnavailable, NodeFacts
+from agent.hypervisor import DiskError, Hypervisor, HypervisorUnavailable
 from agent.incoming import IncomingFacts, judge_incoming
 from agent.progress import outcome_from_stats
 from agent.reservations import Reservation, ReservationBook
-from proto.agent import CommitReply, Decline, Offer, PrepareReply, PrepareRequest, RollbackReply, SessionRef
+from proto.agent import (
+    CommitReply,
+    Decline,
+    Offer,
+    PrepareReply,
+    PrepareRequest,
+    RollbackReply,
+    SessionRef,
+)
 from proto.errors import ErrorCode, FerryError
 from proto.host import VmState
 from proto.session import StorageMode
@@ -22,12 +30,10 @@ class Destination:
         self,
         config: AgentConfig,
         hypervisor: Hypervisor,
-        node_facts: Callable[[], NodeFacts | None],
         clock: Callable[[], float],
     ) -> None:
         self._config = config
         self._hypervisor = hypervisor
-        self._node_facts = node_facts
         self._clock = clock
         self._book = ReservationBook()
         self._log = structlog.get_logger().bind(host=config.host, role="destination")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from agent.hypervisor import NodeFacts
 from proto.agent import VmDescription
-from proto.host import VmState, Versions, version_tuple
+from proto.host import Versions, VmState, version_tuple
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 import structlog
 
 from agent.config import AgentConfig
-from agent.hypervisor import Hypervisor, HypervisorUnavailable, MigrationFailed, MigrationPlan, VmNotFound
+from agent.hypervisor import (
+    Hypervisor,
+    HypervisorUnavailable,
+    MigrationFailed,
+    MigrationPlan,
+    VmNotFound,
+)
 from agent.progress import outcome_from_stats, progress_from_stats
 from proto import subjects
 from proto.agent import (

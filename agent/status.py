@@ -3,7 +3,15 @@
 from dataclasses import dataclass
 
 from agent.hypervisor import NodeFacts
-from proto.host import Capacity, HealthCheck, HealthState, HostStatus, VmInfo, VmState, Versions
+from proto.host import (
+    Capacity,
+    HealthCheck,
+    HealthState,
+    HostStatus,
+    Versions,
+    VmInfo,
+    VmState,
+)
 
 AGENT_VERSION = "0.1.0"
 

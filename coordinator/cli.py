@@ -9,17 +9,20 @@ from typing import Any
 
 import msgspec
 from rich.console import Console
-from rich.progress import BarColumn, Progress as Bar, TaskProgressColumn, TextColumn
+from rich.progress import BarColumn, TaskProgressColumn, TextColumn
+from rich.progress import Progress as Bar
 from rich.table import Table
 
 from coordinator.client import FerryClient
-from proto.api import HostState, HostsReply, HostView, MigrateRequest, SessionsRequest
-from proto.errors import ErrorCode, FerryError
+from proto.api import HostsReply, HostState, HostView, MigrateRequest, SessionsRequest
+from proto.codec import Decoder, encode
+from proto.errors import FerryError
 from proto.host import HealthState
 from proto.session import MigrateOptions, Progress, Session, SessionState, StorageMode
 from runtime.config import NatsSettings
 
 MIB = 1024 * 1024
+_MIGRATE_REQUEST = Decoder(MigrateRequest, "migrate request")
 _STATE_STYLE = {
     SessionState.COMPLETED: "green",
     SessionState.FAILED: "red",
@@ -132,10 +135,7 @@ async def _cmd_migrate(client: FerryClient, args: argparse.Namespace, console: C
 
 def _validated(request: MigrateRequest) -> MigrateRequest:
     """The same checks the coordinator makes, so bad flags fail before any request."""
-    try:
-        return msgspec.json.decode(msgspec.json.encode(request), type=MigrateRequest)
-    except msgspec.ValidationError as exc:
-        raise FerryError(ErrorCode.BAD_REQUEST, f"invalid migrate request: {exc}") from None
+    return _MIGRATE_REQUEST.decode(encode(request))
 
 
 def _exit_for(session: Session) -> int:

@@ -10,7 +10,6 @@ from nats.aio.client import Client
 
 from proto import subjects
 from proto.agent import SessionProgress, SessionUpdate
-from proto.events import CoordinatorEvent, SessionChanged
 from proto.api import (
     BandwidthChange,
     CancelRequest,
@@ -24,6 +23,7 @@ from proto.api import (
 )
 from proto.codec import Decoder, ReplyDecoder, encode
 from proto.errors import ErrorCode, FerryError
+from proto.events import CoordinatorEvent, SessionChanged
 from proto.session import Progress, Session
 from runtime.config import NatsSettings
 from runtime.connection import connect_once

@@ -19,9 +19,9 @@ from proto import subjects
 from proto.api import (
     BandwidthChange,
     CancelRequest,
-    HostState,
     HostsReply,
     HostsRequest,
+    HostState,
     MigrateRequest,
     SessionReply,
     SessionRequest,

@@ -16,13 +16,18 @@ import structlog
 
 from coordinator.agents import AgentClient
 from coordinator.placement import rank
-from coordinator.session_rules import check_named_dest, demand_of, find_source, host_facts, rules_for
+from coordinator.session_rules import (
+    check_named_dest,
+    demand_of,
+    find_source,
+    host_facts,
+    rules_for,
+)
 from coordinator.session_store import SessionStore, VmClaims
 from coordinator.transitions import advance
 from proto.agent import (
     BandwidthRequest,
     Decline,
-    MigrateRequest as AgentMigrateRequest,
     Offer,
     PrepareRequest,
     SessionProgress,
@@ -31,11 +36,22 @@ from proto.agent import (
     SessionUpdate,
     VmDescription,
 )
+from proto.agent import (
+    MigrateRequest as AgentMigrateRequest,
+)
 from proto.api import BandwidthChange, HostView, MigrateRequest
 from proto.codec import Decoder
 from proto.errors import ErrorCode, FerryError
 from proto.events import CoordinatorEvent, SessionChanged
-from proto.session import Demand, Outcome, Progress, Session, SessionCode, SessionState, Transition
+from proto.session import (
+    Demand,
+    Outcome,
+    Progress,
+    Session,
+    SessionCode,
+    SessionState,
+    Transition,
+)
 
 S = SessionState
 
@@ -268,12 +284,13 @@ class SessionManager:
                 await self._finish(session.id, S.FAILED, SessionCode.NO_DESTINATION, f"no host can take {vm.name}: {why}")
                 return None
         declines: list[str] = []
-        for index, host in enumerate(candidates):
-            if index > 0:
+        previous: Decline | None = None
+        for host in candidates:
+            if previous is not None:
                 session = await self._change(
                     session.id,
-                    lambda s, host=host: advance(
-                        s, S.PREPARING, at=self._wall(), code=last.code, reason=f"{last.host} declined: {last.reason}",
+                    lambda s, host=host, why=previous: advance(
+                        s, S.PREPARING, at=self._wall(), code=why.code, reason=f"{why.host} declined: {why.reason}",
                         dest=host, candidates_tried=[*s.candidates_tried, host],
                     ),
                 )
@@ -295,7 +312,7 @@ class SessionManager:
             if isinstance(reply, Offer):
                 log.info("destination_offered", dest=host, copy_disks=reply.copy_disks)
                 return reply, request
-            last = reply
+            previous = reply
             log.info("destination_declined", dest=host, code=reply.code, reason=reply.reason)
             declines.append(f"{host}: {reply.reason}")
             if session.dest_requested:
@@ -342,7 +359,7 @@ class SessionManager:
                 last_persist = self._monotonic()
                 live = self._progress.get(session.id)
                 if live is not None:
-                    await self._change(session.id, lambda s: msgspec.structs.replace(s, progress=live))
+                    await self._change(session.id, lambda s, live=live: msgspec.structs.replace(s, progress=live))
                 try:
                     # Prepare again: the same offer, and the destination's lease renewed.
                     await self._agents.prepare(offer.host, prepared)

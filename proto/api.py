@@ -5,7 +5,7 @@ from typing import Annotated
 
 import msgspec
 
-from proto.host import Capacity, HealthCheck, HealthState, VmInfo, Versions
+from proto.host import Capacity, HealthCheck, HealthState, Versions, VmInfo
 from proto.names import HostName, NonNegative, SessionId, VmName
 from proto.session import MiBps, MigrateOptions, Session
 

@@ -13,7 +13,13 @@ import uuid
 from dataclasses import dataclass
 
 from agent.config import SimulatedHost
-from agent.hypervisor.base import JobStats, MigrationFailed, MigrationPlan, NodeFacts, VmNotFound
+from agent.hypervisor.base import (
+    JobStats,
+    MigrationFailed,
+    MigrationPlan,
+    NodeFacts,
+    VmNotFound,
+)
 from proto.agent import DiskInfo, VmDescription
 from proto.host import VmInfo, VmState
 
@@ -103,9 +109,9 @@ class SimulatedHypervisor:
         return vm.state if vm else None
 
     async def cpu_incompatibility(self, vm: VmDescription) -> str | None:
-        found = re.search(r"<model>([^<]*)</model>", vm.cpu_xml)
-        if found and found.group(1) != self._spec.cpu_model:
-            return f"this host has CPU model {self._spec.cpu_model}, the guest needs {found.group(1)}"
+        needed = _cpu_model(vm.cpu_xml)
+        if needed and needed != self._spec.cpu_model:
+            return f"this host has CPU model {self._spec.cpu_model}, the guest needs {needed}"
         return None
 
     async def storage_problem(self, disk: DiskInfo) -> str | None:
@@ -169,13 +175,18 @@ class SimulatedHypervisor:
 
     async def adopt_incoming(self, vm: VmDescription) -> None:
         if vm.name not in self._vms:
-            model = re.search(r"<model>([^<]*)</model>", vm.cpu_xml)
             self.add_vm(
                 VmInfo(name=vm.name, uuid=vm.uuid, vcpus=vm.vcpus, memory_mib=vm.memory_mib),
-                cpu_model=model.group(1) if model else "",
+                cpu_model=_cpu_model(vm.cpu_xml),
             )
             # As with libvirt, a finished incoming job leaves its statistics here.
             self._completed[vm.name] = {"downtime": 5, "data_processed": vm.memory_mib * MIB}
 
     async def close(self) -> None:
         pass
+
+
+def _cpu_model(cpu_xml: str) -> str:
+    """The model named in a <cpu> element as describe_vm writes it; "" for none."""
+    found = re.search(r"<model>([^<]*)</model>", cpu_xml)
+    return found.group(1) if found else ""

@@ -13,7 +13,7 @@ from proto.errors import FerryError
 from proto.session import MigrateOptions, SessionState
 from runtime.config import NatsSettings
 from tests.support.processes import coordinator_toml
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, session_end
 
 pytestmark = pytest.mark.integration
 
@@ -54,14 +54,6 @@ async def wait_up(client, names):
     await eventually(probe, timeout=15, what=f"{names} up")
 
 
-async def wait_end(client, session_id, timeout=30.0):
-    async def probe():
-        s = await client.session(session_id)
-        return s if s.state.terminal else None
-
-    return await eventually(probe, timeout=timeout, every=0.1, what=f"session {session_id} ended")
-
-
 async def vms_of(client):
     return {h.host: {vm.name for vm in h.vms} for h in (await client.hosts()).hosts}
 
@@ -75,7 +67,7 @@ async def test_a_declining_destination_makes_the_coordinator_try_the_next(daemon
     async with await connect(nats_server) as client:
         await wait_up(client, ["src", "roomy", "fits"])
         session = await client.migrate(MigrateRequest(vm="g1"))
-        final = await wait_end(client, session.id)
+        final = await session_end(client, session.id)
         assert final.state == SessionState.COMPLETED, final.reason
         assert final.candidates_tried == ["roomy", "fits"]
         assert final.dest == "fits"
@@ -98,7 +90,7 @@ async def test_a_named_destination_that_declines_fails_the_session(daemons, nats
     async with await connect(nats_server) as client:
         await wait_up(client, ["src", "other", "fits"])
         session = await client.migrate(MigrateRequest(vm="g1", dest="other"))
-        final = await wait_end(client, session.id)
+        final = await session_end(client, session.id)
         assert final.state == SessionState.FAILED
         assert final.code == "cpu_incompatible"
         assert final.candidates_tried == ["other"]
@@ -118,7 +110,7 @@ async def test_two_requests_for_one_vm_at_once_start_one_session(daemons, nats_s
         refused = [o for o in outcomes if isinstance(o, FerryError)]
         assert len(started) == 1 and len(refused) == 4, outcomes
         assert all(e.code == "conflict" and started[0].id in e.message for e in refused)
-        final = await wait_end(client, started[0].id, timeout=120)
+        final = await session_end(client, started[0].id, timeout=120)
         assert final.state == SessionState.COMPLETED, final.reason
 
 
@@ -136,7 +128,7 @@ async def test_cancel_while_migrating_keeps_the_vm_on_its_source(daemons, nats_s
 
         await eventually(migrating, timeout=10, what="migrating with progress")
         await client.cancel(session.id)
-        final = await wait_end(client, session.id)
+        final = await session_end(client, session.id)
         assert final.state == SessionState.CANCELLED and final.code == "cancelled"
         with pytest.raises(FerryError) as again:
             await client.cancel(session.id)
@@ -145,7 +137,7 @@ async def test_cancel_while_migrating_keeps_the_vm_on_its_source(daemons, nats_s
         assert "g1" in where["src"] and "g1" not in where["dst"]
         # The claim is released: the VM can be moved again.
         retry = await client.migrate(MigrateRequest(vm="g1"))
-        assert (await wait_end(client, retry.id, timeout=60)).state == SessionState.COMPLETED
+        assert (await session_end(client, retry.id, timeout=60)).state == SessionState.COMPLETED
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ tested against the same fixtures.
 from __future__ import annotations
 
 import random
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from lab.lab import Lab
 from lab.layout import IMAGES_PATH
 from lab.libvirt_conn import open_host
 from lab.plain_migration import MigrationOptions, migrate
+from tests.support.disks import assert_disk_holds
 
 pytestmark = pytest.mark.lab
 
@@ -72,13 +72,7 @@ def test_tls_migration_copies_a_local_disk_unchanged(lab: Lab, guest_factory, tm
     # Same path inside both namespaces, two different files outside.
     assert dest_image.exists() and source_image.exists()
     assert dest_image.stat().st_ino != source_image.stat().st_ino
-    with open_host(lab.host("hv2")) as conn:
-        conn.lookupByName(name).destroy()  # compare a disk nobody writes to
-    compare = subprocess.run(
-        ["qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(pattern), str(dest_image)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert compare.returncode == 0, compare.stdout + compare.stderr
+    assert_disk_holds(lab, "hv2", name, pattern, dest_image)
 
 
 def test_a_guest_on_the_shared_folder_moves_without_copying_its_disk(lab: Lab, guest_factory) -> None:

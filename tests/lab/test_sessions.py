@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,13 +15,14 @@ import pytest
 from coordinator.client import FerryClient
 from lab.lab import Lab
 from lab.layout import IMAGES_PATH
-from lab.libvirt_conn import open_host
 from proto import subjects
 from proto.agent import SessionProgress, SessionUpdate
 from proto.api import MigrateRequest
 from proto.session import MigrateOptions, SessionState
 from runtime.config import NatsSettings
+from tests.support.disks import assert_disk_holds
 from tests.support.ferry_cli import ferry
+from tests.support.waiting import eventually, session_end
 
 pytestmark = pytest.mark.lab
 
@@ -101,7 +101,7 @@ async def test_bandwidth_limit_holds_and_raising_it_speeds_the_migration_up(lab_
         changed = await asyncio.to_thread(ferry, lab.nats_url, "bandwidth", session.id, "64")
         assert changed.code == 0, changed.stderr
 
-        final = await wait_finished(client, session.id, timeout=120)
+        final = await session_end(client, session.id, timeout=120)
         assert final.state == SessionState.COMPLETED, final.reason
         assert final.options.bandwidth_mib == 64
         finished_at = final.history[-1].at
@@ -112,16 +112,6 @@ async def test_bandwidth_limit_holds_and_raising_it_speeds_the_migration_up(lab_
         await client.close()
     assert_runs_only_on(lab, guest, "hv2")
     assert_never_restarted(lab, guest)
-
-
-async def wait_finished(client: FerryClient, session_id: str, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        session = await client.session(session_id)
-        if session.state.terminal:
-            return session
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"session {session_id} did not end within {timeout} s")
 
 
 def test_tls_by_default_and_copy_storage_moves_a_local_disk_unchanged(lab_with_ferry: Lab, guest_factory, tmp_path: Path) -> None:
@@ -144,13 +134,7 @@ def test_tls_by_default_and_copy_storage_moves_a_local_disk_unchanged(lab_with_f
     assert_never_restarted(lab, guest)
     # The source removed its copy only after the destination confirmed.
     assert not source_image.exists()
-    with open_host(lab.host("hv3")) as conn:
-        conn.lookupByName(guest).destroy()  # compare a disk nobody writes to
-    compare = subprocess.run(
-        ["qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(pattern), str(dest_image)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert compare.returncode == 0, compare.stdout + compare.stderr
+    assert_disk_holds(lab, "hv3", guest, pattern, dest_image)
 
 
 def test_no_tls_is_recorded_when_asked_for(lab_with_ferry: Lab, guest_factory) -> None:
@@ -179,7 +163,7 @@ async def test_cancel_mid_migration_leaves_the_guest_on_its_source_and_nothing_o
             s = await client.session(session.id)
             return s if s.state == SessionState.MIGRATING and s.progress and s.progress.data_processed else None
 
-        await eventually_async(copying, timeout=60)
+        await eventually(copying, timeout=60, every=0.25, what="copying with progress")
         assert dest_image.exists(), "the destination pre-created the image for the copy"
 
         cancelled = await asyncio.to_thread(ferry, lab.nats_url, "cancel", session.id, "--wait")
@@ -194,16 +178,6 @@ async def test_cancel_mid_migration_leaves_the_guest_on_its_source_and_nothing_o
     assert_never_restarted(lab, guest)
     assert not dest_image.exists(), "the destination removed the image it prepared"
     assert lab.residency(guest)[guest].defined_on == ("hv1",)
-
-
-async def eventually_async(probe, timeout: float, every: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = await probe()
-        if found:
-            return found
-        await asyncio.sleep(every)
-    raise AssertionError(f"not reached within {timeout} s")
 
 
 def test_a_destination_without_enough_memory_declines_with_no_capacity(lab_with_ferry: Lab, guest_factory) -> None:
@@ -266,7 +240,7 @@ async def test_a_second_session_for_the_same_vm_is_refused(lab_with_ferry: Lab, 
         assert second.code == 1
         assert second.stderr.strip() == f"ferry: conflict: {guest} is already being moved by session {first.id}"
         await client.cancel(first.id)
-        final = await wait_finished(client, first.id, timeout=60)
+        final = await session_end(client, first.id, timeout=60)
     finally:
         await client.close()
     assert final.state == SessionState.CANCELLED

@@ -22,3 +22,13 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout} s; last: {last!r}")
         await asyncio.sleep(every)
+
+
+async def session_end(client, session_id: str, timeout: float = 30.0):
+    """The session once it has ended (completed, failed or cancelled)."""
+
+    async def ended():
+        session = await client.session(session_id)
+        return session if session.state.terminal else None
+
+    return await eventually(ended, timeout=timeout, every=0.1, what=f"session {session_id} ended")

@@ -11,7 +11,7 @@ APT_PACKAGES := libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
 APT_STAMP := $(VENV)/.apt-installed
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: all deps venv demo test test-unit test-integration test-lab bench clean lab-down
+.PHONY: all deps venv demo test test-unit test-integration test-lab bench bench-overhead bench-drain bench-convergence clean lab-down
 
 all: venv
 
@@ -48,8 +48,21 @@ test-integration: venv
 test-lab: venv
 	$(BIN)/pytest -ra tests/lab
 
+# The three benchmarks, one after the other, even under -j: each starts and
+# stops a lab of its own in the same folder (the results of the others stay).
 bench: venv
 	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.drain
+	$(BIN)/python -m bench.convergence
+
+bench-overhead: venv
+	$(BIN)/python -m bench.overhead
+
+bench-drain: venv
+	$(BIN)/python -m bench.drain
+
+bench-convergence: venv
+	$(BIN)/python -m bench.convergence
 
 lab-down: venv
 	$(BIN)/ferry-lab down

@@ -17,6 +17,9 @@ class SimulatedVm(msgspec.Struct, frozen=True):
     memory_mib: Annotated[int, msgspec.Meta(ge=1)] = 256
     # A CPU model the VM needs; a simulated host with another model declines it.
     cpu_model: str = ""
+    # How fast the guest dirties its memory: what measure_dirty_rate reports, and what
+    # a migration must copy again; at or above the migration speed it never converges.
+    dirty_mib_per_s: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class SimulatedHost(msgspec.Struct, frozen=True):
@@ -32,6 +35,9 @@ class SimulatedHost(msgspec.Struct, frozen=True):
     vms: list[SimulatedVm] = []
     # How fast a simulated migration moves memory when no bandwidth limit is set.
     migration_mib_per_s: Annotated[int, msgspec.Meta(ge=1)] = 4096
+    # Peer URIs this host cannot reach: migrations towards them fail part-way,
+    # as with a network fault (tests of retries on another destination).
+    unreachable_peers: list[str] = []
 
 
 class HypervisorSettings(msgspec.Struct, frozen=True):
@@ -52,6 +58,13 @@ class HealthSettings(msgspec.Struct, frozen=True):
     # Free space on the images folder below these shares turns the check WARNING / CRITICAL.
     disk_warning_percent: Percent = 10.0
     disk_critical_percent: Percent = 3.0
+    # Executables run every interval by the Nagios plugin convention (exit 0 OK, 1 WARNING,
+    # 2 CRITICAL); operators add host-specific checks without changing the agent.
+    # A missing folder means no probes.
+    probe_dir: str = "/etc/ferry/probes.d"
+    # Each probe is killed (with its process group) after this long and reported
+    # WARNING: a hung probe must neither stall the health loop nor evacuate the host.
+    probe_timeout: PositiveSeconds = 10.0
 
 
 class MigrationSettings(msgspec.Struct, frozen=True):
@@ -64,6 +77,11 @@ class MigrationSettings(msgspec.Struct, frozen=True):
     # Let libvirt migrate disks on storage it cannot prove is shared (for example a
     # local folder both lab hosts see). Never needed with real shared storage.
     allow_unsafe: bool = False
+    # How often each running guest's dirty rate is measured in the background, so a
+    # session can predict convergence without waiting; 0 turns it off.
+    dirty_rate_interval: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    # How long one measurement watches the guest (libvirt's dirty-rate calculation).
+    dirty_rate_seconds: Annotated[float, msgspec.Meta(ge=1, le=60)] = 1.0
 
 
 class AgentConfig(msgspec.Struct, frozen=True):

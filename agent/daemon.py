@@ -14,6 +14,7 @@ from agent.config import AgentConfig
 from agent.destination import Destination
 from agent.health import probe_host
 from agent.hypervisor import Hypervisor, HypervisorUnavailable, NodeFacts
+from agent.probes import run_probes
 from agent.source import Source
 from agent.status import AGENT_VERSION, Observation, build_status
 from proto import subjects
@@ -21,6 +22,7 @@ from proto.agent import (
     BandwidthRequest,
     CommitReply,
     DescribeRequest,
+    MeasureRequest,
     MigrateRequest,
     PrepareRequest,
     SessionRef,
@@ -28,7 +30,7 @@ from proto.agent import (
 from proto.api import AgentStatusRequest
 from proto.codec import Decoder, encode
 from proto.events import HealthChanged
-from proto.host import HealthCheck, HealthState, HostStatus, VmInfo
+from proto.host import HealthCheck, HealthState, HostStatus, VmInfo, VmState
 from runtime.connection import connect
 from runtime.service import endpoint
 
@@ -77,6 +79,7 @@ class Agent:
                 for verb, request_type, handler in (
                     ("status", AgentStatusRequest, self._handle_status),
                     ("describe", DescribeRequest, self._source.describe),
+
                     ("prepare", PrepareRequest, self._destination.prepare),
                     ("migrate", MigrateRequest, self._source.migrate),
                     ("abort", SessionRef, self._source.abort),
@@ -88,6 +91,14 @@ class Agent:
                         name=verb,
                         handler=endpoint(Decoder(request_type, f"{verb} request"), handler, log=self._log, verb=verb),
                     )
+                # A measurement watches the guest for a second or more: several at once.
+                await group.add_endpoint(
+                    name="measure",
+                    handler=endpoint(
+                        Decoder(MeasureRequest, "measure request"), self._source.measure,
+                        log=self._log, verb="measure", concurrent=True,
+                    ),
+                )
                 await self._probe_health_once()
                 await self._read_inventory_once()
                 async with asyncio.TaskGroup() as tg:
@@ -99,6 +110,14 @@ class Agent:
                             self._forever("leases", self._destination.expire_leases, LEASE_CHECK_SECONDS)
                         ),
                     ]
+                    if self._config.migration.dirty_rate_interval:
+                        loops.append(
+                            tg.create_task(
+                                self._forever(
+                                    "dirty_rates", self._measure_dirty_rates, self._config.migration.dirty_rate_interval
+                                )
+                            )
+                        )
                     await stop.wait()
                     for task in loops:
                         task.cancel()
@@ -119,7 +138,9 @@ class Agent:
                 self._log.exception("loop_step_failed", loop=name)
 
     async def _probe_health_once(self) -> None:
-        probe = await probe_host(self._hypervisor, self._config.images_dir, self._config.health)
+        probe = await probe_host(
+            self._hypervisor, self._config.images_dir, self._config.health, plugins=self._run_plugins
+        )
         if probe.facts is not None:
             self._facts = probe.facts
         previous = self._checks
@@ -146,6 +167,10 @@ class Agent:
             )
             self._changed.set()
 
+    async def _run_plugins(self) -> list[HealthCheck]:
+        health = self._config.health
+        return await run_probes(health.probe_dir, health.probe_timeout, host=self._config.host)
+
     async def _read_inventory_once(self) -> None:
         try:
             vms = await self._hypervisor.list_vms()
@@ -156,6 +181,10 @@ class Agent:
         if vms != self._vms:
             self._vms = vms
             self._changed.set()
+
+    async def _measure_dirty_rates(self) -> None:
+        running = [vm.name for vm in self._vms if vm.state == VmState.RUNNING]
+        await self._source.refresh_dirty_rates(running)
 
     def current_status(self) -> HostStatus:
         return build_status(

@@ -1,7 +1,12 @@
-"""Built-in health probes. The judgements are pure; only `probe_host` does I/O."""
+"""Built-in health probes. The judgements are pure; only `probe_host` does I/O.
+
+Executable probes (`agent.probes`) reach `probe_host` as an injected runner, so
+their checks join the built-in ones in one list and one worst state.
+"""
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from agent.config import HealthSettings
@@ -63,7 +68,7 @@ def read_disk_space(path: str) -> DiskSpace | None:
 
 @dataclass(frozen=True)
 class Probe:
-    """One run of the built-in probes; `facts` is None when the hypervisor is unreachable."""
+    """One run of the probes; `facts` is None when the hypervisor is unreachable."""
 
     facts: NodeFacts | None
     checks: list[HealthCheck]
@@ -73,7 +78,24 @@ class Probe:
         return HealthState.worst([c.state for c in self.checks])
 
 
-async def probe_host(hypervisor: Hypervisor, images_dir: str, settings: HealthSettings) -> Probe:
+PluginRunner = Callable[[], Awaitable[list[HealthCheck]]]
+
+
+async def probe_host(
+    hypervisor: Hypervisor, images_dir: str, settings: HealthSettings, *, plugins: PluginRunner | None = None
+) -> Probe:
+    """Built-in checks, then the plugins' checks (run alongside, in name order)."""
+    async with asyncio.TaskGroup() as tg:
+        plugin_run = tg.create_task(plugins()) if plugins is not None else None
+        facts, checks = await _builtin_checks(hypervisor, images_dir, settings)
+    if plugin_run is not None:
+        checks += plugin_run.result()
+    return Probe(facts=facts, checks=checks)
+
+
+async def _builtin_checks(
+    hypervisor: Hypervisor, images_dir: str, settings: HealthSettings
+) -> tuple[NodeFacts | None, list[HealthCheck]]:
     checks = []
     facts: NodeFacts | None = None
     try:
@@ -84,4 +106,4 @@ async def probe_host(hypervisor: Hypervisor, images_dir: str, settings: HealthSe
         checks.append(HealthCheck("hypervisor", HealthState.CRITICAL, str(exc)))
     space = await asyncio.to_thread(read_disk_space, images_dir)
     checks.append(judge_disk(images_dir, space, settings))
-    return Probe(facts=facts, checks=checks)
+    return facts, checks

@@ -1,37 +1,46 @@
 """The source half of a session: describe the VM, run the migration with a
-monitor that publishes progress, obey abort and bandwidth changes, and clean up
-copied local images once the destination confirmed the VM runs there."""
+monitor that publishes progress and applies the convergence policy
+(agent/steering.py decides, this module acts), obey abort and bandwidth
+changes, and clean up copied local images once the destination confirmed the
+VM runs there."""
 
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import msgspec
 import structlog
 
 from agent.config import AgentConfig
 from agent.hypervisor import (
     Hypervisor,
     HypervisorUnavailable,
+    MeasurementFailed,
     MigrationFailed,
     MigrationPlan,
     VmNotFound,
 )
 from agent.progress import outcome_from_stats, progress_from_stats
+from agent.steering import Steering
 from proto import subjects
 from proto.agent import (
     AbortReply,
     BandwidthRequest,
     CommitReply,
     DescribeRequest,
+    DirtyRate,
+    MeasureRequest,
     MigrateRequest,
     MigrationState,
     SessionProgress,
     SessionRef,
     SessionResult,
+    SessionSteered,
     VmDescription,
 )
 from proto.codec import encode
+from proto.convergence import POLICIES, ActionKind, PolicyAction
 from proto.errors import ErrorCode, FerryError
 from proto.host import VmState
 from proto.session import Progress, SessionCode
@@ -50,7 +59,11 @@ class SourceJob:
     bandwidth_mib: int
     # Domain paths of the local disks copied to the destination: removed here after commit.
     copied_paths: list[str]
+    steering: Steering | None = None
     abort_requested: bool = False
+    # Set when the convergence policy (not a person) aborted the job.
+    policy_abort: str = ""
+    actions: list[PolicyAction] = field(default_factory=list)
     last_progress: Progress | None = None
     result: SessionResult | None = None
     finished: float = 0.0
@@ -81,6 +94,9 @@ class Source:
         self._clock = clock
         self._monotonic = monotonic
         self._jobs: dict[str, SourceJob] = {}
+        # vm -> (bytes/s, wall time measured): lets a session predict convergence
+        # without waiting a second for a fresh measurement.
+        self._dirty_rates: dict[str, tuple[int, float]] = {}
         self._log = structlog.get_logger().bind(host=config.host, role="source")
 
     @property
@@ -89,11 +105,41 @@ class Source:
 
     async def describe(self, request: DescribeRequest) -> VmDescription:
         try:
-            return await self._hypervisor.describe_vm(request.vm)
+            vm = await self._hypervisor.describe_vm(request.vm)
         except VmNotFound:
             raise FerryError(ErrorCode.UNKNOWN_VM, f"{self._config.host} has no VM named {request.vm}") from None
         except HypervisorUnavailable as exc:
             raise FerryError(ErrorCode.UNAVAILABLE, str(exc)) from None
+        rate = self._dirty_rates.get(request.vm)
+        if rate is not None:
+            vm = msgspec.structs.replace(vm, dirty_rate_bps=rate[0], dirty_rate_at=rate[1])
+        return vm
+
+    async def measure(self, request: MeasureRequest) -> DirtyRate:
+        """The guest's dirty rate now, measured by the hypervisor over `seconds`."""
+        if any(j.result is None and j.request.vm == request.vm for j in self._jobs.values()):
+            raise FerryError(ErrorCode.CONFLICT, f"{request.vm} is migrating; its dirty rate cannot be measured now")
+        try:
+            bps = await self._hypervisor.measure_dirty_rate(request.vm, request.seconds)
+        except VmNotFound:
+            raise FerryError(ErrorCode.UNKNOWN_VM, f"{self._config.host} has no VM named {request.vm}") from None
+        except (HypervisorUnavailable, MeasurementFailed) as exc:
+            raise FerryError(ErrorCode.UNAVAILABLE, f"cannot measure {request.vm}'s dirty rate: {exc}") from None
+        at = self._clock()
+        self._dirty_rates[request.vm] = (bps, at)
+        return DirtyRate(vm=request.vm, host=self._config.host, bps=bps, seconds=request.seconds, at=at)
+
+    async def refresh_dirty_rates(self, running: list[str]) -> None:
+        """Measure each running guest in turn (the background loop), forgetting gone ones."""
+        for vm in list(self._dirty_rates):
+            if vm not in running:
+                del self._dirty_rates[vm]
+        seconds = self._config.migration.dirty_rate_seconds
+        for vm in running:
+            try:
+                await self.measure(MeasureRequest(vm=vm, seconds=seconds))
+            except FerryError as exc:
+                self._log.debug("dirty_rate_not_measured", vm=vm, reason=exc.message)
 
     async def migrate(self, request: MigrateRequest) -> MigrationState:
         job = self._jobs.get(request.session_id)
@@ -108,12 +154,24 @@ class Source:
         vm = await self.describe(DescribeRequest(vm=request.vm))
         if not vm.running:
             raise FerryError(ErrorCode.CONFLICT, f"{request.vm} is not running on {self._config.host}")
+        policy = POLICIES.get(request.options.policy)
+        if policy is None:
+            raise FerryError(
+                ErrorCode.BAD_REQUEST,
+                f"no convergence policy named {request.options.policy}; known: {', '.join(POLICIES)}",
+            )
         copied = [d.path for d in vm.disks if d.target in request.copy_disks]
         job = SourceJob(
             request=request,
             started=self._monotonic(),
             bandwidth_mib=request.options.bandwidth_mib,
             copied_paths=copied,
+            steering=Steering(
+                policy,
+                max_downtime_ms=request.options.max_downtime_ms,
+                allow_postcopy=request.options.allow_postcopy,
+                seconds_per_gib=request.options.seconds_per_gib,
+            ),
         )
         self._jobs[request.session_id] = job
         job.task = asyncio.create_task(self._run(job), name=f"migrate-{request.session_id}")
@@ -122,16 +180,26 @@ class Source:
     async def _run(self, job: SourceJob) -> None:
         request = job.request
         log = self._log.bind(session_id=request.session_id, vm=request.vm, dest=request.dest)
+        assert job.steering is not None
+        policy = job.steering.policy
         plan = MigrationPlan(
             peer_uri=request.peer_uri,
             migration_address=request.migration_address,
             tls=request.options.tls,
             bandwidth_mib=request.options.bandwidth_mib,
-            max_downtime_ms=request.options.max_downtime_ms,
+            max_downtime_ms=job.steering.first_downtime_ms(),
             copy_disks=list(request.copy_disks),
             unsafe=self._config.migration.allow_unsafe,
+            auto_converge=policy.auto_converge,
+            auto_converge_initial=policy.auto_converge_initial,
+            auto_converge_increment=policy.auto_converge_increment,
+            postcopy=job.steering.postcopy_enabled,
         )
-        log.info("migration_started", tls=plan.tls, bandwidth_mib=plan.bandwidth_mib, copy_disks=plan.copy_disks)
+        log.info(
+            "migration_started", tls=plan.tls, bandwidth_mib=plan.bandwidth_mib, copy_disks=plan.copy_disks,
+            policy=policy.name, max_downtime_ms=plan.max_downtime_ms, auto_converge=plan.auto_converge,
+            postcopy=plan.postcopy,
+        )
         monitor = asyncio.create_task(self._monitor(job))
         ok, code, reason = False, "", ""
         try:
@@ -150,6 +218,9 @@ class Source:
         aborted = not ok and job.abort_requested
         if aborted:
             code, reason = str(SessionCode.CANCELLED), f"aborted on request; {request.vm} keeps running on {self._config.host}"
+        elif not ok and job.policy_abort:
+            code = str(SessionCode.NOT_CONVERGING)
+            reason = f"the {policy.name} policy aborted it: {job.policy_abort}; {request.vm} keeps running on {self._config.host}"
         job.result = SessionResult(
             session_id=request.session_id,
             vm=request.vm,
@@ -161,6 +232,7 @@ class Source:
             reason=reason,
             outcome=outcome_from_stats({}, measured_total_ms=elapsed_ms) if ok else None,
             last_progress=job.last_progress,
+            actions=list(job.actions),
         )
         job.finished = self._monotonic()
         (log.info if ok else log.warning)("migration_finished", ok=ok, aborted=aborted, code=code, reason=reason, elapsed_ms=elapsed_ms)
@@ -190,11 +262,35 @@ class Source:
                         )
                     ),
                 )
+                if job.steering is not None and not job.abort_requested:
+                    throttle = int(stats.get("auto_converge_throttle", 0) or 0)
+                    for action in job.steering.observe(job.last_progress, self._clock(), throttle_percent=throttle):
+                        await self._steer(job, action, subject)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 # A missed sample is not a failed migration.
                 self._log.warning("progress_sample_failed", session_id=job.request.session_id, error=str(exc))
+
+    async def _steer(self, job: SourceJob, action: PolicyAction, subject: str) -> None:
+        """Carry out one policy action, then record and publish it."""
+        vm = job.request.vm
+        if action.kind in (ActionKind.SET_DOWNTIME, ActionKind.PAUSE):
+            await self._hypervisor.set_max_downtime(vm, action.value)
+        elif action.kind == ActionKind.POSTCOPY:
+            await self._hypervisor.start_postcopy(vm)
+        elif action.kind == ActionKind.ABORT:
+            job.policy_abort = action.reason
+            await self._hypervisor.abort_job(vm)
+        job.actions.append(action)
+        self._log.info(
+            "policy_action", session_id=job.request.session_id, vm=vm, action=str(action.kind),
+            value=action.value, reason=action.reason,
+        )
+        await self._publish(
+            subject,
+            encode(SessionSteered(session_id=job.request.session_id, vm=vm, host=self._config.host, action=action)),
+        )
 
     async def abort(self, request: SessionRef) -> AbortReply:
         job = self._jobs.get(request.session_id)

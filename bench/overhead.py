@@ -22,32 +22,34 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from bench.common import (
     FERRY,
-    VIRSH,
+    VIRSH_MIGRATE_FLAGS,
     BenchError,
-    Uninterrupted,
-    all_hosts_up,
-    clear_old_lab,
+    add_run_arguments,
+    bring_up,
+    check_only_on,
     completed_job_stats,
+    console,
     coordinator_sees,
     mean,
     median,
+    optional_int,
+    parse_checked,
     ratio,
+    run_in_lab,
     run_timed,
-    sigterm_as_interrupt,
+    virsh_migrate,
     wait_until,
+    write_results,
 )
-from lab.errors import LabError
 from lab.lab import Lab
 
 GOAL_RATIO = 1.10
@@ -56,8 +58,6 @@ GUEST = "bench-1"
 MIGRATION_TIMEOUT = 300.0
 VIRSH_METHOD, FERRY_METHOD = "virsh", "ferry"
 METHODS = (VIRSH_METHOD, FERRY_METHOD)
-
-console = Console(highlight=False)
 
 
 @dataclass(frozen=True)
@@ -87,17 +87,9 @@ def schedule(rounds: int, a: str = "hv1", b: str = "hv2") -> list[tuple[int, str
     return moves
 
 
-def check_only_on(lab: Lab, guest: str, host: str) -> None:
-    where = lab.residency(guest)[guest]
-    if where.running_on != (host,) or where.active_on != (host,) or where.defined_on != (host,):
-        raise BenchError(f"Before moving it from {host}, {where.explain()} (expected {host} alone).")
-
-
 def move_with_virsh(lab: Lab, round: int, guest: str, source: str, dest: str) -> Move:
-    src, dst = lab.host(source), lab.host(dest)
-    argv = [VIRSH, "-c", src.uri, "migrate", "--live", "--p2p", "--tls", "--persistent", "--undefinesource", guest, dst.peer_uri]
-    timed = run_timed(argv, f"virsh migrate {guest} {source} -> {dest}", MIGRATION_TIMEOUT)
-    stats = completed_job_stats(dst, guest)
+    timed = virsh_migrate(lab, guest, source, dest, MIGRATION_TIMEOUT)
+    stats = completed_job_stats(lab.host(dest), guest)
     if "downtime" not in stats:
         raise BenchError(f"{dest} kept no completed job statistics with a downtime for {guest} after virsh moved it.")
     return Move(
@@ -107,13 +99,9 @@ def move_with_virsh(lab: Lab, round: int, guest: str, source: str, dest: str) ->
         dest,
         timed.seconds,
         float(stats["downtime"]),
-        job_ms=_optional_int(stats.get("time_elapsed")),
-        data_bytes=_optional_int(stats.get("data_processed")),
+        job_ms=optional_int(stats.get("time_elapsed")),
+        data_bytes=optional_int(stats.get("data_processed")),
     )
-
-
-def _optional_int(value: object) -> int | None:
-    return int(value) if isinstance(value, (int, float)) else None
 
 
 def move_with_ferry(lab: Lab, round: int, guest: str, source: str, dest: str) -> Move:
@@ -138,8 +126,8 @@ def move_with_ferry(lab: Lab, round: int, guest: str, source: str, dest: str) ->
         dest,
         timed.seconds,
         float(outcome["downtime_ms"]),
-        job_ms=_optional_int(outcome.get("total_time_ms")),
-        data_bytes=_optional_int(outcome.get("data_transferred")),
+        job_ms=optional_int(outcome.get("total_time_ms")),
+        data_bytes=optional_int(outcome.get("data_transferred")),
         session_id=session.get("id"),
     )
 
@@ -147,18 +135,8 @@ def move_with_ferry(lab: Lab, round: int, guest: str, source: str, dest: str) ->
 MOVERS = {VIRSH_METHOD: move_with_virsh, FERRY_METHOD: move_with_ferry}
 
 
-def start_lab(args: argparse.Namespace) -> Lab:
-    """A fresh lab in args.dir: the folder an earlier run left is cleared first."""
-    clear_old_lab(args.dir)
-    return Lab.create(args.dir, HOSTS, args.address_base)
-
-
 def prepare(lab: Lab, args: argparse.Namespace) -> None:
-    console.print(f"starting a lab of {HOSTS} hosts at {args.address_base}.N with Ferry in {lab.dir} ...")
-    report = lab.up(ferry=True)
-    if not report.ok:
-        raise BenchError("The lab did not start: " + "; ".join(f"{part}: {why}" for part, why in report.failed.items()))
-    wait_until(lambda: all_hosts_up(lab), f"`ferry hosts` to show {HOSTS} hosts up", timeout=60)
+    bring_up(lab, args.address_base)
     console.print(f"starting {GUEST} on hv1 ({args.memory} MiB, dirtying {args.dirty_mb} MiB/s) ...")
     lab.create_guest(GUEST, "hv1", memory_mib=args.memory, dirty_mb=args.dirty_mb)
     lab.wait_for_tick(GUEST, "hv1", 1)
@@ -267,48 +245,31 @@ def write_json(path: Path, args: argparse.Namespace, started: datetime, moves: l
             "memory_mib": args.memory,
             "dirty_mb": args.dirty_mb,
             "guest": GUEST,
-            "virsh_flags": "--live --p2p --tls --persistent --undefinesource",
+            "virsh_flags": " ".join(VIRSH_MIGRATE_FLAGS),
             "ferry_command": "ferry migrate GUEST --to DEST --wait --json",
         },
         "moves": [asdict(m) for m in moves],
         **extra,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(document, indent=2) + "\n")
-    tmp.replace(path)
+    write_results(path, document)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5, help="rounds; each moves the guest there with one method and back with the other (default 5)")
-    parser.add_argument("--dir", type=Path, default=Path("/var/tmp/ferry-bench"), help="the benchmark's lab folder, cleared first (default /var/tmp/ferry-bench)")
-    # Its own address range, apart from the demo, developer labs and the tests.
-    parser.add_argument("--address-base", default="127.0.32", help="hosts get BASE.1, BASE.2, ... (default 127.0.32)")
-    parser.add_argument("--memory", type=int, default=256, metavar="MiB", help="guest memory (default 256)")
-    parser.add_argument("--dirty-mb", type=int, default=0, metavar="MiB/s", help="memory the guest rewrites per second (default 0)")
-    parser.add_argument("--keep", action="store_true", help="leave the lab running at the end")
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
-    if args.memory < 64:
-        parser.error("--memory must be at least 64 MiB")
-    if args.dirty_mb < 0:
-        parser.error("--dirty-mb cannot be negative")
-    args.dir = args.dir.absolute()
-    return args
+    add_run_arguments(
+        parser, rounds=5, rounds_help="rounds; each moves the guest there with one method and back with the other",
+        memory=256, memory_help="guest memory", dirty_mb=0, dirty_help="memory the guest rewrites per second",
+    )
+    return parse_checked(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sigterm_as_interrupt()
     started = datetime.now(UTC)
     result_file = args.dir / "overhead.json"
     moves: list[Move] = []
-    lab: Lab | None = None
-    status = 0
-    try:
-        lab = start_lab(args)
+
+    def body(lab: Lab) -> None:
         prepare(lab, args)
         measure(lab, args, moves)
         continuity = lab.continuity(GUEST)
@@ -319,38 +280,13 @@ def main(argv: list[str] | None = None) -> int:
         write_json(result_file, args, started, moves, **summary, continuity=continuity.explain())
         print_summary(summary)
         console.print(f"results: {result_file}")
-    except (BenchError, LabError) as error:
-        status = 1
-        console.print(f"[red]bench failed:[/] {error}")
-    except KeyboardInterrupt:
-        status = 130
-        console.print("[yellow]bench interrupted[/]")
-    finally:
-        with Uninterrupted():
-            if status and moves:
-                try:
-                    write_json(result_file, args, started, moves, error="interrupted" if status == 130 else "failed")
-                    console.print(f"the moves measured before that: {result_file}")
-                except OSError:
-                    pass
-            if lab is not None:
-                if args.keep:
-                    console.print(f"the lab keeps running; stop it with `ferry-lab --dir {lab.dir} down`")
-                else:
-                    status = stop_lab(lab) or status
-    return status
 
+    def save_partial(error: str) -> None:
+        if moves:
+            write_json(result_file, args, started, moves, error=error)
+            console.print(f"the moves measured before that: {result_file}")
 
-def stop_lab(lab: Lab) -> int:
-    console.print(f"stopping the lab in {lab.dir} ...")
-    started = time.monotonic()
-    try:
-        lab.down()
-    except LabError as error:
-        console.print(f"[red]could not stop the lab:[/] {error}")
-        return 1
-    console.print(f"lab stopped in {time.monotonic() - started:.1f} s")
-    return 0
+    return run_in_lab(args, HOSTS, body, save_partial)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from proto.agent import (
     BandwidthRequest,
     CommitReply,
     DescribeRequest,
+    DirtyRate,
+    MeasureRequest,
     MigrateRequest,
     MigrationState,
     PrepareReply,
@@ -28,6 +30,7 @@ _DESCRIBE = ReplyDecoder(VmDescription, "describe")
 _PREPARE = ReplyDecoder(PrepareReply, "prepare")  # type: ignore[arg-type]
 _MIGRATION = ReplyDecoder(MigrationState, "migrate")
 _ABORT = ReplyDecoder(AbortReply, "abort")
+_DIRTY_RATE = ReplyDecoder(DirtyRate, "dirty rate")
 _COMMIT = ReplyDecoder(CommitReply, "commit")
 _ROLLBACK = ReplyDecoder(RollbackReply, "rollback")
 
@@ -50,6 +53,10 @@ class AgentClient:
 
     async def describe(self, host: str, vm: str) -> VmDescription:
         return await self._request(host, "describe", DescribeRequest(vm=vm), _DESCRIBE)
+
+    async def measure(self, host: str, request: MeasureRequest) -> DirtyRate:
+        # The hypervisor watches the guest for `seconds` before it answers.
+        return await self._request(host, "measure", request, _DIRTY_RATE, timeout=self._timeout + request.seconds)
 
     async def prepare(self, host: str, request: PrepareRequest) -> PrepareReply:
         # Creating images for storage copy can take a moment.

@@ -5,17 +5,18 @@ import asyncio
 import os
 import sys
 import time
-from typing import Any
 
-import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, TaskProgressColumn, TextColumn
 from rich.progress import Progress as Bar
 from rich.table import Table
 
+from coordinator import cli_convergence, cli_drain
+from coordinator.cli_output import print_json, say_error
 from coordinator.client import FerryClient
 from proto.api import HostsReply, HostState, HostView, MigrateRequest, SessionsRequest
 from proto.codec import Decoder, encode
+from proto.convergence import POLICIES
 from proto.errors import FerryError
 from proto.host import HealthState
 from proto.session import MigrateOptions, Progress, Session, SessionState, StorageMode
@@ -44,6 +45,8 @@ def hosts_table(reply: HostsReply) -> Table:
 def _host_row(h: HostView) -> list[str]:
     cap = h.capacity
     state = f"[red]{h.state}[/]" if h.state == HostState.LOST else str(h.state)
+    if h.draining:
+        state += " [yellow](draining)[/]"
     health = f"[{_HEALTH_STYLE[h.health]}]{h.health}[/]"
     return [
         h.host,
@@ -62,7 +65,7 @@ def _host_row(h: HostView) -> list[str]:
 async def _cmd_hosts(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
     reply = await client.hosts()
     if args.json:
-        sys.stdout.write(msgspec.json.format(msgspec.json.encode(reply)).decode() + "\n")
+        print_json(reply)
         return 0
     if not reply.hosts:
         console.print("no hosts have reported yet")
@@ -73,10 +76,6 @@ async def _cmd_hosts(client: FerryClient, args: argparse.Namespace, console: Con
             if check.state != HealthState.OK:
                 console.print(f"[{_HEALTH_STYLE[check.state]}]{h.host}: {check.name} {check.state}: {check.message}[/]")
     return 0
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(msgspec.json.format(msgspec.json.encode(value)).decode() + "\n")
 
 
 def _mib(n: int) -> str:
@@ -117,19 +116,29 @@ async def _cmd_migrate(client: FerryClient, args: argparse.Namespace, console: C
             tls=not args.no_tls,
             max_downtime_ms=args.max_downtime,
             priority=args.priority,
+            policy=args.policy,
+            allow_postcopy=args.allow_postcopy,
+            seconds_per_gib=args.seconds_per_gib,
         ),
     )
     request = _validated(request)
+    if args.dry_run:
+        plan = await client.plan(request)
+        if args.json:
+            print_json(plan)
+        else:
+            cli_convergence.print_plan(plan, console)
+        return 0
     session = await client.migrate(request)
     if not args.wait:
         if args.json:
-            _print_json(session)
+            print_json(session)
         else:
             console.print(f"session {session.id}: moving {session.vm} from {session.source} to {session.dest or 'a host Ferry chooses'}")
         return 0
     final = await follow(client, session, console, quiet=args.json)
     if args.json:
-        _print_json(final)
+        print_json(final)
     return _exit_for(final)
 
 
@@ -141,18 +150,13 @@ def _validated(request: MigrateRequest) -> MigrateRequest:
 def _exit_for(session: Session) -> int:
     if session.state == SessionState.COMPLETED:
         return 0
-    _say_error(session.code or str(session.state), session.reason)
+    say_error(session.code or str(session.state), session.reason)
     return 1
-
-
-def _say_error(code: str, message: str) -> None:
-    # Plain, unwrapped: scripts match on these lines.
-    sys.stderr.write(f"ferry: {code}: {message}\n")
 
 
 async def follow(client: FerryClient, session: Session, console: Console, *, quiet: bool = False) -> Session:
     """Follows a session to its end: a live bar on a terminal, a line every few seconds elsewhere."""
-    out = Console(stderr=True) if quiet else console
+    out = Console(stderr=True, soft_wrap=True) if quiet else console
     bar = Bar(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -201,7 +205,7 @@ def sessions_table(sessions: list[Session]) -> Table:
             "100%" if s.state == SessionState.COMPLETED else _percent(s.progress),
             f"{s.outcome.downtime_ms} ms" if s.outcome else "-",
             f"{now - s.created_at:.0f}s",
-            f"{s.code}: {s.reason}" if s.code else "",
+            f"{s.code}: {s.reason}" if s.code else (f"waiting: {s.waiting}" if s.state == SessionState.QUEUED else ""),
         )
     return table
 
@@ -209,7 +213,7 @@ def sessions_table(sessions: list[Session]) -> Table:
 async def _cmd_sessions(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
     sessions = await client.sessions(SessionsRequest(vm=args.vm, include_finished=not args.running))
     if args.json:
-        _print_json(sessions)
+        print_json(sessions)
     elif not sessions:
         console.print("no sessions")
     else:
@@ -220,15 +224,22 @@ async def _cmd_sessions(client: FerryClient, args: argparse.Namespace, console: 
 async def _cmd_session(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
     s = await client.session(args.id)
     if args.json:
-        _print_json(s)
+        print_json(s)
         return 0
     console.print(f"session {s.id}: {summary(s)}", highlight=False)
     o = s.options
     console.print(
         f"  options: bandwidth {o.bandwidth_mib or 'unlimited'} MiB/s, storage {o.storage}, "
-        f"{'TLS' if o.tls else 'no TLS'}, max downtime {o.max_downtime_ms} ms, priority {o.priority}",
+        f"{'TLS' if o.tls else 'no TLS'}, max downtime {o.max_downtime_ms} ms, priority {o.priority}, "
+        f"policy {o.policy}{', post-copy allowed' if o.allow_postcopy else ''}",
         highlight=False,
     )
+    if s.origin != "user":
+        console.print(f"  started by: {s.origin} of {s.drain_host}", highlight=False)
+    if s.waiting and s.state == SessionState.QUEUED:
+        console.print(f"  waiting: {s.waiting}", highlight=False)
+    if s.bandwidth_applied_mib and s.bandwidth_applied_mib != o.bandwidth_mib:
+        console.print(f"  bandwidth now: {s.bandwidth_applied_mib} MiB/s (the hosts' budget is shared)", highlight=False)
     if s.candidates_tried:
         console.print(f"  destinations tried: {', '.join(s.candidates_tried)}", highlight=False)
     if s.progress:
@@ -238,6 +249,7 @@ async def _cmd_session(client: FerryClient, args: argparse.Namespace, console: C
             f"{p.bandwidth_bps / MIB:.1f} MiB/s, dirty {p.dirty_rate_bps / MIB:.1f} MiB/s, iteration {p.iteration}",
             highlight=False,
         )
+    cli_convergence.print_convergence(s, console)
     start = s.history[0].at if s.history else s.created_at
     for t in s.history:
         why = f"  {t.code}: {t.reason}" if t.code or t.reason else ""
@@ -289,6 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--no-tls", action="store_true", help="send memory unencrypted (trusted networks only)")
     migrate.add_argument("--max-downtime", type=int, default=300, metavar="MS", help="longest pause allowed (default 300, as QEMU)")
     migrate.add_argument("--priority", type=int, default=0, help="-100..100; higher goes first when queued")
+    migrate.add_argument(
+        "--policy", default="default", choices=list(POLICIES),
+        help=f"how to make a busy guest converge (default: default). {cli_convergence.policies_help()}",
+    )
+    migrate.add_argument(
+        "--allow-postcopy", action="store_true",
+        help=f"let the policy switch to post-copy. Careful: {cli_convergence.POSTCOPY_WARNING}",
+    )
+    migrate.add_argument(
+        "--seconds-per-gib", type=float, metavar="S", help="abort when it takes longer than this per GiB (default: the policy's)"
+    )
+    migrate.add_argument("--dry-run", action="store_true", help="show the destination and a prediction; move nothing")
     migrate.add_argument("--wait", action="store_true", help="follow the migration to its end")
     migrate.add_argument("--json", action="store_true", help="print the session as JSON")
     migrate.set_defaults(run=_cmd_migrate)
@@ -313,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     bandwidth.add_argument("id")
     bandwidth.add_argument("mib", type=int, metavar="MiB/s", help="0: unlimited")
     bandwidth.set_defaults(run=_cmd_bandwidth)
+    cli_drain.add_commands(sub)
     return parser
 
 
@@ -322,12 +347,13 @@ def _settings(args: argparse.Namespace) -> NatsSettings:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    console = Console()
+    # Lines are not wrapped: scripts and logs read them whole.
+    console = Console(soft_wrap=True)
     try:
         async with await FerryClient.connect(_settings(args)) as client:
             return await args.run(client, args, console)
     except FerryError as exc:
-        _say_error(exc.code, exc.message)
+        say_error(exc.code, exc.message)
         return 1
 
 

@@ -16,14 +16,24 @@ from proto.api import (
     HostsReply,
     HostsRequest,
     MigrateRequest,
+    PlanReply,
     SessionReply,
     SessionRequest,
     SessionsReply,
     SessionsRequest,
 )
 from proto.codec import Decoder, ReplyDecoder, encode
+from proto.drain import (
+    Drain,
+    DrainReply,
+    DrainRequest,
+    DrainsReply,
+    DrainsRequest,
+    UndrainRequest,
+)
 from proto.errors import ErrorCode, FerryError
 from proto.events import CoordinatorEvent, SessionChanged
+from proto.limits import LimitsReply, LimitsRequest
 from proto.session import Progress, Session
 from runtime.config import NatsSettings
 from runtime.connection import connect_once
@@ -32,7 +42,11 @@ T = TypeVar("T")
 
 _HOSTS = ReplyDecoder(HostsReply, "hosts")
 _SESSION = ReplyDecoder(SessionReply, "session")
+_PLAN = ReplyDecoder(PlanReply, "plan")
 _SESSIONS = ReplyDecoder(SessionsReply, "sessions")
+_LIMITS = ReplyDecoder(LimitsReply, "limits")
+_DRAIN = ReplyDecoder(DrainReply, "drain")
+_DRAINS = ReplyDecoder(DrainsReply, "drains")
 _UPDATE = Decoder(SessionUpdate, "session update")  # type: ignore[arg-type]
 _EVENT = Decoder(CoordinatorEvent, "coordinator event")  # type: ignore[arg-type]
 
@@ -60,7 +74,7 @@ class FerryClient:
     async def __aenter__(self) -> "FerryClient":
         return self
 
-    async def __aexit__(self, *_exc: Any) -> None:
+    async def __aexit__(self, *_exc: object) -> None:
         await self.close()
 
     async def request_raw(self, verb: str, payload: bytes) -> bytes:
@@ -85,6 +99,10 @@ class FerryClient:
     async def migrate(self, request: MigrateRequest) -> Session:
         return _SESSION.decode(await self.request_raw("migrate", encode(request))).session
 
+    async def plan(self, request: MigrateRequest) -> PlanReply:
+        """A dry run of `migrate`: the destination and a prediction; nothing moves."""
+        return _PLAN.decode(await self.request_raw("plan", encode(request)))
+
     async def session(self, session_id: str) -> Session:
         return _SESSION.decode(await self.request_raw("session", encode(SessionRequest(id=session_id)))).session
 
@@ -97,6 +115,19 @@ class FerryClient:
     async def bandwidth(self, session_id: str, bandwidth_mib: int) -> Session:
         change = BandwidthChange(id=session_id, bandwidth_mib=bandwidth_mib)
         return _SESSION.decode(await self.request_raw("bandwidth", encode(change))).session
+
+    async def limits(self, request: LimitsRequest | None = None) -> LimitsReply:
+        """The limits in force; with fields set, change them first."""
+        return _LIMITS.decode(await self.request_raw("limits", encode(request or LimitsRequest())))
+
+    async def drain(self, request: DrainRequest) -> DrainReply:
+        return _DRAIN.decode(await self.request_raw("drain", encode(request)))
+
+    async def undrain(self, host: str) -> Drain:
+        return _DRAIN.decode(await self.request_raw("undrain", encode(UndrainRequest(host=host)))).drain
+
+    async def drains(self, host: str | None = None) -> list[Drain]:
+        return _DRAINS.decode(await self.request_raw("drains", encode(DrainsRequest(host=host)))).drains
 
     async def follow(self, session: Session, *, poll: float = 1.0) -> AsyncIterator[Session | Progress]:
         """Live progress samples from the source, and the session each time its state

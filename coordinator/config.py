@@ -4,7 +4,24 @@ from typing import Annotated
 
 import msgspec
 
+from proto.limits import Limits
 from runtime.config import NatsSettings
+
+
+class DrainSettings(msgspec.Struct, frozen=True):
+    # Sessions started for one VM before the drain gives it up.
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+    # Pause before a retry, times the number of attempts made (a destination
+    # that just failed is often busy for a moment).
+    retry_delay: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+
+
+class EvacuationSettings(msgspec.Struct, frozen=True):
+    # Drain a host automatically when its health stays CRITICAL this long.
+    enabled: bool = True
+    # Long enough to ride out a probe that flaps, short enough to empty a host
+    # that is really failing while it still can.
+    debounce_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10.0
 
 
 class CoordinatorConfig(msgspec.Struct, frozen=True):
@@ -19,3 +36,7 @@ class CoordinatorConfig(msgspec.Struct, frozen=True):
     agent_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     log_level: str = "info"
     nats: NatsSettings = NatsSettings()
+    # The starting limits; `ferry limits` changes them at runtime (kept in KV).
+    limits: Limits = Limits()
+    drain: DrainSettings = DrainSettings()
+    evacuation: EvacuationSettings = EvacuationSettings()

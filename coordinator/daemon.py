@@ -1,4 +1,5 @@
-"""The coordinator daemon: keeps the registry from heartbeats and answers the API."""
+"""The coordinator daemon: keeps the registry from heartbeats, runs admission,
+drains and health-triggered evacuation, and answers the API."""
 
 import asyncio
 import time
@@ -12,6 +13,9 @@ from nats.micro import add_service
 
 from coordinator.agents import AgentClient
 from coordinator.config import CoordinatorConfig
+from coordinator.drains import DrainController
+from coordinator.health_watch import HealthWatch, Verdict
+from coordinator.limits_keeper import LimitsKeeper
 from coordinator.registry import Registry
 from coordinator.session_store import SessionStore, VmClaims
 from coordinator.sessions import SessionManager
@@ -22,17 +26,34 @@ from proto.api import (
     HostsReply,
     HostsRequest,
     HostState,
+    HostView,
     MigrateRequest,
+    PlanReply,
     SessionReply,
     SessionRequest,
     SessionsReply,
     SessionsRequest,
 )
 from proto.codec import Decoder, encode
+from proto.drain import (
+    Drain,
+    DrainReply,
+    DrainRequest,
+    DrainsReply,
+    DrainsRequest,
+    UndrainRequest,
+)
 from proto.errors import ErrorCode, FerryError
-from proto.events import CoordinatorEvent, HostLost
+from proto.events import (
+    CoordinatorEvent,
+    DrainGaveUp,
+    EvacuationPending,
+    HostLost,
+    PlacementsStopped,
+)
 from proto.host import HostStatus
-from runtime.connection import connect
+from proto.limits import LimitsReply, LimitsRequest
+from runtime.connection import connect, disconnect
 from runtime.service import endpoint
 
 VERSION = "0.1.0"
@@ -56,8 +77,11 @@ class Coordinator:
             timeout=config.heartbeat_timeout or None,
         )
         self._status_decoder = Decoder(HostStatus, "host status")
+        self._health = HealthWatch(config.evacuation.debounce_seconds, enabled=config.evacuation.enabled)
         self._nc: Client | None = None
         self._sessions: SessionManager | None = None
+        self._drains: DrainController | None = None
+        self._limits: LimitsKeeper | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         nc = self._nc = await connect(
@@ -66,14 +90,19 @@ class Coordinator:
         try:
             js = nc.jetstream()
             store = await SessionStore.open(js)
+            limits = self._limits = await LimitsKeeper.open(js, self._config.limits)
             sessions = self._sessions = SessionManager(
                 store,
                 await VmClaims.open(js, store),
                 AgentClient(nc, timeout=self._config.agent_timeout),
-                lambda: self._registry.views(self._monotonic()),
+                self._views,
                 self._emit,
+                limits.current,
                 wall=self._wall,
                 monotonic=self._monotonic,
+            )
+            drains = self._drains = await DrainController.open(
+                js, sessions, self._views, self._emit, self._config.drain, wall=self._wall
             )
             await nc.subscribe(subjects.ALL_HOST_STATUS, cb=self._on_status)
             await nc.subscribe(subjects.ALL_HOST_SESSIONS, cb=self._on_session_update)
@@ -88,23 +117,33 @@ class Coordinator:
                 for verb, request_type, handler in (
                     ("hosts", HostsRequest, self._handle_hosts),
                     ("migrate", MigrateRequest, self._handle_migrate),
+                    ("plan", MigrateRequest, self._handle_plan),
                     ("sessions", SessionsRequest, self._handle_sessions),
                     ("session", SessionRequest, self._handle_session),
                     ("cancel", CancelRequest, self._handle_cancel),
                     ("bandwidth", BandwidthChange, self._handle_bandwidth),
+                    ("limits", LimitsRequest, self._handle_limits),
+                    ("drain", DrainRequest, self._handle_drain),
+                    ("undrain", UndrainRequest, self._handle_undrain),
+                    ("drains", DrainsRequest, self._handle_drains),
                 ):
                     await api.add_endpoint(
                         name=verb,
                         handler=endpoint(Decoder(request_type, f"{verb} request"), handler, log=self._log, verb=verb),
                     )
-                self._log.info("coordinator_started", version=VERSION)
-                sweeper = asyncio.create_task(self._sweep_loop())
+                await sessions.adopt_queued()
+                self._log.info("coordinator_started", version=VERSION, limits=msgspec.structs.asdict(limits.current()))
+                loops = [
+                    asyncio.create_task(self._sweep_loop(), name="sweep"),
+                    asyncio.create_task(sessions.run_scheduler(), name="admission"),
+                    asyncio.create_task(drains.run(), name="drains"),
+                ]
                 await stop.wait()
-                sweeper.cancel()
+                for task in loops:
+                    task.cancel()
                 await sessions.close()
         finally:
-            if not nc.is_closed:
-                await nc.drain()
+            await disconnect(nc)
             self._log.info("coordinator_stopped")
 
     async def _on_status(self, msg: Msg) -> None:
@@ -120,6 +159,27 @@ class Coordinator:
             self._log.warning("heartbeat_host_mismatch", subject=msg.subject, host=status.host)
             return
         await self._emit(self._registry.observe(status, self._monotonic()))
+        await self._act(self._health.observe(status.host, status.health, status.checks, self._wall()))
+
+    def _views(self) -> list[HostView]:
+        """The hosts as reported, with the draining marks kept in KV."""
+        views = self._registry.views(self._monotonic())
+        marks = self._drains.marks() if self._drains is not None else {}
+        return [
+            msgspec.structs.replace(v, draining=True, drain_reason=marks[v.host]) if v.host in marks else v
+            for v in views
+        ]
+
+    async def _act(self, verdict: Verdict) -> None:
+        """Emit the health watch's events and start the evacuations it asks for."""
+        await self._emit(verdict.events)
+        for host, reason in verdict.evacuate:
+            if self._drains is None:
+                continue
+            try:
+                await self._drains.drain(DrainRequest(host=host, reason=reason), automatic=True)
+            except FerryError as exc:
+                self._log.error("evacuation_not_started", host=host, reason=exc.message)
 
     async def _on_session_update(self, msg: Msg) -> None:
         if self._sessions is not None:
@@ -134,7 +194,12 @@ class Coordinator:
             if self._nc is None or not self._nc.is_connected:
                 continue
             try:
-                await self._emit(self._registry.sweep(self._monotonic()))
+                events = self._registry.sweep(self._monotonic())
+                await self._emit(events)
+                for event in events:
+                    if isinstance(event, HostLost):
+                        await self._act(self._health.lost(event.host))
+                await self._act(self._health.tick(self._wall()))
             except Exception:
                 self._log.exception("sweep_failed")
 
@@ -144,6 +209,9 @@ class Coordinator:
             fields = msgspec.structs.asdict(event)
             kind = type(event).__struct_config__.tag
             if isinstance(event, HostLost):
+                # Loud: nothing can live-migrate these VMs; someone must look at the host.
+                self._log.error(kind, **fields, stranded=len(event.vms), action="not evacuated: a lost host cannot be live-migrated from")
+            elif isinstance(event, (DrainGaveUp, EvacuationPending, PlacementsStopped)):
                 self._log.warning(kind, **fields)
             else:
                 self._log.info(kind, **fields)
@@ -154,7 +222,7 @@ class Coordinator:
                 self._log.warning("publish_failed", subject=subjects.COORDINATOR_EVENTS, error=str(exc))
 
     async def _handle_hosts(self, request: HostsRequest) -> HostsReply:
-        views = self._registry.views(self._monotonic())
+        views = self._views()
         if not request.include_lost:
             views = [v for v in views if v.state != HostState.LOST]
         return HostsReply(hosts=views)
@@ -166,6 +234,9 @@ class Coordinator:
 
     async def _handle_migrate(self, request: MigrateRequest) -> SessionReply:
         return SessionReply(session=await self._manager().start(request))
+
+    async def _handle_plan(self, request: MigrateRequest) -> PlanReply:
+        return await self._manager().plan(request)
 
     async def _handle_sessions(self, request: SessionsRequest) -> SessionsReply:
         sessions = await self._manager().all()
@@ -183,3 +254,32 @@ class Coordinator:
 
     async def _handle_bandwidth(self, request: BandwidthChange) -> SessionReply:
         return SessionReply(session=await self._manager().set_bandwidth(request))
+
+    async def _handle_limits(self, request: LimitsRequest) -> LimitsReply:
+        if self._limits is None or self._sessions is None:
+            raise FerryError(ErrorCode.UNAVAILABLE, "the coordinator is still starting")
+        before = self._limits.current()
+        reply = await self._limits.change(request)
+        if reply.limits != before:
+            self._log.info("limits_changed", before=msgspec.structs.asdict(before), after=msgspec.structs.asdict(reply.limits))
+            self._sessions.wake()
+            await self._sessions.rebalance()
+        return reply
+
+    def _drain_controller(self) -> DrainController:
+        if self._drains is None:
+            raise FerryError(ErrorCode.UNAVAILABLE, "the coordinator is still starting")
+        return self._drains
+
+    async def _handle_drain(self, request: DrainRequest) -> DrainReply:
+        return await self._drain_controller().drain(request)
+
+    async def _handle_undrain(self, request: UndrainRequest) -> DrainReply:
+        drain: Drain = await self._drain_controller().undrain(request.host)
+        return DrainReply(drain=drain)
+
+    async def _handle_drains(self, request: DrainsRequest) -> DrainsReply:
+        controller = self._drain_controller()
+        if request.host is not None:
+            return DrainsReply(drains=[controller.get(request.host)])
+        return DrainsReply(drains=controller.all())

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from proto.api import HostState, HostView
 from proto.events import CoordinatorEvent, HostAppeared, HostLost, HostReturned
-from proto.host import HostStatus
+from proto.host import HostStatus, VmState
 
 
 @dataclass
@@ -60,6 +60,7 @@ class Registry:
                         host=name,
                         silent_for=round(silent_for, 3),
                         reason=f"no heartbeat for {silent_for:.1f} s (timeout {timeout:.1f} s)",
+                        vms=[vm.name for vm in record.status.vms if vm.state in (VmState.RUNNING, VmState.PAUSED)],
                     )
                 )
         return events

@@ -4,11 +4,13 @@ sessions in flight, in; a decision or a FerryError with a sentence out."""
 from collections.abc import Iterable
 
 from coordinator.placement import HostFacts, PlacementRules, VmDemand
-from proto.agent import VmDescription
+from coordinator.prediction import predict
+from proto.agent import DirtyRate, VmDescription
 from proto.api import HostState, HostView
+from proto.convergence import POLICIES, Policy, Prediction
 from proto.errors import ErrorCode, FerryError
 from proto.host import VmState
-from proto.session import Session, StorageMode
+from proto.session import MigrateOptions, Session, SessionState, StorageMode
 
 
 def find_source(vm: str, source: str | None, hosts: Iterable[HostView]) -> HostView:
@@ -47,6 +49,8 @@ def check_named_dest(dest: str, source: str, hosts: Iterable[HostView]) -> HostV
         raise FerryError(ErrorCode.UNKNOWN_HOST, f"no host named {dest} has reported to the coordinator")
     if view.state == HostState.LOST:
         raise FerryError(ErrorCode.HOST_LOST, f"the destination {dest} is lost (no heartbeat for {view.last_seen_age:.0f} s)")
+    if view.draining:
+        raise FerryError(ErrorCode.CONFLICT, f"the destination {dest} is draining ({view.drain_reason}): no new VMs are placed there")
     return view
 
 
@@ -63,6 +67,21 @@ def demand_of(vm: VmDescription, source: HostView) -> VmDemand:
     )
 
 
+def reported_demand(vm: str, source: HostView) -> VmDemand:
+    """The VM's size as its host last reported it: enough to place it before the
+    source describes it in full (its disks are known only then)."""
+    info = next((v for v in source.vms if v.name == vm), None)
+    return VmDemand(
+        name=vm,
+        source=source.host,
+        vcpus=info.vcpus if info else 0,
+        memory_mib=info.memory_mib if info else 0,
+        libvirt_version=source.versions.libvirt,
+        qemu_version=source.versions.qemu,
+        arch=source.arch or "x86_64",
+    )
+
+
 def rules_for(session: Session, base: PlacementRules = PlacementRules()) -> PlacementRules:
     if session.options.storage == StorageMode.SHARED:
         return PlacementRules(
@@ -73,17 +92,21 @@ def rules_for(session: Session, base: PlacementRules = PlacementRules()) -> Plac
     return base
 
 
+_HOLD_NOTHING = (SessionState.FAILED, SessionState.CANCELLED)
+
+
 def host_facts(hosts: Iterable[HostView], in_flight: Iterable[Session]) -> list[HostFacts]:
     """Placement's view: each host as reported, minus what sessions heading there hold.
 
     A session holds its VM's size on its destination until the VM shows up in
-    that host's report (then the report itself counts it).
+    that host's report (then the report itself counts it). A completed session
+    still holds it until then: the report can lag the completion.
     """
     reserved: dict[str, tuple[int, int]] = {}
     views = list(hosts)
     reported = {h.host: {v.name for v in h.vms} for h in views}
     for s in in_flight:
-        if s.state.terminal or s.dest is None or s.vm in reported.get(s.dest, ()):
+        if s.state in _HOLD_NOTHING or s.dest is None or s.vm in reported.get(s.dest, ()):
             continue
         vcpus, memory = reserved.get(s.dest, (0, 0))
         reserved[s.dest] = (vcpus + s.demand.vcpus, memory + s.demand.memory_mib)
@@ -103,8 +126,48 @@ def host_facts(hosts: Iterable[HostView], in_flight: Iterable[Session]) -> list[
                 libvirt_version=h.versions.libvirt,
                 qemu_version=h.versions.qemu,
                 arch=h.arch or "x86_64",
+                draining=h.draining,
                 reserved_vcpus=vcpus,
                 reserved_memory_mib=memory,
             )
         )
     return facts
+
+
+def check_policy(options: MigrateOptions) -> Policy:
+    policy = POLICIES.get(options.policy)
+    if policy is None:
+        raise FerryError(
+            ErrorCode.BAD_REQUEST, f"no convergence policy named {options.policy}; known: {', '.join(POLICIES)}"
+        )
+    return policy
+
+
+# A dirty rate measured longer ago than this says little about the guest now.
+RATE_MAX_AGE_SECONDS = 300.0
+MIB = 1024 * 1024
+
+
+def fresh_rate(vm: VmDescription, now: float) -> bool:
+    return vm.dirty_rate_at > 0 and now - vm.dirty_rate_at <= RATE_MAX_AGE_SECONDS
+
+
+def prediction_for(session: Session, vm: VmDescription, measured: DirtyRate | None, bandwidth_mib: int) -> Prediction | None:
+    """What plain pre-copy should do for this session: from a fresh measurement,
+    else the source's recent one; None when the guest was never measured."""
+    if measured is not None:
+        bps, at, seconds = measured.bps, measured.at, measured.seconds
+    elif vm.dirty_rate_at > 0:
+        bps, at, seconds = vm.dirty_rate_bps, vm.dirty_rate_at, 0.0
+    else:
+        return None
+    return predict(
+        memory_bytes=vm.memory_mib * MIB,
+        dirty_rate_bps=bps,
+        bandwidth_bps=bandwidth_mib * MIB,
+        max_downtime_ms=session.options.max_downtime_ms,
+        policy=check_policy(session.options),
+        allow_postcopy=session.options.allow_postcopy,
+        measured_at=at,
+        measure_seconds=seconds,
+    )

@@ -5,90 +5,48 @@ from collections.abc import Callable
 
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from proto.codec import Decoder, encode
+from coordinator.kv import CAS_ATTEMPTS, TypedBucket, open_bucket
 from proto.errors import ErrorCode, FerryError
 from proto.session import Session
 
 BUCKET = "ferry_sessions"
-# Enough attempts for a burst of concurrent writers; each retry re-reads the entry.
-CAS_ATTEMPTS = 20
 
 
 class SessionStore:
     def __init__(self, kv: KeyValue) -> None:
-        self._kv = kv
-        self._decoder = Decoder(Session, "stored session")
+        self._records = TypedBucket(kv, Session, "session")
 
     @classmethod
     async def open(cls, js: JetStreamContext, *, bucket: str = BUCKET) -> "SessionStore":
-        try:
-            kv = await js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            kv = await js.create_key_value(
-                KeyValueConfig(bucket=bucket, history=8, storage=StorageType.FILE,
-                               description="Ferry migration sessions")
-            )
-        return cls(kv)
+        return cls(await open_bucket(js, bucket, "Ferry migration sessions"))
 
     async def create(self, session: Session) -> int:
-        try:
-            return await self._kv.create(session.id, encode(session))
-        except nats.js.errors.KeyWrongLastSequenceError:
-            raise FerryError(ErrorCode.CONFLICT, f"session {session.id} exists already") from None
+        return await self._records.create(session.id, session)
 
     async def get(self, session_id: str) -> tuple[Session, int]:
-        try:
-            entry = await self._kv.get(session_id)
-        except nats.js.errors.KeyNotFoundError:
-            raise FerryError(ErrorCode.NOT_FOUND, f"there is no session {session_id}") from None
-        if entry.value is None:
-            raise FerryError(ErrorCode.NOT_FOUND, f"there is no session {session_id}")
-        return self._decoder.decode(entry.value), entry.revision
+        return await self._records.get(session_id)
 
     async def put_if(self, session: Session, revision: int) -> int:
         """Write `session` only if the stored entry is still at `revision`."""
-        try:
-            return await self._kv.update(session.id, encode(session), last=revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            raise FerryError(
-                ErrorCode.CONFLICT, f"session {session.id} changed under us (revision {revision} is stale)"
-            ) from None
+        return await self._records.put_if(session.id, session, revision)
 
     async def change(self, session_id: str, change: Callable[[Session], Session]) -> Session:
-        """Read, apply a pure change, compare-and-set; on a lost race re-read and re-apply.
-
-        `change` may raise FerryError (for example an illegal transition after
-        another writer moved the session): that ends the attempt.
-        """
-        for _ in range(CAS_ATTEMPTS):
-            current, revision = await self.get(session_id)
-            updated = change(current)
-            try:
-                await self.put_if(updated, revision)
-                return updated
-            except FerryError as exc:
-                if exc.code != ErrorCode.CONFLICT:
-                    raise
-        raise FerryError(ErrorCode.CONFLICT, f"session {session_id} kept changing; gave up after {CAS_ATTEMPTS} tries")
+        return await self._records.change(session_id, change)
 
     async def all(self) -> list[Session]:
-        try:
-            keys = await self._kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
-        sessions = []
-        for key in keys:
-            try:
-                sessions.append((await self.get(key))[0])
-            except FerryError:
-                continue  # deleted between listing and reading
-        return sorted(sessions, key=lambda s: s.created_at)
+        return sorted(await self._records.all(), key=lambda s: s.created_at)
 
 
 CLAIMS_BUCKET = "ferry_vm_claims"
+
+
+class VmBusy(FerryError):
+    """A second session for a VM that another session is moving (a `conflict`)."""
+
+    def __init__(self, vm: str, holder: str) -> None:
+        super().__init__(ErrorCode.CONFLICT, f"{vm} is already being moved by session {holder}")
 
 
 class VmClaims:
@@ -104,14 +62,7 @@ class VmClaims:
 
     @classmethod
     async def open(cls, js: JetStreamContext, sessions: SessionStore, *, bucket: str = CLAIMS_BUCKET) -> "VmClaims":
-        try:
-            kv = await js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            kv = await js.create_key_value(
-                KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE,
-                               description="Ferry: which session moves which VM")
-            )
-        return cls(kv, sessions)
+        return cls(await open_bucket(js, bucket, "Ferry: which session moves which VM", history=1), sessions)
 
     async def claim(self, vm: str, session_id: str) -> None:
         for _ in range(CAS_ATTEMPTS):
@@ -128,7 +79,7 @@ class VmClaims:
             if holder == session_id:
                 return
             if holder and await self._holds(holder):
-                raise FerryError(ErrorCode.CONFLICT, f"{vm} is already being moved by session {holder}")
+                raise VmBusy(vm, holder)
             try:
                 await self._kv.update(vm, session_id.encode(), last=entry.revision)
                 return

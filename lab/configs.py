@@ -8,6 +8,8 @@ from lab.layout import IMAGES_PATH, PKI_PATH, QEMU_TLS_PATH, HostLayout, LabLayo
 
 HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_TIMEOUT = 6.0
+# Short, so a probe a test drops into a host's probe folder shows within a second or two.
+HEALTH_INTERVAL = 1.0
 
 
 def _q(value: str) -> str:
@@ -73,6 +75,11 @@ backend = "libvirt"
 uri = {_q(host.uri)}
 peer_uri = {_q(host.peer_uri)}
 migration_address = {_q(host.address)}
+
+[health]
+interval = {HEALTH_INTERVAL}
+# Per host, so a test can make one host unhealthy by dropping a probe script here.
+probe_dir = {_q(str(host.probes_dir))}
 
 [migration]
 # The lab's shared folder is a local directory both hosts see; libvirt cannot

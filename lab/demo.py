@@ -1,61 +1,34 @@
 """`make demo`: Ferry on a local lab of real libvirt hosts.
 
 Starts the lab (libvirtd per host, nats-server, one ferry-agent per host, a
-ferry-coordinator), starts guests, and shows what an operator sees. Stops
-everything it started at the end unless --keep is given.
+ferry-coordinator), starts guests, and shows what an operator sees: live
+moves, a cancel, a drain, an evacuation set off by a failing health probe, a
+lost host. Stops everything it started at the end unless --keep is given.
 """
 
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
-
 from lab import processes
+from lab.demo_drain import (
+    drain_step,
+    evacuation_step,
+    remove_leftover_guests,
+    remove_leftover_probes,
+    undrain_leftovers,
+)
+from lab.demo_support import console, ferry, fresh_guest, step, wait_hosts
 from lab.errors import LabError
 from lab.lab import Lab, agent_role
-
-console = Console()
-FERRY = str(Path(sys.executable).parent / "ferry")
-
-
-def step(text: str) -> None:
-    console.print(f"\n[bold cyan]==>[/] [bold]{text}[/]")
-
-
-def ferry(lab: Lab, *args: str, show: bool = True) -> str:
-    command = [FERRY, "--server", lab.nats_url, *args]
-    if show:
-        console.print(f"[dim]$ ferry {' '.join(args)}[/]")
-    out = subprocess.run(command, capture_output=True, text=True, timeout=60)
-    if show:
-        sys.stdout.write(out.stdout)
-        sys.stdout.flush()
-    if out.returncode != 0:
-        raise LabError(f"`ferry {' '.join(args)}` failed: {out.stderr.strip()}")
-    return out.stdout
-
-
-def wait_hosts(lab: Lab, check, what: str, timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            hosts = {h["host"]: h for h in json.loads(ferry(lab, "hosts", "--json", show=False))["hosts"]}
-            if check(hosts):
-                return hosts
-        except LabError:
-            pass  # the coordinator may still be starting
-        if time.monotonic() > deadline:
-            raise LabError(f"the demo waited {timeout:.0f} s for {what}, in vain; logs are in {lab.dir}")
-        time.sleep(0.5)
 
 
 def run(lab: Lab, keep: bool) -> None:
     step(f"Starting a lab of {len(lab.hosts)} libvirt hosts, nats-server, agents and a coordinator in {lab.dir}")
+    remove_leftover_probes(lab)
     report = lab.up(ferry=True)
     for part in report.started:
         console.print(f"  started {part}")
@@ -67,13 +40,9 @@ def run(lab: Lab, keep: bool) -> None:
     names = [h.name for h in lab.hosts]
     step("Starting guests (TCG, 256 MiB each; they print a counter on their serial console)")
     guests = {"web-1": names[0], "db-1": names[1 % len(names)]}
-    existing = {g.name for g in lab.guests()}
+    remove_leftover_guests(lab)
     for guest, host in guests.items():
-        if guest in existing:
-            lab.delete_guest(guest)  # left shut off by an earlier demo: start afresh
-        lab.create_guest(guest, host, memory_mib=256, dirty_mb=4)
-        lab.wait_for_tick(guest, host, 1)
-        console.print(f"  {guest} runs on {host}")
+        fresh_guest(lab, guest, host, memory_mib=256)
 
     def all_reported(hosts: dict) -> bool:
         if set(hosts) != set(names) or any(h["state"] != "up" for h in hosts.values()):
@@ -84,6 +53,7 @@ def run(lab: Lab, keep: bool) -> None:
 
     step("What the coordinator knows, from the agents' heartbeats")
     wait_hosts(lab, all_reported, "every host up with its guests")
+    undrain_leftovers(lab)
     ferry(lab, "hosts")
 
     step("Moving web-1 live: Ferry picks the destination, TLS on, progress while it runs")
@@ -100,6 +70,9 @@ def run(lab: Lab, keep: bool) -> None:
     time.sleep(3)
     ferry(lab, "cancel", session["id"], "--wait")
     ferry(lab, "sessions")
+
+    drain_step(lab, names[0])
+    evacuation_step(lab, names[1 % len(names)])
 
     victim = names[-1]
     step(f"Stopping the agent on {victim}: the coordinator marks the host lost within 3 heartbeats")

@@ -30,8 +30,14 @@ def executable(name: str) -> Path:
 
 def write_ferry_configs(layout: LabLayout, nats_url: str) -> None:
     for host in layout.hosts:
-        host.agent_config.write_text(configs.agent_toml(host, nats_url))
+        write_agent_config(host, nats_url)
     layout.coordinator_config.write_text(configs.coordinator_toml(layout, nats_url))
+
+
+def write_agent_config(host: HostLayout, nats_url: str, migration: dict[str, object] | None = None) -> None:
+    """The agent's config, and the (empty) probe folder it names."""
+    host.probes_dir.mkdir(parents=True, exist_ok=True)
+    host.agent_config.write_text(configs.agent_toml(host, nats_url, migration))
 
 
 def start_agent(host: HostLayout) -> ProcessRef:

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab import certs, configs, ferry_services, hosts, processes
+from lab import certs, ferry_services, hosts, processes
 from lab.continuity import ContinuityReport, guest_continuity, last_tick_on
 from lab.errors import LabError
 from lab.guests import DiskKind, GuestInfo, GuestSpec, create_guest, delete_guest, list_guests
@@ -265,7 +265,7 @@ class Lab:
         """Restart one host's ferry-agent, optionally with extra [migration] settings."""
         layout = self.host(host)
         self.stop_agent(host)
-        layout.agent_config.write_text(configs.agent_toml(layout, self.nats_url, migration))
+        ferry_services.write_agent_config(layout, self.nats_url, migration)
         ref = ferry_services.start_agent(layout)
         self._record(agent_role(layout), ref)
         failed = ferry_services.settle({agent_role(layout): (ref, layout.agent_log)})

@@ -121,6 +121,15 @@ class HostLayout:
         return self.root / "libvirtd.log"
 
     @property
+    def probes_dir(self) -> Path:
+        """The agent's health probe folder (its /etc/ferry/probes.d); tests drop scripts here.
+
+        The agent runs outside the host's namespace, so this is a plain per-host
+        folder, not a bind mount.
+        """
+        return self.root / "etc" / "ferry" / "probes.d"
+
+    @property
     def agent_config(self) -> Path:
         return self.root / "agent.toml"
 

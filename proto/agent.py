@@ -9,6 +9,7 @@ from typing import Annotated
 
 import msgspec
 
+from proto.convergence import PolicyAction
 from proto.host import Versions
 from proto.names import HostName, NonNegative, SessionId, VmName
 from proto.session import MiBps, MigrateOptions, Outcome, Progress
@@ -40,10 +41,28 @@ class VmDescription(msgspec.Struct, frozen=True, tag="vm"):
     cpu_xml: str = ""
     disks: list[DiskInfo] = []
     running: bool = True
+    # The guest's dirty rate as last measured on its host (0 = never measured).
+    dirty_rate_bps: NonNegative = 0
+    dirty_rate_at: float = 0.0
 
 
 class DescribeRequest(msgspec.Struct, frozen=True):
     vm: VmName
+
+
+class MeasureRequest(msgspec.Struct, frozen=True):
+    """Measure how fast the guest dirties its memory now (it takes `seconds`)."""
+
+    vm: VmName
+    seconds: Annotated[float, msgspec.Meta(ge=1, le=60)] = 1.0
+
+
+class DirtyRate(msgspec.Struct, frozen=True, tag="dirty_rate"):
+    vm: VmName
+    host: HostName
+    bps: NonNegative
+    seconds: float
+    at: float
 
 
 class PrepareRequest(msgspec.Struct, frozen=True):
@@ -106,6 +125,15 @@ class SessionProgress(msgspec.Struct, frozen=True, tag="progress"):
     progress: Progress
 
 
+class SessionSteered(msgspec.Struct, frozen=True, tag="steered"):
+    """The convergence policy acted on a running migration."""
+
+    session_id: SessionId
+    vm: VmName
+    host: HostName
+    action: PolicyAction
+
+
 class SessionResult(msgspec.Struct, frozen=True, tag="result"):
     session_id: SessionId
     vm: VmName
@@ -118,9 +146,11 @@ class SessionResult(msgspec.Struct, frozen=True, tag="result"):
     reason: str = ""
     outcome: Outcome | None = None
     last_progress: Progress | None = None
+    # Every step the convergence policy took, in order.
+    actions: list[PolicyAction] = []
 
 
-SessionUpdate = SessionProgress | SessionResult
+SessionUpdate = SessionProgress | SessionSteered | SessionResult
 
 
 class MigrationState(msgspec.Struct, frozen=True, tag="migration"):

@@ -5,6 +5,7 @@ from typing import Annotated
 
 import msgspec
 
+from proto.convergence import Prediction
 from proto.host import Capacity, HealthCheck, HealthState, Versions, VmInfo
 from proto.names import HostName, NonNegative, SessionId, VmName
 from proto.session import MiBps, MigrateOptions, Session
@@ -35,6 +36,9 @@ class HostView(msgspec.Struct, frozen=True):
     backend: str = ""
     arch: str = ""
     migrations_in_flight: NonNegative = 0
+    # Marked draining (by `ferry drain` or an evacuation): no new VMs are placed here.
+    draining: bool = False
+    drain_reason: str = ""
 
 
 class HostsReply(msgspec.Struct, frozen=True, tag="hosts"):
@@ -52,6 +56,22 @@ class MigrateRequest(msgspec.Struct, frozen=True):
     # Chosen automatically when not given; a named destination that declines fails the session.
     dest: HostName | None = None
     options: MigrateOptions = MigrateOptions()
+
+
+class PlanReply(msgspec.Struct, frozen=True, tag="plan"):
+    """`ferry migrate --dry-run`: where the VM would go and what pre-copy would do."""
+
+    vm: VmName
+    source: HostName
+    # The destination the session would try first; None when no host can take the VM.
+    dest: HostName | None
+    candidates: list[HostName] = []
+    # Why the other hosts would not take it, one sentence each.
+    rejections: list[str] = []
+    policy: str = "default"
+    prediction: Prediction | None = None
+    # Why there is no prediction, when there is none.
+    note: str = ""
 
 
 class SessionReply(msgspec.Struct, frozen=True, tag="session"):

@@ -31,6 +31,8 @@ class HostLost(msgspec.Struct, frozen=True, tag="host_lost"):
     host: HostName
     silent_for: float
     reason: str
+    # VMs the host last reported running: they cannot be live-migrated away.
+    vms: list[VmName] = []
     at: float = 0.0
 
 
@@ -55,4 +57,122 @@ class SessionChanged(msgspec.Struct, frozen=True, tag="session_changed"):
     at: float = 0.0
 
 
-CoordinatorEvent = HostAppeared | HostLost | HostReturned | SessionChanged
+class SessionWaiting(msgspec.Struct, frozen=True, tag="session_waiting"):
+    """A queued session cannot start yet; `reason` names the limit that holds it."""
+
+    session_id: SessionId
+    vm: VmName
+    reason: str
+    at: float = 0.0
+
+
+class BandwidthShared(msgspec.Struct, frozen=True, tag="bandwidth_shared"):
+    """A running migration's bandwidth was changed to share a host's budget."""
+
+    session_id: SessionId
+    vm: VmName
+    bandwidth_mib: int
+    reason: str
+    at: float = 0.0
+
+
+class PlacementsStopped(msgspec.Struct, frozen=True, tag="placements_stopped"):
+    """The host's health is not OK: no new VMs are placed there."""
+
+    host: HostName
+    health: HealthState
+    reason: str
+    at: float = 0.0
+
+
+class PlacementsResumed(msgspec.Struct, frozen=True, tag="placements_resumed"):
+    host: HostName
+    reason: str
+    at: float = 0.0
+
+
+class EvacuationPending(msgspec.Struct, frozen=True, tag="evacuation_pending"):
+    """The host turned CRITICAL: it is evacuated if it stays so until `due_at`."""
+
+    host: HostName
+    reason: str
+    due_at: float
+    at: float = 0.0
+
+
+class EvacuationCalledOff(msgspec.Struct, frozen=True, tag="evacuation_called_off"):
+    host: HostName
+    reason: str
+    at: float = 0.0
+
+
+class DrainStarted(msgspec.Struct, frozen=True, tag="drain_started"):
+    host: HostName
+    reason: str
+    automatic: bool
+    vms: int
+    unplaced: int = 0
+    at: float = 0.0
+
+
+class VmPlaced(msgspec.Struct, frozen=True, tag="vm_placed"):
+    """A drain started a session for one of its VMs."""
+
+    host: HostName
+    vm: VmName
+    session_id: SessionId
+    dest: HostName | None = None
+    attempt: int = 1
+    at: float = 0.0
+
+
+class DrainRetry(msgspec.Struct, frozen=True, tag="drain_retry"):
+    host: HostName
+    vm: VmName
+    attempt: int
+    failed_on: HostName | None
+    reason: str
+    at: float = 0.0
+
+
+class DrainGaveUp(msgspec.Struct, frozen=True, tag="drain_gave_up"):
+    host: HostName
+    vm: VmName
+    attempts: int
+    reason: str
+    at: float = 0.0
+
+
+class DrainFinished(msgspec.Struct, frozen=True, tag="drain_finished"):
+    host: HostName
+    moved: int
+    gave_up: int
+    gone: int = 0
+    at: float = 0.0
+
+
+class HostUndrained(msgspec.Struct, frozen=True, tag="host_undrained"):
+    host: HostName
+    # Sessions of the drain still queued were cancelled; running ones finish.
+    cancelled: int = 0
+    at: float = 0.0
+
+
+CoordinatorEvent = (
+    HostAppeared
+    | HostLost
+    | HostReturned
+    | SessionChanged
+    | SessionWaiting
+    | BandwidthShared
+    | PlacementsStopped
+    | PlacementsResumed
+    | EvacuationPending
+    | EvacuationCalledOff
+    | DrainStarted
+    | VmPlaced
+    | DrainRetry
+    | DrainGaveUp
+    | DrainFinished
+    | HostUndrained
+)

@@ -5,7 +5,9 @@ from typing import Annotated
 
 import msgspec
 
+from proto.convergence import PolicyAction, Prediction
 from proto.names import HostName, NonNegative, SessionId, VmName
+from proto.progress import Progress
 
 
 class SessionState(enum.StrEnum):
@@ -40,6 +42,13 @@ class MigrateOptions(msgspec.Struct, frozen=True):
     # QEMU's own default; a higher limit converges sooner but pauses the guest longer.
     max_downtime_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 300
     priority: Priority = 0
+    # The convergence policy that steers the migration (proto/convergence.py POLICIES).
+    policy: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] = "default"
+    # Post-copy moves the guest to the destination before all its memory is
+    # there: if the network fails then, the guest is lost. Off unless asked for.
+    allow_postcopy: bool = False
+    # Overrides the policy's completion timeout (seconds per GiB of data to move).
+    seconds_per_gib: Annotated[float, msgspec.Meta(gt=0, le=86_400)] | None = None
 
 
 class Transition(msgspec.Struct, frozen=True):
@@ -47,17 +56,6 @@ class Transition(msgspec.Struct, frozen=True):
     state: SessionState
     code: str = ""
     reason: str = ""
-
-
-class Progress(msgspec.Struct, frozen=True):
-    elapsed_ms: NonNegative = 0
-    data_total: NonNegative = 0
-    data_processed: NonNegative = 0
-    data_remaining: NonNegative = 0
-    bandwidth_bps: NonNegative = 0
-    dirty_rate_bps: NonNegative = 0
-    iteration: NonNegative = 0
-    expected_downtime_ms: NonNegative = 0
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -73,6 +71,14 @@ class Demand(msgspec.Struct, frozen=True):
     memory_mib: NonNegative = 0
 
 
+class SessionOrigin(enum.StrEnum):
+    """Who asked for the session: admission puts evacuations ahead of everything else."""
+
+    USER = "user"
+    DRAIN = "drain"
+    EVACUATION = "evacuation"
+
+
 class SessionCode(enum.StrEnum):
     """Why a session ended other than `completed` (declines add the destination's own codes)."""
 
@@ -83,6 +89,8 @@ class SessionCode(enum.StrEnum):
     NOT_CONFIRMED = "not_confirmed"
     CANCELLED = "cancelled"
     INTERNAL = "internal"
+    # The convergence policy stopped a migration that would not finish in time.
+    NOT_CONVERGING = "not_converging"
 
 
 class Session(msgspec.Struct, frozen=True):
@@ -109,3 +117,17 @@ class Session(msgspec.Struct, frozen=True):
     # `cancelled` once the source confirms the abort (or `completed` if it had
     # already finished).
     cancel_requested: bool = False
+    origin: SessionOrigin = SessionOrigin.USER
+    # The host whose drain (or evacuation) started this session.
+    drain_host: HostName | None = None
+    # Hosts this session must not go to (earlier attempts of a drain failed there).
+    avoid: list[HostName] = []
+    # Why the session is still queued: which limit holds it back.
+    waiting: str = ""
+    # The bandwidth the source was last told: the user's cap, or less when the
+    # hosts' bandwidth budget is shared with other migrations (0 = unlimited).
+    bandwidth_applied_mib: NonNegative = 0
+    # What plain pre-copy was expected to do, from the guest's measured dirty rate.
+    prediction: Prediction | None = None
+    # Every step the convergence policy took, with the sample that caused it.
+    steering: list[PolicyAction] = []

@@ -109,3 +109,13 @@ async def connect_once(settings: NatsSettings, *, name: str) -> Client:
     # A person is waiting: bound the whole attempt, whatever the server list holds.
     await asyncio.wait_for(nc.connect(**options), timeout=settings.connect_timeout * (len(settings.servers) + 1))
     return nc
+
+
+async def disconnect(nc: Client) -> None:
+    """Drain (let handlers finish, flush what is buffered); if NATS is away, just close."""
+    if nc.is_closed:
+        return
+    try:
+        await nc.drain()
+    except (nats.errors.ConnectionReconnectingError, nats.errors.ConnectionClosedError, nats.errors.FlushTimeoutError):
+        await nc.close()

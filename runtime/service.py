@@ -7,6 +7,7 @@ else is logged with its traceback and answered as `internal`, never with the
 exception's repr.
 """
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -24,7 +25,18 @@ def endpoint(
     *,
     log: Any,
     verb: str,
+    concurrent: bool = False,
 ) -> Callable[[Request], Awaitable[None]]:
+    """`concurrent`: answer each request in a task of its own. NATS hands one
+    endpoint its requests one at a time; a verb that takes seconds (measuring a
+    guest) would otherwise make the next caller wait behind it."""
+    running: set[asyncio.Task] = set()
+
+    async def handle_in_task(request: Request) -> None:
+        task = asyncio.create_task(handle(request))
+        running.add(task)
+        task.add_done_callback(running.discard)
+
     async def handle(request: Request) -> None:
         request_id = (request.headers or {}).get("Ferry-Request-Id") or uuid.uuid4().hex[:12]
         bound = log.bind(verb=verb, request_id=request_id)
@@ -45,6 +57,6 @@ def endpoint(
             return
         await request.respond(encode(reply))
 
-    return handle
+    return handle_in_task if concurrent else handle
 
 

@@ -19,6 +19,11 @@ class MigrationFailed(Exception):
     """The hypervisor ended the migration job with an error (or because it was aborted)."""
 
 
+class MeasurementFailed(Exception):
+    """The hypervisor could not measure the guest (not running, unsupported, busy, timed out).
+    The message is a sentence for people."""
+
+
 @dataclass(frozen=True)
 class NodeFacts:
     host_uuid: str
@@ -44,6 +49,13 @@ class MigrationPlan:
     copy_disks: list[str] = field(default_factory=list)
     # Shared disks on storage the hypervisor cannot prove is shared (lab folders).
     unsafe: bool = False
+    # QEMU throttles the guest's vCPUs when pre-copy does not converge (it must be
+    # armed before the migration starts; QEMU engages it only when needed).
+    auto_converge: bool = False
+    auto_converge_initial: int = 20
+    auto_converge_increment: int = 10
+    # Allow a switch to post-copy later (`start_postcopy`); it must be enabled at the start.
+    postcopy: bool = False
 
 
 # A job-statistics sample as the hypervisor reports it (libvirt's virDomainGetJobStats keys).
@@ -87,6 +99,14 @@ class Hypervisor(Protocol):
         """Runs the whole live migration; raises MigrationFailed."""
         ...
 
+    async def measure_dirty_rate(self, name: str, seconds: float) -> int:
+        """How fast the running guest dirties its memory, in bytes per second, measured
+        over about `seconds` (0 < seconds <= 60; libvirt rounds up to whole seconds).
+        Takes that long. Raises VmNotFound, MeasurementFailed when the guest is not
+        running or the hypervisor cannot measure it (never a guessed number), and
+        ValueError for `seconds` outside that range."""
+        ...
+
     async def job_stats(self, name: str) -> JobStats | None:
         """The running job's statistics; None when no job runs."""
         ...
@@ -98,6 +118,14 @@ class Hypervisor(Protocol):
     async def abort_job(self, name: str) -> bool: ...
 
     async def set_bandwidth(self, name: str, bandwidth_mib: int) -> None: ...
+
+    async def set_max_downtime(self, name: str, downtime_ms: int) -> None:
+        """The longest pause the running migration may end with."""
+        ...
+
+    async def start_postcopy(self, name: str) -> None:
+        """Switch the running migration (started with `postcopy`) to post-copy."""
+        ...
 
     async def destroy_incoming(self, name: str) -> bool:
         """Removes a paused, not yet running incoming domain left by a failed migration.

@@ -5,6 +5,7 @@ stalls the whole agent (seen: `jobStats()` blocking a loop for ~5 s).
 """
 
 import asyncio
+import math
 import os
 import threading
 import xml.etree.ElementTree as ET
@@ -17,6 +18,7 @@ import libvirt
 from agent.hypervisor.base import (
     HypervisorUnavailable,
     JobStats,
+    MeasurementFailed,
     MigrationFailed,
     MigrationPlan,
     NodeFacts,
@@ -41,6 +43,10 @@ BASE_MIGRATE_FLAGS = (
 UNLIMITED_MIB = 8796093022207
 # Long-running migrations get their own threads so they never starve short calls.
 MAX_CONCURRENT_MIGRATIONS = 16
+MIB = 1024 * 1024
+# A dirty-rate measurement is given this long beyond its own seconds to report.
+MEASURE_GRACE_SECONDS = 3.0
+MEASURE_POLL_SECONDS = 0.1
 
 _STATE = {
     libvirt.VIR_DOMAIN_RUNNING: VmState.RUNNING,
@@ -65,6 +71,9 @@ class LibvirtHypervisor:
         # Opening and dropping the connection happen in worker threads; one at a time.
         self._conn_lock = threading.Lock()
         self._migrations = ThreadPoolExecutor(MAX_CONCURRENT_MIGRATIONS, thread_name_prefix="migrate")
+        # QEMU refuses a second dirty-rate calculation while one runs: our own callers queue
+        # instead (one small lock per VM name ever measured).
+        self._measuring: dict[str, asyncio.Lock] = {}
 
     async def _call(self, fn: Callable[[libvirt.virConnect], T]) -> T:
         return await asyncio.to_thread(self._call_sync, fn)
@@ -169,6 +178,44 @@ class LibvirtHypervisor:
 
         await asyncio.get_running_loop().run_in_executor(self._migrations, run)
 
+    async def measure_dirty_rate(self, name: str, seconds: float) -> int:
+        """QEMU's dirty-rate calculation in page-sampling mode (libvirt >= 7.2, QEMU >= 5.2),
+        which needs neither KVM nor a dirty ring. It hashes a sample of pages (512 per
+        GiB) at the start and at the end of the period and counts those that changed:
+        the result is the guest's dirty set over that period, divided by its length.
+        libvirt takes whole seconds: `seconds` is rounded up. Concurrent calls for the
+        same VM run one after the other; one started outside Ferry (virsh
+        domdirtyrate-calc) makes this one fail."""
+        if not 0 < seconds <= 60:
+            raise ValueError(f"a dirty rate is measured over 0 to 60 s, not {seconds}")
+        async with self._measuring.setdefault(name, asyncio.Lock()):
+            return await self._measure_dirty_rate(name, math.ceil(seconds))
+
+    async def _measure_dirty_rate(self, name: str, period: int) -> int:
+        def start(dom: libvirt.virDomain) -> object:
+            if dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
+                raise MeasurementFailed(f"{name} is not running: only a running guest's dirty rate can be measured")
+            before = _dirty_rate_stats(dom).get("dirtyrate.calc_start_time", -1)
+            dom.startDirtyRateCalc(period, libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING)
+            return before
+
+        try:
+            previous_start = await self._on_domain(name, start)
+            await asyncio.sleep(period)
+            async with asyncio.timeout(MEASURE_GRACE_SECONDS):
+                while True:
+                    stats = await self._on_domain(name, _dirty_rate_stats)
+                    measured = stats.get("dirtyrate.calc_status") == libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED
+                    if measured and stats.get("dirtyrate.calc_start_time") != previous_start:
+                        return int(stats.get("dirtyrate.megabytes_per_second", 0)) * MIB
+                    await asyncio.sleep(MEASURE_POLL_SECONDS)
+        except TimeoutError:
+            raise MeasurementFailed(
+                f"{name}'s dirty rate was not measured within {period + MEASURE_GRACE_SECONDS:g} s"
+            ) from None
+        except libvirt.libvirtError as exc:
+            raise MeasurementFailed(f"cannot measure {name}'s dirty rate: {exc.get_error_message()}") from None
+
     async def job_stats(self, name: str) -> JobStats | None:
         try:
             stats = await self._on_domain(name, lambda dom: dom.jobStats())
@@ -204,6 +251,12 @@ class LibvirtHypervisor:
 
     async def set_bandwidth(self, name: str, bandwidth_mib: int) -> None:
         await self._on_domain(name, lambda dom: dom.migrateSetMaxSpeed(bandwidth_mib or UNLIMITED_MIB, 0))
+
+    async def set_max_downtime(self, name: str, downtime_ms: int) -> None:
+        await self._on_domain(name, lambda dom: dom.migrateSetMaxDowntime(downtime_ms, 0))
+
+    async def start_postcopy(self, name: str) -> None:
+        await self._on_domain(name, lambda dom: dom.migrateStartPostCopy(0))
 
     async def destroy_incoming(self, name: str) -> bool:
         def destroy(dom: libvirt.virDomain) -> bool:
@@ -292,6 +345,13 @@ def _read_vms(conn: libvirt.virConnect) -> list[VmInfo]:
     return sorted(vms, key=lambda vm: vm.name)
 
 
+def _dirty_rate_stats(dom: libvirt.virDomain) -> dict[str, object]:
+    """The domain's "dirtyrate.*" statistics: calc_status, calc_start_time, calc_period,
+    megabytes_per_second (only once measured), calc_mode."""
+    found = dom.connect().domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_DIRTYRATE)
+    return found[0][1] if found else {}
+
+
 def _lookup(conn: libvirt.virConnect, name: str) -> libvirt.virDomain:
     try:
         return conn.lookupByName(name)
@@ -344,6 +404,10 @@ def _migrate_flags(plan: MigrationPlan) -> int:
         flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
     if plan.unsafe:
         flags |= libvirt.VIR_MIGRATE_UNSAFE
+    if plan.auto_converge:
+        flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+    if plan.postcopy:
+        flags |= libvirt.VIR_MIGRATE_POSTCOPY
     return flags
 
 
@@ -355,4 +419,7 @@ def _migrate_params(plan: MigrationPlan) -> dict[str, object]:
         params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{plan.migration_address}"
     if plan.copy_disks:
         params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(plan.copy_disks)
+    if plan.auto_converge:
+        params[libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL] = plan.auto_converge_initial
+        params[libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT] = plan.auto_converge_increment
     return params

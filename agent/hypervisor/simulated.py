@@ -4,6 +4,12 @@ A simulated migration moves the VM's memory at the configured speed (or the
 bandwidth limit), reports libvirt-shaped job statistics, obeys abort and speed
 changes, and removes the VM from the source at the end. The destination, which
 runs in another process, materialises the VM when the coordinator commits.
+
+A VM may dirty its memory at a set rate (`dirty_mib_per_s`): a migration then
+copies again what was dirtied, never more than the VM's memory, and finishes
+only when nothing is left; a VM dirtying as fast as the copy never finishes
+(abort ends it). Iterations are counted as passes over what was left when each
+began, as QEMU does.
 """
 
 import asyncio
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 from agent.config import SimulatedHost
 from agent.hypervisor.base import (
     JobStats,
+    MeasurementFailed,
     MigrationFailed,
     MigrationPlan,
     NodeFacts,
@@ -25,16 +32,25 @@ from proto.host import VmInfo, VmState
 
 STEP_SECONDS = 0.05
 MIB = 1024 * 1024
+PAGE_SIZE = 4096
 
 
 @dataclass
 class _Job:
     started: float
     total: int
+    # Bytes still to copy: the VM's memory at first, then what was dirtied again.
+    remaining: int
+    # Bytes left in the current pass (iteration); the next pass copies what is left then.
+    pass_left: int
+    iteration: int = 1
     processed: int = 0
     bandwidth_mib: int = 0
     aborted: bool = False
     bps: int = 0
+    dirty_bps: int = 0
+    max_downtime_ms: int = 300
+    postcopy: bool = False
 
 
 class SimulatedHypervisor:
@@ -45,6 +61,7 @@ class SimulatedHypervisor:
         self._host_uuid = spec.host_uuid or str(uuid.uuid5(uuid.NAMESPACE_DNS, host_name))
         self._vms: dict[str, VmInfo] = {}
         self._cpu_models: dict[str, str] = {}
+        self._dirty_mib: dict[str, int] = {}
         self._jobs: dict[str, _Job] = {}
         self._completed: dict[str, JobStats] = {}
         for vm in spec.vms:
@@ -57,16 +74,26 @@ class SimulatedHypervisor:
                     state=VmState.RUNNING,
                 ),
                 cpu_model=vm.cpu_model,
+                dirty_mib_per_s=vm.dirty_mib_per_s,
             )
 
-    def add_vm(self, vm: VmInfo, cpu_model: str = "") -> None:
+    def add_vm(self, vm: VmInfo, cpu_model: str = "", dirty_mib_per_s: int = 0) -> None:
         self._vms[vm.name] = vm
         if cpu_model:
             self._cpu_models[vm.name] = cpu_model
+        self.set_dirty_rate(vm.name, dirty_mib_per_s)
 
     def remove_vm(self, name: str) -> VmInfo | None:
         self._cpu_models.pop(name, None)
+        self._dirty_mib.pop(name, None)
         return self._vms.pop(name, None)
+
+    def set_dirty_rate(self, name: str, dirty_mib_per_s: int) -> None:
+        """How fast the VM dirties its memory from now on (a running migration sees it at its next step)."""
+        if dirty_mib_per_s:
+            self._dirty_mib[name] = dirty_mib_per_s
+        else:
+            self._dirty_mib.pop(name, None)
 
     async def node_facts(self) -> NodeFacts:
         used = sum(vm.memory_mib for vm in self._vms.values())
@@ -123,24 +150,67 @@ class SimulatedHypervisor:
     async def remove_disk(self, path: str) -> bool:
         return True
 
+    async def measure_dirty_rate(self, name: str, seconds: float) -> int:
+        if not 0 < seconds <= 60:
+            raise ValueError(f"a dirty rate is measured over 0 to 60 s, not {seconds}")
+        if self._vm(name).state != VmState.RUNNING:
+            raise MeasurementFailed(f"{name} is not running: only a running guest's dirty rate can be measured")
+        await asyncio.sleep(seconds)
+        if name not in self._vms:
+            raise VmNotFound(name)  # it left (migrated away) while being measured
+        return self._dirty_mib.get(name, 0) * MIB
+
     async def migrate(self, name: str, plan: MigrationPlan) -> None:
         vm = self._vm(name)
         if name in self._jobs:
             raise MigrationFailed(f"{name} is already migrating")
-        job = self._jobs[name] = _Job(started=time.monotonic(), total=vm.memory_mib * MIB, bandwidth_mib=plan.bandwidth_mib)
+        total = vm.memory_mib * MIB
+        job = self._jobs[name] = _Job(
+            started=time.monotonic(), total=total, remaining=total, pass_left=total, bandwidth_mib=plan.bandwidth_mib,
+            max_downtime_ms=plan.max_downtime_ms,
+        )
         try:
-            while job.processed < job.total:
+            while job.remaining > 0:
                 await asyncio.sleep(STEP_SECONDS)
                 if job.aborted:
                     raise MigrationFailed("operation aborted: migration out job: canceled by client")
-                speed = min(job.bandwidth_mib or self._spec.migration_mib_per_s, self._spec.migration_mib_per_s)
-                job.bps = speed * MIB
-                job.processed = min(job.total, job.processed + int(job.bps * STEP_SECONDS))
+                if plan.peer_uri and plan.peer_uri in self._spec.unreachable_peers:
+                    raise MigrationFailed(f"unable to connect to {plan.peer_uri}: no route to host (simulated fault)")
+                # In post-copy the guest runs on the destination: nothing is dirtied here any more.
+                self._step(job, 0 if job.postcopy else self._dirty_mib.get(name, 0) * MIB)
             elapsed_ms = int((time.monotonic() - job.started) * 1000)
-            self._completed[name] = {"time_elapsed": elapsed_ms, "downtime": 5, "data_processed": job.total}
+            self._completed[name] = {
+                "time_elapsed": elapsed_ms,
+                "downtime": 5,
+                "data_processed": job.processed,
+                "memory_iteration": job.iteration,
+            }
             self.remove_vm(name)
         finally:
             del self._jobs[name]
+
+    def _step(self, job: _Job, dirty_bps: int) -> None:
+        """One step of copying; what the guest dirtied meanwhile is to be copied again,
+        unless nothing was left (the last copy, with the guest paused)."""
+        speed = min(job.bandwidth_mib or self._spec.migration_mib_per_s, self._spec.migration_mib_per_s)
+        job.bps = speed * MIB
+        job.dirty_bps = dirty_bps
+        sent = min(job.remaining, int(job.bps * STEP_SECONDS))
+        job.processed += sent
+        job.remaining -= sent
+        job.pass_left -= sent
+        if job.remaining == 0:
+            return
+        job.remaining = min(job.total, job.remaining + int(dirty_bps * STEP_SECONDS))
+        if job.pass_left <= 0:
+            if job.remaining * 1000 <= job.bps * job.max_downtime_ms:
+                # As QEMU at the end of a pass: what is left fits the allowed downtime,
+                # so the guest pauses and the rest is copied.
+                job.processed += job.remaining
+                job.remaining = 0
+                return
+            job.iteration += 1
+            job.pass_left = job.remaining
 
     async def job_stats(self, name: str) -> JobStats | None:
         job = self._jobs.get(name)
@@ -150,9 +220,11 @@ class SimulatedHypervisor:
             "time_elapsed": int((time.monotonic() - job.started) * 1000),
             "data_total": job.total,
             "data_processed": job.processed,
-            "data_remaining": job.total - job.processed,
+            "data_remaining": job.remaining,
             "memory_bps": job.bps,
-            "memory_iteration": 1,
+            "memory_dirty_rate": job.dirty_bps // PAGE_SIZE,  # pages per second, as libvirt reports it
+            "memory_page_size": PAGE_SIZE,
+            "memory_iteration": job.iteration,
         }
 
     async def completed_job_stats(self, name: str) -> JobStats:
@@ -164,6 +236,17 @@ class SimulatedHypervisor:
             return False
         job.aborted = True
         return True
+
+    async def set_max_downtime(self, name: str, downtime_ms: int) -> None:
+        job = self._jobs.get(name)
+        if job is not None:
+            job.max_downtime_ms = downtime_ms
+
+    async def start_postcopy(self, name: str) -> None:
+        job = self._jobs.get(name)
+        if job is not None:
+            # The guest runs on the destination now; what is left is fetched on demand.
+            job.postcopy = True
 
     async def set_bandwidth(self, name: str, bandwidth_mib: int) -> None:
         job = self._jobs.get(name)

@@ -7,65 +7,24 @@ import asyncio
 import nats
 import pytest
 
-from coordinator.client import FerryClient
-from proto.api import HostState, MigrateRequest
+from proto.api import MigrateRequest
 from proto.errors import FerryError
 from proto.session import MigrateOptions, SessionState
-from runtime.config import NatsSettings
-from tests.support.processes import coordinator_toml
+from tests.support.cluster import connect_client, vms_by_host, wait_hosts_up
+from tests.support.processes import coordinator_toml, simulated_agent_toml
 from tests.support.waiting import eventually, session_end
 
 pytestmark = pytest.mark.integration
 
 
-def agent_toml(host, nats_url, tmp_path, *, cpu_model="Model-A", memory_mib=16384, vms=(), speed=256):
-    vm_lines = ", ".join(
-        f'{{name = "{name}", vcpus = 1, memory_mib = {mib}, cpu_model = "{model}"}}' for name, mib, model in vms
-    )
-    return f"""
-host = "{host}"
-heartbeat_interval = 0.5
-images_dir = "{tmp_path}"
-[nats]
-servers = ["{nats_url}"]
-reconnect_wait = 0.2
-[hypervisor]
-backend = "simulated"
-[hypervisor.simulated]
-cpus = 8
-memory_mib = {memory_mib}
-cpu_model = "{cpu_model}"
-migration_mib_per_s = {speed}
-vms = [{vm_lines}]
-[health]
-interval = 0.5
-"""
-
-
-async def connect(nats_server) -> FerryClient:
-    return await FerryClient.connect(NatsSettings(servers=[nats_server.url], request_timeout=5.0))
-
-
-async def wait_up(client, names):
-    async def probe():
-        hosts = {h.host: h for h in (await client.hosts()).hosts}
-        return set(hosts) >= set(names) and all(hosts[n].state == HostState.UP for n in names)
-
-    await eventually(probe, timeout=15, what=f"{names} up")
-
-
-async def vms_of(client):
-    return {h.host: {vm.name for vm in h.vms} for h in (await client.hosts()).hosts}
-
-
 async def test_a_declining_destination_makes_the_coordinator_try_the_next(daemons, nats_server, tmp_path):
     daemons.start("coordinator", "ferry-coordinator", coordinator_toml(nats_server.url))
-    daemons.start("src", "ferry-agent", agent_toml("src", nats_server.url, tmp_path, vms=[("g1", 512, "Model-A")]))
+    daemons.start("src", "ferry-agent", simulated_agent_toml("src", nats_server.url, tmp_path, cpu_model="Model-A", vms=[("g1", 1, 512, "Model-A")]))
     # `roomy` scores best (most memory) but has another CPU model: only the agent can tell.
-    daemons.start("roomy", "ferry-agent", agent_toml("roomy", nats_server.url, tmp_path, cpu_model="Model-B", memory_mib=65536))
-    daemons.start("fits", "ferry-agent", agent_toml("fits", nats_server.url, tmp_path))
-    async with await connect(nats_server) as client:
-        await wait_up(client, ["src", "roomy", "fits"])
+    daemons.start("roomy", "ferry-agent", simulated_agent_toml("roomy", nats_server.url, tmp_path, cpu_model="Model-B", memory_mib=65536))
+    daemons.start("fits", "ferry-agent", simulated_agent_toml("fits", nats_server.url, tmp_path, cpu_model="Model-A"))
+    async with await connect_client(nats_server) as client:
+        await wait_hosts_up(client, ["src", "roomy", "fits"])
         session = await client.migrate(MigrateRequest(vm="g1"))
         final = await session_end(client, session.id)
         assert final.state == SessionState.COMPLETED, final.reason
@@ -76,7 +35,7 @@ async def test_a_declining_destination_makes_the_coordinator_try_the_next(daemon
         assert [t.state for t in final.history] == ["queued", "preparing", "preparing", "migrating", "completed"]
 
         async def moved():
-            where = await vms_of(client)
+            where = await vms_by_host(client)
             return "g1" in where["fits"] and "g1" not in where["src"] and "g1" not in where["roomy"]
 
         await eventually(moved, timeout=10, what="g1 reported on fits only")
@@ -84,25 +43,25 @@ async def test_a_declining_destination_makes_the_coordinator_try_the_next(daemon
 
 async def test_a_named_destination_that_declines_fails_the_session(daemons, nats_server, tmp_path):
     daemons.start("coordinator", "ferry-coordinator", coordinator_toml(nats_server.url))
-    daemons.start("src", "ferry-agent", agent_toml("src", nats_server.url, tmp_path, vms=[("g1", 512, "Model-A")]))
-    daemons.start("other", "ferry-agent", agent_toml("other", nats_server.url, tmp_path, cpu_model="Model-B"))
-    daemons.start("fits", "ferry-agent", agent_toml("fits", nats_server.url, tmp_path))
-    async with await connect(nats_server) as client:
-        await wait_up(client, ["src", "other", "fits"])
+    daemons.start("src", "ferry-agent", simulated_agent_toml("src", nats_server.url, tmp_path, cpu_model="Model-A", vms=[("g1", 1, 512, "Model-A")]))
+    daemons.start("other", "ferry-agent", simulated_agent_toml("other", nats_server.url, tmp_path, cpu_model="Model-B"))
+    daemons.start("fits", "ferry-agent", simulated_agent_toml("fits", nats_server.url, tmp_path, cpu_model="Model-A"))
+    async with await connect_client(nats_server) as client:
+        await wait_hosts_up(client, ["src", "other", "fits"])
         session = await client.migrate(MigrateRequest(vm="g1", dest="other"))
         final = await session_end(client, session.id)
         assert final.state == SessionState.FAILED
         assert final.code == "cpu_incompatible"
         assert final.candidates_tried == ["other"]
-        assert "g1" in (await vms_of(client))["src"]
+        assert "g1" in (await vms_by_host(client))["src"]
 
 
 async def test_two_requests_for_one_vm_at_once_start_one_session(daemons, nats_server, tmp_path):
     daemons.start("coordinator", "ferry-coordinator", coordinator_toml(nats_server.url))
-    daemons.start("src", "ferry-agent", agent_toml("src", nats_server.url, tmp_path, vms=[("g1", 512, "")], speed=64))
-    daemons.start("dst", "ferry-agent", agent_toml("dst", nats_server.url, tmp_path))
-    async with await connect(nats_server) as client:
-        await wait_up(client, ["src", "dst"])
+    daemons.start("src", "ferry-agent", simulated_agent_toml("src", nats_server.url, tmp_path, vms=[("g1", 1, 512)], migration_mib_per_s=64))
+    daemons.start("dst", "ferry-agent", simulated_agent_toml("dst", nats_server.url, tmp_path))
+    async with await connect_client(nats_server) as client:
+        await wait_hosts_up(client, ["src", "dst"])
         outcomes = await asyncio.gather(
             *(client.migrate(MigrateRequest(vm="g1")) for _ in range(5)), return_exceptions=True
         )
@@ -116,10 +75,10 @@ async def test_two_requests_for_one_vm_at_once_start_one_session(daemons, nats_s
 
 async def test_cancel_while_migrating_keeps_the_vm_on_its_source(daemons, nats_server, tmp_path):
     daemons.start("coordinator", "ferry-coordinator", coordinator_toml(nats_server.url))
-    daemons.start("src", "ferry-agent", agent_toml("src", nats_server.url, tmp_path, vms=[("g1", 4096, "")]))
-    daemons.start("dst", "ferry-agent", agent_toml("dst", nats_server.url, tmp_path))
-    async with await connect(nats_server) as client:
-        await wait_up(client, ["src", "dst"])
+    daemons.start("src", "ferry-agent", simulated_agent_toml("src", nats_server.url, tmp_path, vms=[("g1", 1, 4096)]))
+    daemons.start("dst", "ferry-agent", simulated_agent_toml("dst", nats_server.url, tmp_path))
+    async with await connect_client(nats_server) as client:
+        await wait_hosts_up(client, ["src", "dst"])
         session = await client.migrate(MigrateRequest(vm="g1", options=MigrateOptions(bandwidth_mib=16)))
 
         async def migrating():
@@ -133,7 +92,7 @@ async def test_cancel_while_migrating_keeps_the_vm_on_its_source(daemons, nats_s
         with pytest.raises(FerryError) as again:
             await client.cancel(session.id)
         assert again.value.code == "conflict" and "already ended: cancelled" in again.value.message
-        where = await vms_of(client)
+        where = await vms_by_host(client)
         assert "g1" in where["src"] and "g1" not in where["dst"]
         # The claim is released: the VM can be moved again.
         retry = await client.migrate(MigrateRequest(vm="g1"))
@@ -171,7 +130,7 @@ async def test_bad_session_requests_get_bad_request(daemons, nats_server, verb, 
 
 async def test_unknown_session_is_not_found(daemons, nats_server):
     daemons.start("coordinator", "ferry-coordinator", coordinator_toml(nats_server.url))
-    async with await connect(nats_server) as client:
+    async with await connect_client(nats_server) as client:
         async def ask():
             try:
                 await client.session("abcdef123456")

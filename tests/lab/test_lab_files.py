@@ -14,7 +14,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from lab import configs
+from lab import configs, ferry_services
 from lab.certs import ensure_pki
 from lab.errors import LabError
 from lab.guests import GuestSpec, domain_xml
@@ -38,6 +38,7 @@ def test_each_host_has_its_own_address_uuid_and_folders(layout: LabLayout) -> No
     assert hv2.socket == layout.dir / "hv2/run/libvirt/libvirt-sock"
     assert hv2.uri == f"qemu+unix:///system?socket={layout.dir}/hv2/run/libvirt/libvirt-sock"
     assert hv3.peer_uri == "qemu+tls://127.0.11.3/system?pkipath=/etc/libvirt/pki"
+    assert hv1.probes_dir == layout.dir / "hv1/etc/ferry/probes.d" != hv2.probes_dir
 
 
 def test_private_paths_differ_per_host_and_shared_paths_do_not(layout: LabLayout) -> None:
@@ -69,6 +70,7 @@ def test_agent_and_coordinator_configs(layout: LabLayout) -> None:
             "peer_uri": hv2.peer_uri,
             "migration_address": "127.0.11.2",
         },
+        "health": {"interval": 1.0, "probe_dir": str(hv2.probes_dir)},
         "migration": {"allow_unsafe": True},
     }
     tuned = tomllib.loads(configs.agent_toml(hv2, "nats://127.0.0.1:4333", {"memory_margin_mib": 4096}))
@@ -84,6 +86,18 @@ def test_the_agent_reads_the_lab_agent_config(layout: LabLayout) -> None:
     text = configs.agent_toml(layout.host("hv1"), "nats://127.0.0.1:4333")
     config = msgspec.toml.decode(text, type=agent_config.AgentConfig)
     assert config.hypervisor.peer_uri == layout.host("hv1").peer_uri
+    assert config.health.probe_dir == str(layout.host("hv1").probes_dir) and config.health.interval == 1.0
+
+
+def test_writing_an_agent_config_creates_its_empty_probe_folder(layout: LabLayout) -> None:
+    hv1 = layout.host("hv1")
+    hv1.root.mkdir(parents=True)
+    ferry_services.write_agent_config(hv1, "nats://127.0.0.1:4333", {"memory_margin_mib": 64})
+    assert hv1.probes_dir.is_dir() and list(hv1.probes_dir.iterdir()) == []
+    text = hv1.agent_config.read_text()
+    assert tomllib.loads(text)["health"]["probe_dir"] == str(hv1.probes_dir) and "memory_margin_mib = 64" in text
+    ferry_services.write_agent_config(hv1, "nats://127.0.0.1:4333")  # again: the folder is kept
+    assert hv1.probes_dir.is_dir()
 
 
 def test_libvirt_configs_name_the_host(layout: LabLayout) -> None:

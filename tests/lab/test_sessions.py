@@ -12,16 +12,20 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from coordinator.client import FerryClient
 from lab.lab import Lab
 from lab.layout import IMAGES_PATH
 from proto import subjects
 from proto.agent import SessionProgress, SessionUpdate
 from proto.api import MigrateRequest
 from proto.session import MigrateOptions, SessionState
-from runtime.config import NatsSettings
 from tests.support.disks import assert_disk_holds
 from tests.support.ferry_cli import ferry
+from tests.support.guests import (
+    assert_never_restarted,
+    assert_runs_only_on,
+    client_for,
+    wait_ticking_on,
+)
 from tests.support.waiting import eventually, session_end
 
 pytestmark = pytest.mark.lab
@@ -29,24 +33,12 @@ pytestmark = pytest.mark.lab
 MIB = 1024 * 1024
 
 
-def assert_runs_only_on(lab: Lab, guest: str, host: str) -> None:
-    where = lab.residency(guest)[guest]
-    assert where.running_on == (host,) and where.active_on == (host,) and where.defined_on == (host,), where.explain()
 
 
-def assert_never_restarted(lab: Lab, guest: str) -> None:
-    report = lab.continuity(guest)
-    assert report.ok, report.explain()
-    assert len(report.boot_ids) == 1, report.explain()
 
 
-def wait_ticking_on(lab: Lab, guest: str, host: str) -> None:
-    before = lab.wait_for_tick(guest, host, 1)
-    lab.wait_for_tick(guest, host, before + 1)
 
 
-async def client_for(lab: Lab) -> FerryClient:
-    return await FerryClient.connect(NatsSettings(servers=[lab.nats_url], request_timeout=10.0))
 
 
 def test_migrate_wait_moves_a_busy_guest_to_a_host_ferry_chooses(lab_with_ferry: Lab, guest_factory) -> None:

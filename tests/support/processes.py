@@ -1,10 +1,14 @@
 """Ferry daemons as real processes, with their config written to a temp folder."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def script(name: str) -> str:
@@ -21,13 +25,24 @@ class Daemons:
     def start(self, name: str, program: str, config_toml: str) -> subprocess.Popen:
         config = self.workdir / f"{name}.toml"
         config.write_text(config_toml)
-        log = open(self.workdir / f"{name}.log", "ab")
-        proc = subprocess.Popen(
-            [script(program), "--config", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        return self._spawn(name, [script(program), "--config", str(config)])
+
+    def start_fleet(self, name: str, config_dir: Path) -> subprocess.Popen:
+        """Every agent config in `config_dir` in one process (tests/support/fleet.py)."""
+        # cwd: `tests` is a package of the repository, not of the installed project.
+        return self._spawn(name, [sys.executable, "-m", "tests.support.fleet", "--config-dir", str(config_dir)],
+                           cwd=REPO_ROOT)
+
+    def _spawn(self, name: str, argv: list[str], cwd: Path | None = None) -> subprocess.Popen:
+        # The child keeps its own copy of the log file descriptor.
+        with open(self.workdir / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         self.procs[name] = proc
         return proc
 
@@ -53,25 +68,79 @@ class Daemons:
         self.procs.clear()
 
 
-def simulated_agent_toml(host: str, nats_url: str, images_dir: Path, *, interval: float = 0.5,
-                         cpus: int = 8, memory_mib: int = 16384, vms: list[tuple[str, int, int]] = ()) -> str:
-    vm_lines = ", ".join(f'{{name = "{n}", vcpus = {c}, memory_mib = {m}}}' for n, c, m in vms)
-    return f"""
-host = "{host}"
-heartbeat_interval = {interval}
-images_dir = "{images_dir}"
-[nats]
-servers = ["{nats_url}"]
-reconnect_wait = 0.2
-[hypervisor]
-backend = "simulated"
-[hypervisor.simulated]
-cpus = {cpus}
-memory_mib = {memory_mib}
-vms = [{vm_lines}]
-[health]
-interval = 0.5
-"""
+# A simulated VM: (name, vcpus, memory_mib), or with a 4th item, the CPU model it needs.
+# (name, vcpus, memory MiB[, CPU model it needs ("" for none)[, MiB/s it dirties]])
+SimulatedVmSpec = tuple[str, int, int] | tuple[str, int, int, str] | tuple[str, int, int, str, int]
+
+
+def simulated_agent_toml(
+    host: str,
+    nats_url: str,
+    images_dir: Path,
+    *,
+    interval: float = 0.5,
+    cpus: int = 8,
+    memory_mib: int = 16384,
+    cpu_model: str | None = None,
+    vms: Iterable[SimulatedVmSpec] = (),
+    health_interval: float = 0.5,
+    migration_mib_per_s: int = 256,
+    unreachable: Iterable[str] = (),
+    probe_dir: Path | str | None = None,
+    probe_timeout: float | None = None,
+) -> str:
+    """agent.toml for a simulated host (keys as in agent/config.py).
+
+    `cpu_model`, `probe_dir` and `probe_timeout` left at None keep the agent's
+    own defaults. The default speed (256 MiB/s) is slow enough for a test to
+    see a migration in flight. `peer_uri` is always `sim://<host>`: the
+    simulated backend uses it only to match `unreachable` hosts (migrations
+    towards them fail part-way).
+    """
+    simulated = [f"cpus = {cpus}", f"memory_mib = {memory_mib}"]
+    if cpu_model is not None:
+        simulated.append(f"cpu_model = {_quoted(cpu_model)}")
+    simulated += [
+        f"migration_mib_per_s = {migration_mib_per_s}",
+        f"unreachable_peers = {_quoted([f'sim://{h}' for h in unreachable])}",
+        f"vms = [{', '.join(map(_vm_table, vms))}]",
+    ]
+    health = [f"interval = {health_interval}"]
+    if probe_dir is not None:
+        health.append(f"probe_dir = {_quoted(str(probe_dir))}")
+    if probe_timeout is not None:
+        health.append(f"probe_timeout = {probe_timeout}")
+    return "\n".join([
+        f"host = {_quoted(host)}",
+        f"heartbeat_interval = {interval}",
+        f"images_dir = {_quoted(str(images_dir))}",
+        "[nats]",
+        f"servers = {_quoted([nats_url])}",
+        "reconnect_wait = 0.2",
+        "[hypervisor]",
+        'backend = "simulated"',
+        f"peer_uri = {_quoted(f'sim://{host}')}",
+        "[hypervisor.simulated]",
+        *simulated,
+        "[health]",
+        *health,
+        "",
+    ])
+
+
+def _vm_table(vm: SimulatedVmSpec) -> str:
+    name, vcpus, memory_mib, *rest = vm
+    keys = [f"name = {_quoted(name)}", f"vcpus = {vcpus}", f"memory_mib = {memory_mib}"]
+    if rest and rest[0]:
+        keys.append(f"cpu_model = {_quoted(rest[0])}")
+    if len(rest) > 1:
+        keys.append(f"dirty_mib_per_s = {rest[1]}")
+    return "{" + ", ".join(keys) + "}"
+
+
+def _quoted(value: str | list[str]) -> str:
+    """A TOML string or array of strings: JSON's quoting is valid TOML for both."""
+    return json.dumps(value)
 
 
 def coordinator_toml(nats_url: str, *, heartbeat_timeout: float = 0.0) -> str:

@@ -10,7 +10,14 @@ SYSTEMD = Path(__file__).parents[2] / "systemd"
 def test_example_agent_config_parses():
     config = load_toml(SYSTEMD / "agent.toml.example", AgentConfig)
     assert config.host == "hv1" and config.hypervisor.backend == "libvirt"
+    assert config.health.probe_dir == "/etc/ferry/probes.d" and config.health.probe_timeout == 10.0
 
 
 def test_example_coordinator_config_parses():
     assert load_toml(SYSTEMD / "coordinator.toml.example", CoordinatorConfig).heartbeat_timeout == 0
+
+
+def test_example_coordinator_config_shows_the_defaults():
+    example = load_toml(SYSTEMD / "coordinator.toml.example", CoordinatorConfig)
+    defaults = CoordinatorConfig()
+    assert (example.limits, example.drain, example.evacuation) == (defaults.limits, defaults.drain, defaults.evacuation)

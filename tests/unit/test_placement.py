@@ -3,7 +3,13 @@ import dataclasses
 import pytest
 
 from coordinator.placement import (
-    HostFacts, PlacementRules, VmDemand, available_memory_mib, rank, reject_reason, version_tuple,
+    HostFacts,
+    PlacementRules,
+    VmDemand,
+    available_memory_mib,
+    rank,
+    reject_reason,
+    version_tuple,
 )
 from proto.host import HealthState
 

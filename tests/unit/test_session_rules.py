@@ -1,3 +1,4 @@
+import msgspec
 import pytest
 
 from coordinator.placement import PlacementRules
@@ -6,6 +7,7 @@ from coordinator.session_rules import (
     demand_of,
     find_source,
     host_facts,
+    reported_demand,
     rules_for,
 )
 from proto.agent import DiskInfo, VmDescription
@@ -175,9 +177,34 @@ def test_a_vm_on_another_host_does_not_end_the_reservation():
     assert reserved(hosts, sessions)["hv2"] == (2, 1024)
 
 
-@pytest.mark.parametrize("state", [SessionState.COMPLETED, SessionState.FAILED, SessionState.CANCELLED])
-def test_finished_sessions_reserve_nothing(state):
+@pytest.mark.parametrize("state", [SessionState.FAILED, SessionState.CANCELLED])
+def test_failed_and_cancelled_sessions_reserve_nothing(state):
     assert reserved([view("hv1"), view("hv2")], [session(state=state)])["hv2"] == (0, 0)
+
+
+def test_a_completed_session_reserves_until_its_vm_shows_in_the_destinations_report():
+    done = session("g1", dest="hv2", state=SessionState.COMPLETED)
+    assert reserved([view("hv1"), view("hv2")], [done])["hv2"] == (2, 1024)
+    assert reserved([view("hv1"), view("hv2", vms=[vm("g1")])], [done])["hv2"] == (0, 0)
+
+
+def test_a_draining_host_is_marked_for_placement():
+    facts = host_facts([view("hv1"), msgspec.structs.replace(view("hv2"), draining=True)], [])
+    assert [(f.name, f.draining) for f in facts] == [("hv1", False), ("hv2", True)]
+
+
+def test_a_draining_destination_is_refused_with_its_reason():
+    hosts = [view("hv1"), msgspec.structs.replace(view("hv2"), draining=True, drain_reason="operator")]
+    with pytest.raises(FerryError) as refused:
+        check_named_dest("hv2", "hv1", hosts)
+    assert refused.value.code == "conflict"
+    assert refused.value.message == "the destination hv2 is draining (operator): no new VMs are placed there"
+
+
+def test_reported_demand_takes_the_size_from_the_source_report():
+    demand = reported_demand("g1", view("hv1", vms=[vm("g1")]))
+    assert (demand.name, demand.source, demand.vcpus, demand.memory_mib) == ("g1", "hv1", 2, 1024)
+    assert reported_demand("gone", view("hv1")).memory_mib == 0
 
 
 def test_a_session_without_a_destination_reserves_nothing():

@@ -4,11 +4,16 @@ import uuid
 import pytest
 
 from agent.config import SimulatedHost, SimulatedVm
-from agent.hypervisor import MigrationFailed, MigrationPlan, VmNotFound
+from agent.hypervisor import (
+    MeasurementFailed,
+    MigrationFailed,
+    MigrationPlan,
+    VmNotFound,
+)
 from agent.hypervisor.simulated import SimulatedHypervisor
 from agent.progress import progress_from_stats
 from proto.agent import VmDescription
-from proto.host import VmState
+from proto.host import VmInfo, VmState
 
 MIB = 1024 * 1024
 # 640 MiB/s moves 32 MiB per 50 ms step: a 32 MiB guest migrates in one step.
@@ -16,8 +21,10 @@ SPEC = SimulatedHost(
     cpus=4, memory_mib=4096, reserved_mib=512, cpu_model="EPYC-Rome", migration_mib_per_s=640,
     vms=[SimulatedVm("g1", vcpus=2, memory_mib=32, cpu_model="EPYC-Rome"), SimulatedVm("plain", memory_mib=64)],
 )
-PLAN = MigrationPlan(peer_uri="qemu+tls://hv2/system")
-SLOW = MigrationPlan(peer_uri="qemu+tls://hv2/system", bandwidth_mib=16)  # 0.8 MiB per step: 64 MiB takes 4 s
+# A 1 ms max downtime: the guest pauses to finish only when (almost) nothing is left,
+# so the tests see the passes themselves.
+PLAN = MigrationPlan(peer_uri="qemu+tls://hv2/system", max_downtime_ms=1)
+SLOW = MigrationPlan(peer_uri="qemu+tls://hv2/system", bandwidth_mib=16, max_downtime_ms=1)  # 0.8 MiB per step: 64 MiB takes 4 s
 
 
 def source() -> SimulatedHypervisor:
@@ -228,3 +235,125 @@ async def test_a_vm_moves_from_one_simulated_host_to_another():
     assert await src.vm_state("g1") is None
     assert await dst.vm_state("g1") == VmState.RUNNING
     assert (await dst.describe_vm("g1")).uuid == description.uuid
+
+
+# Dirty rates against the 640 MiB/s copy (32 MiB per step): "warm" dirties 16 MiB per
+# step and converges; "busy" dirties 64 MiB per step and never does.
+DIRTY_SPEC = SimulatedHost(
+    migration_mib_per_s=640,
+    vms=[
+        SimulatedVm("quiet", memory_mib=64),
+        SimulatedVm("warm", memory_mib=64, dirty_mib_per_s=320),
+        SimulatedVm("busy", memory_mib=64, dirty_mib_per_s=1280),
+    ],
+)
+
+
+def dirty_source() -> SimulatedHypervisor:
+    return SimulatedHypervisor("hv1", DIRTY_SPEC)
+
+
+async def test_measuring_returns_the_configured_dirty_rate_after_the_time_asked():
+    hv = dirty_source()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await hv.measure_dirty_rate("warm", 0.1) == 320 * MIB
+    assert loop.time() - started >= 0.1
+    assert await hv.measure_dirty_rate("quiet", 0.01) == 0
+
+
+async def test_measuring_an_unknown_vm_raises_vm_not_found():
+    with pytest.raises(VmNotFound):
+        await dirty_source().measure_dirty_rate("nope", 0.01)
+
+
+async def test_measuring_a_guest_that_is_not_running_fails_with_a_sentence():
+    hv = dirty_source()
+    hv.add_vm(VmInfo(name="asleep", uuid="u-1", vcpus=1, memory_mib=64, state=VmState.PAUSED), dirty_mib_per_s=5)
+    with pytest.raises(MeasurementFailed) as info:
+        await hv.measure_dirty_rate("asleep", 0.01)
+    assert str(info.value) == "asleep is not running: only a running guest's dirty rate can be measured"
+
+
+@pytest.mark.parametrize("seconds", [0, -1, 61])
+async def test_measuring_outside_0_to_60_seconds_is_refused(seconds):
+    with pytest.raises(ValueError):
+        await dirty_source().measure_dirty_rate("warm", seconds)
+
+
+async def test_a_guest_dirtying_slower_than_the_copy_converges_after_copying_more_than_its_memory():
+    # Step 1: 32 sent, 32 + 16 left. Step 2: 32 sent, 16 + 16 left, second pass.
+    # Step 3: the last 32 MiB, nothing left.
+    hv = dirty_source()
+    await asyncio.wait_for(hv.migrate("warm", PLAN), timeout=1.0)
+    assert await hv.vm_state("warm") is None
+    completed = await hv.completed_job_stats("warm")
+    assert completed["data_processed"] == 96 * MIB
+    assert completed["memory_iteration"] == 2
+
+
+async def test_a_quiet_guest_copies_its_memory_once():
+    hv = dirty_source()
+    await asyncio.wait_for(hv.migrate("quiet", PLAN), timeout=1.0)
+    completed = await hv.completed_job_stats("quiet")
+    assert (completed["data_processed"], completed["memory_iteration"]) == (64 * MIB, 1)
+
+
+async def test_a_guest_dirtying_faster_than_the_copy_never_converges_and_can_be_aborted():
+    hv = dirty_source()
+    task = asyncio.create_task(hv.migrate("busy", PLAN))
+    stats = None
+    for _ in range(200):
+        stats = await hv.job_stats("busy")
+        if stats and stats["memory_iteration"] >= 4:
+            break
+        await asyncio.sleep(0.01)
+    assert stats is not None and stats["memory_iteration"] >= 4, stats
+    assert not task.done()
+    # It cannot dirty more than its memory: the whole 64 MiB is left after each step.
+    assert stats["data_remaining"] == 64 * MIB
+    assert stats["data_processed"] >= 4 * 32 * MIB
+    assert stats["memory_dirty_rate"] * stats["memory_page_size"] == 1280 * MIB
+    assert progress_from_stats(stats).dirty_rate_bps == 1280 * MIB
+    assert await hv.abort_job("busy") is True
+    with pytest.raises(MigrationFailed):
+        await asyncio.wait_for(task, timeout=1.0)
+    assert await hv.vm_state("busy") == VmState.RUNNING
+
+
+async def test_a_busy_guest_converges_once_it_dirties_slower_than_the_copy():
+    hv = dirty_source()
+    task = asyncio.create_task(hv.migrate("busy", PLAN))
+    await first_step(hv, "busy")
+    hv.set_dirty_rate("busy", 0)  # as if throttled to a standstill
+    await asyncio.wait_for(task, timeout=1.0)
+    assert await hv.vm_state("busy") is None
+
+
+async def test_a_guest_converges_once_its_bandwidth_limit_is_lifted_above_its_dirty_rate():
+    hv = dirty_source()
+    # 160 MiB/s copies 8 MiB per step; "warm" dirties 16 MiB per step.
+    task = asyncio.create_task(hv.migrate("warm", MigrationPlan(peer_uri="x", bandwidth_mib=160, max_downtime_ms=1)))
+    for _ in range(200):
+        stats = await hv.job_stats("warm")
+        if stats and stats["data_remaining"] == 64 * MIB and stats["data_processed"] > 64 * MIB:
+            break  # dirtied back up to its whole memory, after copying more than that
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the limited migration should not have shrunk what is left")
+    assert not task.done()
+    await hv.set_bandwidth("warm", 0)  # the host's 640 MiB/s: 32 MiB per step
+    await asyncio.wait_for(task, timeout=1.0)
+    assert await hv.vm_state("warm") is None
+
+
+async def test_a_vm_leaving_while_measured_is_not_found():
+    hv = dirty_source()
+    measuring = asyncio.create_task(hv.measure_dirty_rate("quiet", 0.2))
+    await asyncio.wait_for(hv.migrate("quiet", PLAN), timeout=1.0)
+    with pytest.raises(VmNotFound):
+        await measuring
+
+
+def test_a_simulated_vm_is_quiet_unless_told_otherwise():
+    assert SimulatedVm("g").dirty_mib_per_s == 0

@@ -1,0 +1,205 @@
+"""`ferry drain`, `undrain`, `drains` and `limits`: emptying hosts and admission limits."""
+
+import argparse
+import asyncio
+
+from rich.console import Console
+from rich.table import Table
+
+from coordinator.cli_convergence import prediction_line
+from coordinator.cli_output import print_json, say_error
+from coordinator.client import FerryClient
+from proto.convergence import POLICIES
+from proto.drain import Drain, DrainRequest, DrainState, ItemState
+from proto.errors import ErrorCode, FerryError
+from proto.limits import LimitsRequest
+
+FOLLOW_POLL_SECONDS = 0.5
+_ITEM_STYLE = {ItemState.MOVED: "green", ItemState.GAVE_UP: "red", ItemState.RETRYING: "yellow", ItemState.GONE: "dim"}
+
+
+def drain_table(drain: Drain) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("VM", "MEMORY MiB", "VCPUS", "TO", "STATE", "ATTEMPTS", "SESSION", "NOTE"):
+        table.add_column(column)
+    for item in drain.items:
+        style = _ITEM_STYLE.get(item.state)
+        table.add_row(
+            item.vm,
+            str(item.memory_mib),
+            str(item.vcpus),
+            item.dest or "-",
+            f"[{style}]{item.state}[/]" if style else str(item.state),
+            str(item.attempts),
+            item.session_id or "-",
+            item.reason,
+        )
+    return table
+
+
+def counts_line(drain: Drain) -> str:
+    counts = drain.counts()
+    parts = [f"{n} {state.replace('_', ' ')}" for state, n in sorted(counts.items())]
+    return f"{len(drain.items)} VMs: {', '.join(parts) or 'none'}"
+
+
+def _item_line(item) -> str:
+    if item.state == ItemState.MOVED:
+        return f"  {item.vm}: moved to {item.dest} (session {item.session_id})"
+    if item.state in (ItemState.QUEUED, ItemState.MOVING):
+        return f"  {item.vm}: {item.state} -> {item.dest or '?'} (session {item.session_id}, attempt {item.attempts})"
+    return f"  {item.vm}: {item.state}{': ' + item.reason if item.reason else ''}"
+
+
+async def follow_drain(client: FerryClient, host: str, console: Console) -> Drain:
+    """Prints each VM's changes until the drain is done; returns the final record."""
+    seen: dict[str, tuple] = {}
+    while True:
+        try:
+            (drain,) = await client.drains(host)
+        except FerryError as exc:
+            if exc.code == ErrorCode.NOT_FOUND:
+                raise FerryError(ErrorCode.CONFLICT, f"{host} was undrained while the drain ran") from None
+            raise
+        for item in drain.items:
+            key = (item.state, item.dest, item.session_id, item.attempts)
+            if seen.get(item.vm) != key:
+                seen[item.vm] = key
+                console.print(_item_line(item), highlight=False)
+        if drain.state == DrainState.DONE:
+            return drain
+        await asyncio.sleep(FOLLOW_POLL_SECONDS)
+
+
+async def _cmd_drain(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
+    reply = await client.drain(
+        DrainRequest(host=args.host, dry_run=args.dry_run, priority=args.priority, reason=args.reason, policy=args.policy)
+    )
+    drain = reply.drain
+    if args.json and not args.wait:
+        print_json(reply)
+        return 0
+    if reply.dry_run:
+        console.print(f"plan for draining {drain.host} (dry run: nothing is marked or moved)", highlight=False)
+        console.print(drain_table(drain))
+        for item in drain.items:
+            if item.prediction is not None:
+                console.print(f"  {item.vm}: {prediction_line(item.prediction)}", highlight=False)
+        unplaced = [i for i in drain.items if i.dest is None]
+        console.print(f"{len(drain.items)} VMs: {len(drain.items) - len(unplaced)} placed, {len(unplaced)} cannot be placed now", highlight=False)
+        return 0
+    # With --json, stdout carries the JSON alone; what people read goes to stderr.
+    people = Console(stderr=True, soft_wrap=True) if args.json else console
+    people.print(
+        f"{drain.host} is draining ({drain.reason}): no new VMs are placed there; {len(drain.items)} VMs to move",
+        highlight=False,
+    )
+    if not args.wait:
+        console.print(drain_table(drain))
+        console.print(f"follow with: ferry drains {drain.host}", highlight=False)
+        return 0
+    final = await follow_drain(client, drain.host, people)
+    if args.json:
+        print_json(final)
+    else:
+        console.print(drain_table(final))
+        console.print(
+            f"drain of {final.host} done: {counts_line(final)}; it stays draining until `ferry undrain {final.host}`",
+            highlight=False,
+        )
+    gave_up = [i for i in final.items if i.state == ItemState.GAVE_UP]
+    if gave_up:
+        say_error("drain_incomplete", f"{len(gave_up)} VMs stay on {final.host}: {', '.join(i.vm for i in gave_up)}")
+        return 1
+    return 0
+
+
+async def _cmd_undrain(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
+    drain = await client.undrain(args.host)
+    unfinished = [i.vm for i in drain.items if not i.state.final]
+    console.print(f"{drain.host} is no longer draining: new VMs may be placed there again", highlight=False)
+    if unfinished:
+        console.print(
+            f"moves not finished: {', '.join(unfinished)} (queued ones are cancelled, running ones finish)",
+            highlight=False,
+        )
+    return 0
+
+
+async def _cmd_drains(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
+    drains = await client.drains(args.host)
+    if args.json:
+        print_json(drains)
+        return 0
+    if not drains:
+        console.print("no host is draining")
+        return 0
+    if args.host:
+        (drain,) = drains
+        console.print(f"{drain.host}: drain {drain.state} ({drain.reason}); {counts_line(drain)}", highlight=False)
+        console.print(drain_table(drain))
+        return 0
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("HOST", "STATE", "AUTOMATIC", "VMS", "REASON"):
+        table.add_column(column)
+    for d in drains:
+        table.add_row(d.host, str(d.state), "yes" if d.automatic else "no", counts_line(d), d.reason)
+    console.print(table)
+    return 0
+
+
+async def _cmd_limits(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
+    request = LimitsRequest(
+        cluster=args.cluster,
+        outbound_per_host=args.outbound,
+        inbound_per_host=args.inbound,
+        host_bandwidth_mib=args.host_bandwidth,
+        reset=args.reset,
+    )
+    reply = await client.limits(request)
+    if args.json:
+        print_json(reply)
+        return 0
+    limits = reply.limits
+    console.print(
+        f"migrations at once: {limits.cluster} in the cluster, {limits.outbound_per_host} out of and "
+        f"{limits.inbound_per_host} into each host; bandwidth per host: "
+        f"{str(limits.host_bandwidth_mib) + ' MiB/s' if limits.host_bandwidth_mib else 'unlimited'} "
+        f"(from the {reply.source})",
+        highlight=False,
+    )
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    drain = sub.add_parser("drain", help="move every VM off a host and place no new ones there")
+    drain.add_argument("host")
+    drain.add_argument("--dry-run", action="store_true", help="print where each VM would go; change nothing")
+    drain.add_argument("--wait", action="store_true", help="follow the drain until every VM is moved or given up")
+    drain.add_argument("--priority", type=int, default=0, help="-100..100 for the drain's sessions")
+    drain.add_argument("--reason", default="", help="recorded with the drain (default: operator)")
+    drain.add_argument(
+        "--policy", default="default", choices=list(POLICIES),
+        help="convergence policy of the drain's migrations (see `ferry migrate --help`)",
+    )
+    drain.add_argument("--json", action="store_true")
+    drain.set_defaults(run=_cmd_drain)
+
+    undrain = sub.add_parser("undrain", help="allow VMs on a host again (never automatic)")
+    undrain.add_argument("host")
+    undrain.set_defaults(run=_cmd_undrain)
+
+    drains = sub.add_parser("drains", help="draining hosts, or one drain's per-VM report")
+    drains.add_argument("host", nargs="?")
+    drains.add_argument("--json", action="store_true")
+    drains.set_defaults(run=_cmd_drains)
+
+    limits = sub.add_parser("limits", help="show or change the admission limits")
+    limits.add_argument("--cluster", type=int, metavar="N", help="migrations at once in the whole cluster")
+    limits.add_argument("--outbound", type=int, metavar="N", help="migrations at once out of one host")
+    limits.add_argument("--inbound", type=int, metavar="N", help="migrations at once into one host")
+    limits.add_argument("--host-bandwidth", type=int, metavar="MiB/s", help="budget per host, shared by its migrations; 0: unlimited")
+    limits.add_argument("--reset", action="store_true", help="back to the coordinator's config file")
+    limits.add_argument("--json", action="store_true")
+    limits.set_defaults(run=_cmd_limits)
+

@@ -1,0 +1,260 @@
+"""Drains: mark a host, plan its VMs' destinations, start and follow their sessions.
+
+The drain record in KV is the host's draining mark and the per-VM report. A
+loop steps every running drain (coordinator/drain_plan.py decides; this module
+acts): it starts sessions under the admission limits, retries a VM elsewhere
+after a failure, gives up after `max_attempts`, and finishes the drain when
+every VM is moved or given up. The host stays marked until `ferry undrain`.
+"""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import structlog
+from nats.js import JetStreamContext
+
+from coordinator import drain_plan
+from coordinator.config import DrainSettings
+from coordinator.kv import TypedBucket, open_bucket
+from coordinator.session_rules import check_policy, host_facts, reported_demand
+from coordinator.session_store import VmBusy
+from coordinator.sessions import SessionManager
+from proto.api import HostState, HostView, MigrateRequest
+from proto.drain import Drain, DrainItem, DrainReply, DrainRequest, DrainState
+from proto.errors import ErrorCode, FerryError
+from proto.events import CoordinatorEvent, DrainStarted, HostUndrained, VmPlaced
+from proto.host import VmState
+from proto.session import MigrateOptions, SessionOrigin, SessionState
+
+BUCKET = "ferry_drains"
+STEP_SECONDS = 1.0
+
+
+class DrainController:
+    def __init__(
+        self,
+        store: TypedBucket[Drain],
+        sessions: SessionManager,
+        hosts: Callable[[], list[HostView]],
+        emit: Callable[[list[CoordinatorEvent]], Awaitable[None]],
+        settings: DrainSettings = DrainSettings(),
+        *,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._sessions = sessions
+        self._hosts = hosts
+        self._emit = emit
+        self._settings = settings
+        self._wall = wall
+        self._log = structlog.get_logger().bind(component="drains")
+        # A mirror of the KV records: host views read the marks on every request.
+        self._drains: dict[str, Drain] = {}
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, *args, **kwargs) -> "DrainController":
+        store = TypedBucket(await open_bucket(js, BUCKET, "Ferry: drained hosts and their drains"), Drain, "drain")
+        controller = cls(store, *args, **kwargs)
+        for drain in await store.all():
+            controller._drains[drain.host] = drain
+        return controller
+
+    def marks(self) -> dict[str, str]:
+        """Draining hosts and why."""
+        return {host: d.reason for host, d in self._drains.items()}
+
+    def get(self, host: str) -> Drain:
+        drain = self._drains.get(host)
+        if drain is None:
+            raise FerryError(ErrorCode.NOT_FOUND, f"{host} is not draining")
+        return drain
+
+    def all(self) -> list[Drain]:
+        return [self._drains[h] for h in sorted(self._drains)]
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ----- operator and evacuation requests -----
+
+    async def drain(self, request: DrainRequest, *, automatic: bool = False) -> DrainReply:
+        views = {h.host: h for h in self._hosts()}
+        view = views.get(request.host)
+        if view is None:
+            raise FerryError(ErrorCode.UNKNOWN_HOST, f"no host named {request.host} has reported to the coordinator")
+        if view.state == HostState.LOST:
+            raise FerryError(
+                ErrorCode.HOST_LOST,
+                f"{request.host} is lost (no heartbeat for {view.last_seen_age:.0f} s): its VMs cannot be live-migrated",
+            )
+        async with self._lock:
+            existing = self._drains.get(request.host)
+            if existing is not None and existing.state == DrainState.RUNNING and not request.dry_run:
+                # Draining twice has the effect of draining once; a failing host's
+                # evacuation turns an operator's drain into an evacuation.
+                if automatic and not existing.automatic:
+                    existing = msgspec.structs.replace(
+                        existing, automatic=True, reason=f"{existing.reason}; then {request.reason}"
+                    )
+                    await self._store.put(existing.host, existing)
+                    self._drains[existing.host] = existing
+                return DrainReply(drain=existing)
+            check_policy(MigrateOptions(policy=request.policy))
+            drain = self._plan(request, view, views, automatic)
+            if request.dry_run:
+                return DrainReply(drain=await self._predicted(drain), dry_run=True)
+            await self._store.put(drain.host, drain)
+            self._drains[drain.host] = drain
+        unplaced = sum(1 for i in drain.items if i.dest is None)
+        self._log.info(
+            "drain_planned", host=drain.host, reason=drain.reason, automatic=automatic,
+            vms=len(drain.items), unplaced=unplaced,
+            plan={i.vm: i.dest or f"unplaced: {i.reason}" for i in drain.items},
+        )
+        await self._emit(
+            [DrainStarted(host=drain.host, reason=drain.reason, automatic=automatic, vms=len(drain.items), unplaced=unplaced)]
+        )
+        self.wake()
+        return DrainReply(drain=drain)
+
+    def _plan(self, request: DrainRequest, view: HostView, views: dict[str, HostView], automatic: bool) -> Drain:
+        running = [vm for vm in view.vms if vm.state in (VmState.RUNNING, VmState.PAUSED)]
+        # The host being drained takes nothing, whatever its mark says right now.
+        marked = [
+            msgspec.structs.replace(v, draining=True) if v.host == request.host else v for v in views.values()
+        ]
+        moves = drain_plan.plan(
+            [reported_demand(vm.name, view) for vm in running],
+            host_facts(marked, self._sessions.holding()),
+        )
+        return drain_plan.new_drain(
+            request.host,
+            moves,
+            {vm.name: (vm.vcpus, vm.memory_mib) for vm in running},
+            self._wall(),
+            reason=request.reason or ("health" if automatic else "operator"),
+            automatic=automatic,
+            priority=request.priority,
+            max_attempts=self._settings.max_attempts,
+            policy=request.policy,
+        )
+
+    async def _predicted(self, drain: Drain) -> Drain:
+        """Each planned VM with a prediction from its dirty rate measured now (in parallel)."""
+
+        async def one(item: DrainItem) -> DrainItem:
+            if item.dest is None:
+                return item
+            request = MigrateRequest(
+                vm=item.vm, source=drain.host, dest=item.dest, options=MigrateOptions(policy=drain.policy)
+            )
+            try:
+                plan = await self._sessions.plan(request)
+            except FerryError as exc:
+                return msgspec.structs.replace(item, reason=f"no prediction: {exc.message}")
+            return msgspec.structs.replace(item, prediction=plan.prediction, reason=plan.note or item.reason)
+
+        items = await asyncio.gather(*(one(item) for item in drain.items))
+        return msgspec.structs.replace(drain, items=list(items))
+
+    async def undrain(self, host: str) -> Drain:
+        async with self._lock:
+            drain = self.get(host)
+            await self._store.delete(host)
+            self._drains.pop(host, None)
+        cancelled = 0
+        for item in drain.items:
+            session = self._sessions.known(item.session_id) if item.session_id else None
+            if session is not None and session.state == SessionState.QUEUED:
+                try:
+                    await self._sessions.cancel(session.id)
+                    cancelled += 1
+                except FerryError:
+                    pass  # it started meanwhile: it finishes on its own
+        await self._emit([HostUndrained(host=host, cancelled=cancelled)])
+        self._sessions.wake()
+        return drain
+
+    # ----- the loop -----
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=STEP_SECONDS)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            for host in [h for h, d in self._drains.items() if d.state == DrainState.RUNNING]:
+                try:
+                    async with self._lock:
+                        await self._step(host)
+                except Exception:
+                    self._log.exception("drain_step_failed", host=host)
+
+    async def _step(self, host: str) -> None:
+        drain = self._drains.get(host)
+        if drain is None or drain.state != DrainState.RUNNING:
+            return
+        view = next((h for h in self._hosts() if h.host == host), None)
+        vms_on_host = None
+        if view is not None and view.state == HostState.UP:
+            vms_on_host = {
+                vm.name: (vm.vcpus, vm.memory_mib) for vm in view.vms if vm.state in (VmState.RUNNING, VmState.PAUSED)
+            }
+        sessions = {}
+        for item in drain.items:
+            if item.session_id:
+                session = self._sessions.known(item.session_id)
+                if session is None:
+                    try:
+                        session = await self._sessions.get(item.session_id)
+                    except FerryError:
+                        continue
+                sessions[item.session_id] = session
+        now = self._wall()
+        # VMs on their way here (admitted before the mark), not yet reported by the host.
+        known = {item.vm for item in drain.items} | set(vms_on_host or ())
+        incoming = [s.vm for s in self._sessions.arriving(host) if s.vm not in known]
+        step = drain_plan.step(
+            drain, sessions, vms_on_host, now, retry_delay=self._settings.retry_delay, incoming=incoming
+        )
+        items = {item.vm: item for item in step.drain.items}
+        events: list[CoordinatorEvent] = list(step.events)
+        for start in step.start:
+            items[start.vm], event = await self._start(step.drain, items[start.vm], start, now)
+            if event is not None:
+                events.append(event)
+        updated = msgspec.structs.replace(step.drain, items=[items[i.vm] for i in step.drain.items])
+        if updated != drain:
+            await self._store.put(host, updated)
+            self._drains[host] = updated
+        await self._emit(events)
+
+    async def _start(
+        self, drain: Drain, item: DrainItem, start: drain_plan.StartSession, now: float
+    ) -> tuple[DrainItem, CoordinatorEvent | None]:
+        origin = SessionOrigin.EVACUATION if drain.automatic else SessionOrigin.DRAIN
+        try:
+            session = await self._sessions.start(
+                MigrateRequest(
+                    vm=item.vm, source=drain.host, options=MigrateOptions(priority=drain.priority, policy=drain.policy)
+                ),
+                origin=origin,
+                drain_host=drain.host,
+                hint=start.hint,
+                avoid=start.avoid,
+            )
+        except FerryError as exc:
+            self._log.info("drain_session_not_started", host=drain.host, vm=item.vm, reason=exc.message)
+            # Another session moving the VM is no failure of this drain's: wait for it.
+            counts = not isinstance(exc, VmBusy)
+            return drain_plan.not_started(item, exc.message, now, self._settings.retry_delay, counts=counts), None
+        placed = VmPlaced(
+            host=drain.host, vm=item.vm, session_id=session.id, dest=start.hint, attempt=start.attempt
+        )
+        return drain_plan.started(item, session), placed
+

@@ -50,6 +50,7 @@ def predict(
     measured_at: float = 0.0,
     measure_seconds: float = 0.0,
     link_bps: int = DEFAULT_LINK_BPS,
+    throttle: bool = True,
 ) -> Prediction:
     """What plain pre-copy does with this guest at this speed, and what the policy will have to add.
 
@@ -64,7 +65,8 @@ def predict(
     - when it does not converge: "raise max downtime" (if the policy ramps it),
       then the further levers the policy has, in the order it uses them
       ("auto-converge", "post-copy" when the session allows it, "pause"), or
-      "abort on timeout" when it has none.
+      "abort on timeout" when it has none. `throttle` False (a TCG guest, see
+      proto.convergence.throttle_safe): a policy's auto-converge becomes "pause".
     """
     for label, value in (
         ("memory_bytes", memory_bytes),
@@ -120,7 +122,7 @@ def predict(
         verdict = "pre-copy cannot converge"
     else:
         verdict = f"pre-copy does not get under {max_downtime_ms} ms downtime within {MAX_ITERATIONS} iterations"
-    levers = _levers(policy, allow_postcopy)
+    levers = _levers(policy, allow_postcopy, throttle)
     steps = ([RAISE_DOWNTIME] if start_ms < max_downtime_ms else []) + (levers or [ABORT_ON_TIMEOUT])
     if levers:
         tail = f"the {policy.name} policy will need {', then '.join(levers)}"
@@ -156,14 +158,14 @@ def _start_downtime_ms(policy: Policy, max_downtime_ms: int) -> int:
     return min(policy.downtime_start_ms, max_downtime_ms)
 
 
-def _levers(policy: Policy, allow_postcopy: bool) -> list[str]:
+def _levers(policy: Policy, allow_postcopy: bool, throttle: bool) -> list[str]:
     """The policy's levers beyond max downtime, in the order it pulls them."""
     levers = []
-    if policy.auto_converge:
+    if policy.auto_converge and throttle:
         levers.append(AUTO_CONVERGE)
     if allow_postcopy and policy.postcopy_after_iterations:
         levers.append(POSTCOPY)
-    if policy.pause_after_seconds:
+    if policy.pause_after_seconds or (policy.auto_converge and not throttle):
         levers.append(PAUSE)
     return levers
 

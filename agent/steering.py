@@ -45,8 +45,8 @@ class Steering:
        was made during the previous iteration or since; afterwards nothing
        more is steered (aborting post-copy would lose the guest);
     4. pause, once, after pause_after_seconds: max downtime raised to what the
-       rest needs (1.5 x the larger of data left and the current pass / bandwidth, at least the session's max,
-       at most QEMU's 2000 s). When the policy may throttle the guest but
+       rest needs (1.5 x the larger of data left and the current pass /
+       bandwidth, at least the session's max, at most QEMU's 2000 s). When the policy may throttle the guest but
        QEMU's throttle is not safe for it (`throttle=False`, a TCG guest), the
        pause stands in for the throttle: it is also due after the first pass
        once there was no progress for half of stall_seconds;

@@ -40,7 +40,7 @@ from proto.agent import (
     VmDescription,
 )
 from proto.codec import encode
-from proto.convergence import POLICIES, ActionKind, PolicyAction, throttle_safe
+from proto.convergence import POLICIES, ActionKind, PolicyAction
 from proto.errors import ErrorCode, FerryError
 from proto.host import VmState
 from proto.session import Progress, SessionCode
@@ -171,7 +171,6 @@ class Source:
                 max_downtime_ms=request.options.max_downtime_ms,
                 allow_postcopy=request.options.allow_postcopy,
                 seconds_per_gib=request.options.seconds_per_gib,
-                throttle=throttle_safe(vm.virt_type),
             ),
         )
         self._jobs[request.session_id] = job
@@ -191,7 +190,7 @@ class Source:
             max_downtime_ms=job.steering.first_downtime_ms(),
             copy_disks=list(request.copy_disks),
             unsafe=self._config.migration.allow_unsafe,
-            auto_converge=job.steering.auto_converge,
+            auto_converge=policy.auto_converge,
             auto_converge_initial=policy.auto_converge_initial,
             auto_converge_increment=policy.auto_converge_increment,
             postcopy=job.steering.postcopy_enabled,

@@ -45,11 +45,8 @@ class Steering:
        was made during the previous iteration or since; afterwards nothing
        more is steered (aborting post-copy would lose the guest);
     4. pause, once, after pause_after_seconds: max downtime raised to what the
-       rest needs (1.5 x the larger of data left and the current pass /
-       bandwidth, at least the session's max, at most QEMU's 2000 s). When the policy may throttle the guest but
-       QEMU's throttle is not safe for it (`throttle=False`, a TCG guest), the
-       pause stands in for the throttle: it is also due after the first pass
-       once there was no progress for half of stall_seconds;
+       rest needs (1.5 x data left / bandwidth, at least the session's max,
+       at most QEMU's 2000 s);
     5. abort on the completion timeout (seconds per GiB of the largest data
        total seen, at least min_timeout_seconds), else
     6. abort when there was no progress for stall_seconds. Progress is data
@@ -65,7 +62,6 @@ class Steering:
         max_downtime_ms: int,
         allow_postcopy: bool,
         seconds_per_gib: float | None = None,
-        throttle: bool = True,
     ) -> None:
         if max_downtime_ms < 1:
             raise ValueError(f"max_downtime_ms must be at least 1, not {max_downtime_ms}")
@@ -75,10 +71,6 @@ class Steering:
         self.max_downtime_ms = max_downtime_ms
         self.allow_postcopy = allow_postcopy
         self.seconds_per_gib = seconds_per_gib if seconds_per_gib is not None else policy.seconds_per_gib
-        # Arm QEMU's auto-converge at the start; a policy that wants it where it is
-        # not safe gets a pause on stall instead.
-        self.auto_converge = policy.auto_converge and throttle
-        self._pause_for_throttle = policy.auto_converge and not throttle
         self._downtime_ms = self.first_downtime_ms()
         self._throttle_reported = 0
         self._throttle_max = 0
@@ -150,7 +142,7 @@ class Steering:
             self._postcopy = True
             act(ActionKind.POSTCOPY, postcopy)
             return actions
-        if (pause := self._pause_due(sample, now)) is not None:
+        if (pause := self._pause_due(sample)) is not None:
             act(*pause)
         if (abort := self._abort_due(sample, now)) is not None:
             self._aborted = True
@@ -228,29 +220,19 @@ class Steering:
             f"since iteration {self._low_iteration}; switching to post-copy after {after} iterations"
         )
 
-    def _pause_due(self, sample: Progress, now: float) -> tuple[ActionKind, str, int] | None:
-        if self._paused:
-            return None
+    def _pause_due(self, sample: Progress) -> tuple[ActionKind, str, int] | None:
         after = self.policy.pause_after_seconds
         elapsed = sample.elapsed_ms / 1000
-        stalled = now - self._low_at
-        if after > 0 and elapsed >= after:
-            why = f"still copying after {_s(elapsed)} (pause after {_s(after)})"
-        elif self._pause_for_throttle and sample.iteration > 1 and stalled > self.policy.stall_seconds / 2:
-            why = f"no smaller pass for {_s(stalled)} and QEMU's throttle is not used on a TCG guest"
-        else:
+        if self._paused or after <= 0 or elapsed < after:
             return None
         self._paused = True
         bandwidth = max(sample.bandwidth_bps, 1)
-        # After the first pass, data left is only where this pass has got to: QEMU
-        # decides at the end of a pass, when what is left is a whole pass again.
-        rest = max(sample.data_remaining, self._pass_size) if sample.iteration > 1 else sample.data_remaining
-        needed_ms = -(-rest * 10 * PAUSE_MARGIN_PERCENT // bandwidth)  # rounded up
+        needed_ms = -(-sample.data_remaining * 10 * PAUSE_MARGIN_PERCENT // bandwidth)  # rounded up
         value = min(max(needed_ms, self.max_downtime_ms), QEMU_MAX_DOWNTIME_MS)
         self._downtime_ms = max(self._downtime_ms, value)
         reason = (
-            f"{why}: pausing the guest to copy the "
-            f"{_mib(rest)} a pass leaves at {_mib(sample.bandwidth_bps)}/s; max downtime -> {value} ms"
+            f"still copying after {_s(elapsed)} (pause after {_s(after)}): pausing the guest to copy the "
+            f"{_mib(sample.data_remaining)} left at {_mib(sample.bandwidth_bps)}/s; max downtime -> {value} ms"
         )
         return ActionKind.PAUSE, reason, value
 

@@ -50,7 +50,6 @@ def predict(
     measured_at: float = 0.0,
     measure_seconds: float = 0.0,
     link_bps: int = DEFAULT_LINK_BPS,
-    throttle: bool = True,
 ) -> Prediction:
     """What plain pre-copy does with this guest at this speed, and what the policy will have to add.
 
@@ -65,8 +64,7 @@ def predict(
     - when it does not converge: "raise max downtime" (if the policy ramps it),
       then the further levers the policy has, in the order it uses them
       ("auto-converge", "post-copy" when the session allows it, "pause"), or
-      "abort on timeout" when it has none. `throttle` False (a TCG guest, see
-      proto.convergence.throttle_safe): a policy's auto-converge becomes "pause".
+      "abort on timeout" when it has none.
     """
     for label, value in (
         ("memory_bytes", memory_bytes),
@@ -122,7 +120,7 @@ def predict(
         verdict = "pre-copy cannot converge"
     else:
         verdict = f"pre-copy does not get under {max_downtime_ms} ms downtime within {MAX_ITERATIONS} iterations"
-    levers = _levers(policy, allow_postcopy, throttle)
+    levers = _levers(policy, allow_postcopy)
     steps = ([RAISE_DOWNTIME] if start_ms < max_downtime_ms else []) + (levers or [ABORT_ON_TIMEOUT])
     if levers:
         tail = f"the {policy.name} policy will need {', then '.join(levers)}"
@@ -158,14 +156,14 @@ def _start_downtime_ms(policy: Policy, max_downtime_ms: int) -> int:
     return min(policy.downtime_start_ms, max_downtime_ms)
 
 
-def _levers(policy: Policy, allow_postcopy: bool, throttle: bool) -> list[str]:
+def _levers(policy: Policy, allow_postcopy: bool) -> list[str]:
     """The policy's levers beyond max downtime, in the order it pulls them."""
     levers = []
-    if policy.auto_converge and throttle:
+    if policy.auto_converge:
         levers.append(AUTO_CONVERGE)
     if allow_postcopy and policy.postcopy_after_iterations:
         levers.append(POSTCOPY)
-    if policy.pause_after_seconds or (policy.auto_converge and not throttle):
+    if policy.pause_after_seconds:
         levers.append(PAUSE)
     return levers
 

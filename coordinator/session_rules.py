@@ -7,7 +7,7 @@ from coordinator.placement import HostFacts, PlacementRules, VmDemand
 from coordinator.prediction import predict
 from proto.agent import DirtyRate, VmDescription
 from proto.api import HostState, HostView
-from proto.convergence import POLICIES, Policy, Prediction, throttle_safe
+from proto.convergence import POLICIES, Policy, Prediction
 from proto.errors import ErrorCode, FerryError
 from proto.host import VmState
 from proto.session import MigrateOptions, Session, SessionState, StorageMode
@@ -170,5 +170,4 @@ def prediction_for(session: Session, vm: VmDescription, measured: DirtyRate | No
         allow_postcopy=session.options.allow_postcopy,
         measured_at=at,
         measure_seconds=seconds,
-        throttle=throttle_safe(vm.virt_type),
     )

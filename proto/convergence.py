@@ -126,20 +126,3 @@ POLICIES: dict[str, Policy] = {
     )
 }
 DEFAULT_POLICY = "default"
-
-# libvirt's domain type for guests emulated by TCG, without hardware acceleration.
-TCG_VIRT_TYPE = "qemu"
-
-
-def throttle_safe(virt_type: str) -> bool:
-    """Whether QEMU's vCPU throttle (auto-converge) may be armed for a guest of this domain type.
-
-    Not under TCG: in the lab (QEMU 7.2, TCG) guests moved by the default policy
-    with the throttle armed panicked on the destination right after they resumed
-    (a kernel timer list poisoned: guest memory written on the source never
-    reached the destination) in 4 of 18 runs, and in none of 20 runs of the same
-    test without it. A policy that may slow the guest pauses it to finish instead
-    (see agent/steering.py). KVM guests, where auto-converge is used in
-    production, keep it.
-    """
-    return virt_type != TCG_VIRT_TYPE

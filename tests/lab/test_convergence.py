@@ -44,9 +44,7 @@ def test_the_prediction_tells_a_quiet_guest_from_a_busy_one(lab_with_ferry: Lab,
     assert calm.prediction.expected_total_ms > 0 and calm.prediction.bandwidth_bps == CAP_MIB * MIB
     assert hot.prediction is not None and not hot.prediction.converges, hot
     assert hot.prediction.dirty_rate_bps > CAP_MIB * MIB
-    # The lab's guests run under TCG, where QEMU's throttle is not safe: the
-    # default policy pauses them instead (proto.convergence.throttle_safe).
-    assert "pause" in hot.prediction.steps_needed and "auto-converge" not in hot.prediction.steps_needed
+    assert "auto-converge" in hot.prediction.steps_needed
     # A dry run moves nothing.
     assert lab.residency(quiet)[quiet].running_on == ("hv1",)
     assert lab.residency(busy)[busy].running_on == ("hv1",)
@@ -64,10 +62,7 @@ def test_the_default_policy_moves_a_guest_dirtying_four_times_the_cap(lab_with_f
     kinds = [a.kind for a in session.steering]
     print("\n".join(f"{a.kind} {a.value}: {a.reason}" for a in session.steering))
     assert ActionKind.SET_DOWNTIME in kinds, "max downtime was raised step by step"
-    # Under TCG the throttle is never armed: the policy pauses the guest to finish instead.
-    assert ActionKind.AUTO_CONVERGE_ENGAGED not in kinds, "QEMU's throttle is not armed for a TCG guest"
-    pause = next(a for a in session.steering if a.kind == ActionKind.PAUSE)
-    assert "QEMU's throttle is not used on a TCG guest" in pause.reason and pause.value > 300
+    assert ActionKind.AUTO_CONVERGE_ENGAGED in kinds, "QEMU throttled the guest to make it converge"
     assert all(a.sample is not None for a in session.steering), "every action keeps the sample that caused it"
     assert ActionKind.ABORT not in kinds
     # Predicted against actual, both kept.
@@ -75,7 +70,7 @@ def test_the_default_policy_moves_a_guest_dirtying_four_times_the_cap(lab_with_f
     assert session.outcome is not None and session.outcome.downtime_ms > 0
     assert_moved_intact(lab, guest, "hv2")
     shown = ferry(lab.nats_url, "session", session.id)
-    assert "predicted: does not converge" in shown.stdout and "policy pause" in shown.stdout
+    assert "predicted: does not converge" in shown.stdout and "policy auto_converge_engaged" in shown.stdout
 
 
 def test_a_policy_that_may_not_slow_the_guest_aborts_cleanly_and_it_stays_on_its_source(lab_with_ferry: Lab, guest_factory) -> None:

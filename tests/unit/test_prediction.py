@@ -1,7 +1,7 @@
 import pytest
 
 from coordinator.prediction import MAX_ITERATIONS, predict
-from proto.convergence import POLICIES, Policy, throttle_safe
+from proto.convergence import POLICIES, Policy
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -193,23 +193,3 @@ def test_negative_inputs_are_refused(field):
     values[field] = -1
     with pytest.raises(ValueError, match=f"{field} must not be negative"):
         predict(**values, policy=DEFAULT, allow_postcopy=False)
-
-
-@pytest.mark.parametrize(
-    "policy, steps",
-    [
-        ("default", ["raise max downtime", "pause"]),
-        ("insist", ["raise max downtime", "pause"]),
-        ("gentle", ["raise max downtime", "abort on timeout"]),
-    ],
-)
-def test_where_the_throttle_is_not_safe_a_policy_that_may_slow_the_guest_needs_a_pause(policy, steps):
-    p = predict(
-        memory_bytes=256 * MIB, dirty_rate_bps=64 * MIB, bandwidth_bps=16 * MIB, max_downtime_ms=300,
-        policy=POLICIES[policy], allow_postcopy=False, throttle=False,
-    )
-    assert p.steps_needed == steps
-
-
-def test_auto_converge_is_armed_for_kvm_guests_only():
-    assert throttle_safe("kvm") and throttle_safe("simulated") and not throttle_safe("qemu")

@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--host", default="hv1")
     create.add_argument("--memory", type=int, default=256, help="MiB (default 256)")
     create.add_argument("--dirty-mb", type=int, default=0, help="MiB of guest memory to rewrite per second")
+    create.add_argument("--fill-mb", type=int, default=0, help="MiB of guest memory written once at boot")
     create.add_argument("--disk", choices=DISK_KINDS, default="none")
     create.add_argument("--disk-size", type=int, default=64, help="MiB (default 64)")
     delete = guest.add_parser("delete", help="destroy and undefine a guest, remove its disks and logs")
@@ -144,7 +145,9 @@ def _status(lab: Lab) -> int:
 
 def _guest(args: argparse.Namespace, lab: Lab) -> int:
     if args.guest_command == "create":
-        info = lab.create_guest(args.name, args.host, args.memory, args.dirty_mb, args.disk, args.disk_size)
+        info = lab.create_guest(
+            args.name, args.host, args.memory, args.dirty_mb, args.disk, args.disk_size, fill_mb=args.fill_mb
+        )
         print(f"{info.name} started on {info.host}; console log {lab.host(info.host).console_log(info.name)}")
     elif args.guest_command == "delete":
         had = lab.delete_guest(args.name)

@@ -36,6 +36,8 @@ class GuestSpec:
     dirty_mb: int = 0
     disk: DiskKind = "none"
     disk_size_mib: int = 64
+    # MiB of memory written once at boot and never again (dirty_mb rewrites its own each second).
+    fill_mb: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ def console_path(name: str) -> PurePosixPath:
 
 def kernel_cmdline(spec: GuestSpec) -> str:
     # panic=-1: a guest whose init dies stops at once instead of hanging unseen.
-    return f"console=ttyS0 quiet panic=-1 ferry.dirty_mb={spec.dirty_mb}"
+    return f"console=ttyS0 quiet panic=-1 ferry.dirty_mb={spec.dirty_mb} ferry.fill_mb={spec.fill_mb}"
 
 
 def domain_xml(spec: GuestSpec, image: GuestImage, disk: PurePosixPath | None) -> str:

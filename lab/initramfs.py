@@ -14,7 +14,7 @@ import stat
 from dataclasses import dataclass
 
 # Lines the guest prints on ttyS0, parsed by lab.continuity:
-#   ferry-boot <boot-id> dirty_mb=<N>
+#   ferry-boot <boot-id> dirty_mb=<N> fill_mb=<M>
 #   ferry-tick <counter> <uptime-seconds> <boot-id>
 INIT_SCRIPT = """\
 #!/bin/sh
@@ -23,16 +23,23 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 dirty_mb=0
+fill_mb=0
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         ferry.dirty_mb=*) dirty_mb="${arg#ferry.dirty_mb=}" ;;
+        ferry.fill_mb=*) fill_mb="${arg#ferry.fill_mb=}" ;;
     esac
 done
 mkdir -p /scratch
-mount -t tmpfs -o size=$((dirty_mb + 4))m tmpfs /scratch
+mount -t tmpfs -o size=$((dirty_mb + fill_mb + 4))m tmpfs /scratch
 # A fresh id per boot: a restarted guest can never pass for the old one.
 boot=$(cut -c1-8 /proc/sys/kernel/random/boot_id)
-echo "ferry-boot $boot dirty_mb=$dirty_mb" >/dev/ttyS0
+echo "ferry-boot $boot dirty_mb=$dirty_mb fill_mb=$fill_mb" >/dev/ttyS0
+if [ "$fill_mb" -gt 0 ]; then
+    # Written once, before the first tick: memory a migration must copy while the
+    # guest stays idle (no page is dirtied again).
+    dd if=/dev/urandom of=/scratch/fill bs=1M count="$fill_mb" 2>/dev/null
+fi
 if [ "$dirty_mb" -gt 0 ]; then
     # Rewrite N MiB of tmpfs (guest memory) each second: a memory-dirtying workload.
     (

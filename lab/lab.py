@@ -342,9 +342,10 @@ class Lab:
         disk: DiskKind = "none",
         disk_size_mib: int = 64,
         disk_content: Path | None = None,
+        fill_mb: int = 0,
     ) -> GuestInfo:
         """Define and start a guest; ``disk_content`` (a raw file) fills its disk."""
-        spec = GuestSpec(name, host, memory_mib, dirty_mb, disk, disk_size_mib)
+        spec = GuestSpec(name, host, memory_mib, dirty_mb, disk, disk_size_mib, fill_mb)
         return create_guest(self.layout, self.image(), spec, disk_content)
 
     def delete_guest(self, name: str) -> list[str]:

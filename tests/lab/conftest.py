@@ -96,11 +96,12 @@ def guest_factory(lab: Lab, request: pytest.FixtureRequest) -> Iterator[GuestFac
         disk_content: Path | None = None,
         wait_ticks: int = 2,
         name: str | None = None,
+        fill_mb: int = 0,
     ) -> str:
         """Create and start a guest; wait until it printed ``wait_ticks`` ticks. Returns its name."""
         name = name or guest_name(request.node.name)
         made.append(name)
-        lab.create_guest(name, host, memory_mib, dirty_mb, disk, disk_size_mib, disk_content)  # type: ignore[arg-type]
+        lab.create_guest(name, host, memory_mib, dirty_mb, disk, disk_size_mib, disk_content, fill_mb)  # type: ignore[arg-type]
         if wait_ticks:
             lab.wait_for_tick(name, host, wait_ticks)
         return name

@@ -182,11 +182,12 @@ def test_the_newest_kernel_package_is_tried_first() -> None:
 
 def test_domain_xml_uses_tcg_direct_boot_and_a_per_host_console_log() -> None:
     image = GuestImage(Path("/var/cache/ferry-lab/vmlinuz-6.1"), Path("/var/cache/ferry-lab/initrd.img"))
-    spec = GuestSpec("web-1", "hv1", memory_mib=128, dirty_mb=16, disk="local")
+    spec = GuestSpec("web-1", "hv1", memory_mib=128, dirty_mb=16, disk="local", fill_mb=40)
     root = ET.fromstring(domain_xml(spec, image, PurePosixPath("/var/lib/libvirt/images/web-1.qcow2")))
     assert root.get("type") == "qemu"
     assert root.findtext("os/kernel") == str(image.kernel)
-    assert "ferry.dirty_mb=16" in root.findtext("os/cmdline", "")
+    cmdline = root.findtext("os/cmdline", "")
+    assert "ferry.dirty_mb=16" in cmdline and "ferry.fill_mb=40" in cmdline
     serial = root.find("devices/serial/source")
     assert serial is not None and serial.get("path") == "/var/log/libvirt/console/web-1.log" and serial.get("append") == "on"
     disk = root.find("devices/disk/source")

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab import certs, ferry_services, hosts, processes
-from lab.continuity import ContinuityReport, guest_continuity, last_tick_on
+from lab.continuity import ContinuityReport, console_log_times, guest_continuity, last_tick_on, read_console_logs
 from lab.errors import LabError
 from lab.guests import DiskKind, GuestInfo, GuestSpec, create_guest, delete_guest, list_guests
 from lab.image import GuestImage, ensure_guest_image
+from lab.lost_writes import lost_write_signs
 from lab.layout import (
     DEFAULT_ADDRESS_BASE,
     DEFAULT_CACHE_DIR,
@@ -359,6 +360,11 @@ class Lab:
 
     def residency(self, *names: str) -> dict[str, Residency]:
         return residency(self.layout, names)
+
+    def lost_write_signs(self, name: str) -> str | None:
+        """Why the guest looks corrupted by QEMU in a move, or None (lab/lost_writes.py)."""
+        logs, times = read_console_logs(self.layout, name), console_log_times(self.layout, name)
+        return lost_write_signs(logs, times, self.residency(name)[name].running_on, time.time())
 
     def wait_for_tick(self, name: str, host: str, at_least: int = 1, timeout: float = 60.0) -> int:
         """Until the guest printed tick ``at_least`` (or later) on ``host``; returns the newest tick."""

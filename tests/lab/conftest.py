@@ -11,6 +11,11 @@
 
 A lab that cannot start skips the tests that need it, except in CI (CI=true),
 where it is a failure: a lab test never passes by not running.
+
+A lab test that fails while one of its guests shows the signs of QEMU 7.2's
+TCG lost-write bug (lab/lost_writes.py: the guest crashed or hung on the host
+it moved to) fails as ``QemuLostGuestWrites``, with the signs, and runs once
+more. Any other failure, or a second one, stays a failure.
 """
 
 from __future__ import annotations
@@ -26,11 +31,11 @@ import pytest
 from lab.errors import LabError
 from lab.lab import Lab
 from lab.slots import LabSlot, claim_slot, clear_slot
+from tests.support.lost_write_reruns import pytest_collection_modifyitems, pytest_runtest_call  # noqa: F401 (hooks)
 
 SESSION_HOSTS = 3
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
 
 def cannot_run(reason: str) -> None:
     if IN_CI:
@@ -86,6 +91,7 @@ _serial = itertools.count(1)
 @pytest.fixture
 def guest_factory(lab: Lab, request: pytest.FixtureRequest) -> Iterator[GuestFactory]:
     made: list[str] = []
+    request.node.lab_guests = made  # for lost_write_signs_of
 
     def make(
         host: str = "hv1",

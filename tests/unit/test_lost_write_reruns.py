@@ -49,7 +49,7 @@ def test_a_test_without_a_lab_guest_is_not_run_again(lab):
 def test_only_a_failure_with_lost_write_signs_runs_once_more(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_stand_in=TESTS)
-    result = pytester.runpytest("-p", "no:cacheprovider", "-W", "ignore::pytest.PytestUnknownMarkWarning")
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:asyncio", "-W", "ignore::pytest.PytestUnknownMarkWarning")
     result.assert_outcomes(passed=1, failed=3)
     result.stdout.fnmatch_lines(["*3 failed, 1 passed, 2 rerun*"])
     result.stdout.fnmatch_lines(

@@ -2,7 +2,7 @@
 
 Debian 12's QEMU (7.2) does not track some stores of a TCG guest during live
 migration (fixed in QEMU 9.0; README, "The lab's QEMU and TCG"), so now and then
-a guest arrives with stale memory and crashes or hangs on its new host. Ferry
+a guest arrives with stale memory and crashes or hangs on the host it moved to. Ferry
 copies no guest memory itself (QEMU does), so these signs point at QEMU. The
 test suite runs such a test once more instead of failing it (tests/lab/conftest.py)
 and prints the signs. A guest that never moved, or that fails in any other way,
@@ -11,29 +11,41 @@ gets no second run. Pure: the caller reads the consoles and asks libvirt.
 
 from __future__ import annotations
 
-from lab.continuity import BOOT
+import re
+
+from lab.continuity import TICK
 
 # What a crashing Linux guest prints on its console.
 CRASH_MARKERS = ("Kernel panic", "BUG: ", "Oops: ", "general protection fault", "invalid opcode: ")
 # A guest prints a tick every second; this long without a line, a running guest hangs.
 SILENT_SECONDS = 10.0
+KERNEL_UPTIME = re.compile(r"^\[\s*(\d+\.\d+)\]")
 
 
 def lost_write_signs(
     logs: dict[str, str], log_times: dict[str, float], running_on: tuple[str, ...], now: float
 ) -> str | None:
-    """Why the guest looks corrupted by its move, or None.
+    """Why the guest looks corrupted by a move, or None.
 
     ``logs`` are its consoles by host, and ``log_times`` when each was last
-    written. Only hosts it moved to count: the console there has no boot line.
+    written. A crash counts when the guest had ticked on another host before it
+    (by guest uptime), so it had moved, possibly back to where it booted. A
+    running guest that has printed nothing for SILENT_SECONDS counts when it has
+    a console on more than one host (a move was made).
     """
-    arrived_on = [host for host, text in logs.items() if not BOOT.search(text)]
-    for host in arrived_on:
-        crash = next((line for line in logs[host].splitlines() if any(m in line for m in CRASH_MARKERS)), None)
-        if crash is not None:
-            return f"its kernel crashed on {host}, where it had moved: {crash.strip()}"
+    ticks = {host: [float(m.group(2)) for line in text.splitlines() if (m := TICK.search(line))] for host, text in logs.items()}
+    for host, text in logs.items():
+        crash = next((line.strip() for line in text.splitlines() if any(m in line for m in CRASH_MARKERS)), None)
+        if crash is None:
+            continue
+        at = KERNEL_UPTIME.match(crash)
+        before = sorted(h for h, ups in ticks.items() if h != host and ups and (at is None or min(ups) < float(at.group(1))))
+        if before:
+            return f"its kernel crashed on {host} after it had run on {', '.join(before)}: {crash}"
+    if len(logs) < 2:
+        return None
     for host in running_on:
         written = log_times.get(host)
-        if host in arrived_on and written is not None and now - written > SILENT_SECONDS:
-            return f"it runs on {host}, where it had moved, but has printed nothing for {now - written:.0f} s"
+        if written is not None and now - written > SILENT_SECONDS:
+            return f"it runs on {host} after a move but has printed nothing for {now - written:.0f} s"
     return None

@@ -12,7 +12,14 @@ NOW = 1000.0
 
 def test_a_kernel_crash_on_the_host_the_guest_moved_to_is_a_sign() -> None:
     signs = lost_write_signs({"hv1": BOOTED, "hv2": PANIC}, {"hv1": NOW - 20, "hv2": NOW - 15}, (), NOW)
-    assert signs is not None and "crashed on hv2" in signs and "Kernel panic" in signs
+    assert signs is not None and "crashed on hv2 after it had run on hv1" in signs and "Kernel panic" in signs
+
+
+def test_a_crash_after_moving_back_to_where_it_booted_is_a_sign() -> None:
+    # hv1 -> hv3 -> hv1: the boot host's console holds the early ticks and the crash.
+    away = "ferry-tick 5 5.90 19d2557b\nferry-tick 6 6.91 19d2557b\n"
+    signs = lost_write_signs({"hv1": BOOTED + PANIC, "hv3": away}, {"hv1": NOW - 20, "hv3": NOW - 25}, (), NOW)
+    assert signs is not None and "crashed on hv1 after it had run on hv3" in signs
 
 
 def test_a_crash_where_the_guest_booted_is_no_sign() -> None:
@@ -23,7 +30,7 @@ def test_a_crash_where_the_guest_booted_is_no_sign() -> None:
 def test_a_moved_guest_that_runs_but_prints_nothing_is_a_sign() -> None:
     ticks = "ferry-tick 3 3.85 19d2557b\n"
     signs = lost_write_signs({"hv1": BOOTED, "hv3": ticks}, {"hv1": NOW - 70, "hv3": NOW - 61}, ("hv3",), NOW)
-    assert signs is not None and "runs on hv3" in signs and "61 s" in signs
+    assert signs is not None and "runs on hv3 after a move" in signs and "61 s" in signs
 
 
 def test_a_moved_guest_that_still_ticks_is_no_sign() -> None:

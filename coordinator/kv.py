@@ -94,10 +94,16 @@ class TypedBucket(Generic[T]):
             pass
 
     async def keys(self) -> list[str]:
-        try:
-            return await self._kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
+        """Every key with a message in the bucket (deleted ones too: `all` skips them).
+
+        Read from the bucket's stream state in one request. nats-py's
+        `KeyValue.keys()` replays the bucket through a watcher that can end its
+        initial replay early and return some keys or none (nats-io/nats.py#842,
+        #995): the lab saw `ferry sessions` come back empty right after a drain.
+        """
+        prefix = self._kv._pre  # "$KV.<bucket>." (nats-py keeps it private)
+        info = await self._kv._js.stream_info(self._kv._stream, subjects_filter=f"{prefix}>")
+        return sorted(subject.removeprefix(prefix) for subject in (info.state.subjects or {}))
 
     async def all(self) -> list[T]:
         values = []

@@ -92,3 +92,38 @@ async def test_store_survives_a_nats_restart(nats_server):
     store = await SessionStore.open(nc.jetstream())
     assert (await store.get("s00001"))[0] == session()
     await nc.close()
+
+
+async def test_listing_sees_every_record_written_before_it_even_under_concurrent_writes(store):
+    # nats-py's KeyValue.keys() can end its replay early and list some keys or
+    # none; the store lists from the stream's state instead (coordinator/kv.py).
+    assert await store.all() == []
+    for i in range(40):
+        await store.create(session(f"s{i:05d}", created=float(i)))
+
+    async def keep_writing() -> None:
+        for n in range(1000, 1100):
+            await store.create(session(f"s{n:05d}", created=float(n)))
+            await asyncio.sleep(0.005)
+
+    writer = asyncio.create_task(keep_writing())
+    try:
+        for _ in range(10):
+            listed = {s.id for s in await store.all()}
+            assert {f"s{i:05d}" for i in range(40)} <= listed
+    finally:
+        await writer
+
+
+async def test_a_deleted_record_is_not_listed(nats_server):
+    from coordinator.kv import TypedBucket, open_bucket
+
+    nc = await nats.connect(nats_server.url)
+    try:
+        bucket = TypedBucket(await open_bucket(nc.jetstream(), "ferry_test_deleted", "test"), Session, "session")
+        await bucket.create("a", session("s0000a"))
+        await bucket.create("b", session("s0000b"))
+        await bucket.delete("a")
+        assert [s.id for s in await bucket.all()] == ["s0000b"]
+    finally:
+        await nc.close()

@@ -24,7 +24,6 @@ from lab.continuity import ContinuityReport, console_log_times, guest_continuity
 from lab.errors import LabError
 from lab.guests import DiskKind, GuestInfo, GuestSpec, create_guest, delete_guest, list_guests
 from lab.image import GuestImage, ensure_guest_image
-from lab.lost_writes import lost_write_signs
 from lab.layout import (
     DEFAULT_ADDRESS_BASE,
     DEFAULT_CACHE_DIR,
@@ -34,6 +33,7 @@ from lab.layout import (
     HostLayout,
     LabLayout,
 )
+from lab.lost_writes import lost_write_signs
 from lab.nats import NATS_HOST, free_port, nats_url, start_nats
 from lab.prereqs import check_programs, check_root
 from lab.processes import ProcessRef

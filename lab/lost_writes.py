@@ -4,8 +4,8 @@ Debian 12's QEMU (7.2) does not track some stores of a TCG guest during live
 migration (fixed in QEMU 9.0; README, "The lab's QEMU and TCG"), so now and then
 a guest arrives with stale memory and crashes or hangs on the host it moved to. Ferry
 copies no guest memory itself (QEMU does), so these signs point at QEMU. The
-test suite runs such a test once more instead of failing it (tests/lab/conftest.py)
-and prints the signs. A guest that never moved, or that fails in any other way,
+test suite runs such a test once more instead of failing it
+(tests/support/lost_write_reruns.py) and prints the signs. A guest that never moved, or that fails in any other way,
 gets no second run. Pure: the caller reads the consoles and asks libvirt.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from lab.continuity import TICK
+from lab.continuity import parse_console
 
 # What a crashing Linux guest prints on its console.
 CRASH_MARKERS = ("Kernel panic", "BUG: ", "Oops: ", "general protection fault", "invalid opcode: ")
@@ -33,13 +33,15 @@ def lost_write_signs(
     running guest that has printed nothing for SILENT_SECONDS counts when it has
     a console on more than one host (a move was made).
     """
-    ticks = {host: [float(m.group(2)) for line in text.splitlines() if (m := TICK.search(line))] for host, text in logs.items()}
+    ticks = {host: [tick.uptime for tick in parse_console(host, text).ticks] for host, text in logs.items()}
     for host, text in logs.items():
         crash = next((line.strip() for line in text.splitlines() if any(m in line for m in CRASH_MARKERS)), None)
         if crash is None:
             continue
         at = KERNEL_UPTIME.match(crash)
-        before = sorted(h for h, ups in ticks.items() if h != host and ups and (at is None or min(ups) < float(at.group(1))))
+        before = sorted(
+            h for h, ups in ticks.items() if h != host and ups and (at is None or min(ups) < float(at.group(1)))
+        )
         if before:
             return f"its kernel crashed on {host} after it had run on {', '.join(before)}: {crash}"
     if len(logs) < 2:

@@ -6,6 +6,7 @@ import msgspec
 import nats
 import pytest
 
+from coordinator.kv import TypedBucket, open_bucket
 from coordinator.session_store import SessionStore
 from coordinator.transitions import advance
 from proto.errors import FerryError
@@ -116,8 +117,6 @@ async def test_listing_sees_every_record_written_before_it_even_under_concurrent
 
 
 async def test_a_deleted_record_is_not_listed(nats_server):
-    from coordinator.kv import TypedBucket, open_bucket
-
     nc = await nats.connect(nats_server.url)
     try:
         bucket = TypedBucket(await open_bucket(nc.jetstream(), "ferry_test_deleted", "test"), Session, "session")

@@ -37,6 +37,7 @@ SESSION_HOSTS = 3
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+
 def cannot_run(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (in CI the lab must run)", pytrace=False)

@@ -34,7 +34,7 @@ $(VENV_STAMP): $(APT_STAMP) pyproject.toml
 	@touch $@
 
 demo: venv
-	$(BIN)/python -m lab.demo
+	$(BIN)/python -m ferry.lab.demo
 
 test: venv
 	$(BIN)/pytest -ra

@@ -4,8 +4,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from proto.names import HostName, VmName
-from runtime.config import NatsSettings
+from ferry.proto.names import HostName, VmName
+from ferry.runtime.config import NatsSettings
 
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
 Percent = Annotated[float, msgspec.Meta(ge=0, le=100)]

@@ -10,15 +10,15 @@ import structlog
 from nats.aio.client import Client
 from nats.micro import add_service
 
-from agent.config import AgentConfig
-from agent.destination import Destination
-from agent.health import probe_host
-from agent.hypervisor import Hypervisor, HypervisorUnavailable, NodeFacts
-from agent.probes import run_probes
-from agent.source import Source
-from agent.status import AGENT_VERSION, Observation, build_status
-from proto import subjects
-from proto.agent import (
+from ferry.agent.config import AgentConfig
+from ferry.agent.destination import Destination
+from ferry.agent.health import probe_host
+from ferry.agent.hypervisor import Hypervisor, HypervisorUnavailable, NodeFacts
+from ferry.agent.probes import run_probes
+from ferry.agent.source import Source
+from ferry.agent.status import AGENT_VERSION, Observation, build_status
+from ferry.proto import subjects
+from ferry.proto.agent import (
     BandwidthRequest,
     CommitReply,
     DescribeRequest,
@@ -27,12 +27,12 @@ from proto.agent import (
     PrepareRequest,
     SessionRef,
 )
-from proto.api import AgentStatusRequest
-from proto.codec import Decoder, encode
-from proto.events import HealthChanged
-from proto.host import HealthCheck, HealthState, HostStatus, VmInfo, VmState
-from runtime.connection import connect
-from runtime.service import endpoint
+from ferry.proto.api import AgentStatusRequest
+from ferry.proto.codec import Decoder, encode
+from ferry.proto.events import HealthChanged
+from ferry.proto.host import HealthCheck, HealthState, HostStatus, VmInfo, VmState
+from ferry.runtime.connection import connect
+from ferry.runtime.service import endpoint
 
 # How often the VM list is read: changes must reach the coordinator well
 # before the next regular heartbeat.

@@ -6,12 +6,12 @@ from collections.abc import Callable
 
 import structlog
 
-from agent.config import AgentConfig
-from agent.hypervisor import DiskError, Hypervisor, HypervisorUnavailable
-from agent.incoming import IncomingFacts, judge_incoming
-from agent.progress import outcome_from_stats
-from agent.reservations import Reservation, ReservationBook
-from proto.agent import (
+from ferry.agent.config import AgentConfig
+from ferry.agent.hypervisor import DiskError, Hypervisor, HypervisorUnavailable
+from ferry.agent.incoming import IncomingFacts, judge_incoming
+from ferry.agent.progress import outcome_from_stats
+from ferry.agent.reservations import Reservation, ReservationBook
+from ferry.proto.agent import (
     CommitReply,
     Decline,
     Offer,
@@ -20,9 +20,9 @@ from proto.agent import (
     RollbackReply,
     SessionRef,
 )
-from proto.errors import ErrorCode, FerryError
-from proto.host import VmState
-from proto.session import StorageMode
+from ferry.proto.errors import ErrorCode, FerryError
+from ferry.proto.host import VmState
+from ferry.proto.session import StorageMode
 
 
 class Destination:

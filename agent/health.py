@@ -9,9 +9,9 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from agent.config import HealthSettings
-from agent.hypervisor import Hypervisor, HypervisorUnavailable, NodeFacts
-from proto.host import HealthCheck, HealthState
+from ferry.agent.config import HealthSettings
+from ferry.agent.hypervisor import Hypervisor, HypervisorUnavailable, NodeFacts
+from ferry.proto.host import HealthCheck, HealthState
 
 
 @dataclass(frozen=True)

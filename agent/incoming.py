@@ -6,9 +6,9 @@ done by the caller; their answers arrive here as sentences.
 
 from dataclasses import dataclass
 
-from agent.hypervisor import NodeFacts
-from proto.agent import VmDescription
-from proto.host import Versions, VmState, version_tuple
+from ferry.agent.hypervisor import NodeFacts
+from ferry.proto.agent import VmDescription
+from ferry.proto.host import Versions, VmState, version_tuple
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,10 @@
 import asyncio
 import sys
 
-from agent.config import AgentConfig
-from agent.daemon import Agent
-from agent.hypervisor import open_hypervisor
-from runtime.daemon import run_daemon
+from ferry.agent.config import AgentConfig
+from ferry.agent.daemon import Agent
+from ferry.agent.hypervisor import open_hypervisor
+from ferry.runtime.daemon import run_daemon
 
 
 async def _run(config: AgentConfig, stop: asyncio.Event) -> None:

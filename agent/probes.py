@@ -13,7 +13,7 @@ import re
 import signal
 from pathlib import Path
 
-from proto.host import HealthCheck, HealthState
+from ferry.proto.host import HealthCheck, HealthState
 
 CHECK_PREFIX = "probe:"
 # The heartbeat carries every message: keep each one a line, not a report.

@@ -4,7 +4,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from proto.session import Outcome, Progress
+from ferry.proto.session import Outcome, Progress
 
 
 def _int(stats: Mapping[str, Any], key: str) -> int:

@@ -8,7 +8,7 @@ lease is renewed for as long as the migration runs.
 
 from dataclasses import dataclass, field, replace
 
-from proto.agent import Offer, VmDescription
+from ferry.proto.agent import Offer, VmDescription
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import msgspec
 import structlog
 
-from agent.config import AgentConfig
-from agent.hypervisor import (
+from ferry.agent.config import AgentConfig
+from ferry.agent.hypervisor import (
     Hypervisor,
     HypervisorUnavailable,
     MeasurementFailed,
@@ -21,10 +21,10 @@ from agent.hypervisor import (
     MigrationPlan,
     VmNotFound,
 )
-from agent.progress import outcome_from_stats, progress_from_stats
-from agent.steering import Steering
-from proto import subjects
-from proto.agent import (
+from ferry.agent.progress import outcome_from_stats, progress_from_stats
+from ferry.agent.steering import Steering
+from ferry.proto import subjects
+from ferry.proto.agent import (
     AbortReply,
     BandwidthRequest,
     CommitReply,
@@ -39,11 +39,11 @@ from proto.agent import (
     SessionSteered,
     VmDescription,
 )
-from proto.codec import encode
-from proto.convergence import POLICIES, ActionKind, PolicyAction
-from proto.errors import ErrorCode, FerryError
-from proto.host import VmState
-from proto.session import Progress, SessionCode
+from ferry.proto.codec import encode
+from ferry.proto.convergence import POLICIES, ActionKind, PolicyAction
+from ferry.proto.errors import ErrorCode, FerryError
+from ferry.proto.host import VmState
+from ferry.proto.session import Progress, SessionCode
 
 # Finished jobs are remembered this long, so a repeated migrate request (a
 # coordinator that restarted, a lost reply) gets the result instead of a new job.

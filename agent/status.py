@@ -2,8 +2,8 @@
 
 from dataclasses import dataclass
 
-from agent.hypervisor import NodeFacts
-from proto.host import (
+from ferry.agent.hypervisor import NodeFacts
+from ferry.proto.host import (
     Capacity,
     HealthCheck,
     HealthState,

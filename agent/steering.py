@@ -7,8 +7,8 @@ pause, abort), recording each in the session history. Nothing here reads a
 clock, logs or talks to libvirt.
 """
 
-from proto.convergence import ActionKind, Policy, PolicyAction
-from proto.progress import Progress
+from ferry.proto.convergence import ActionKind, Policy, PolicyAction
+from ferry.proto.progress import Progress
 
 MIB = 1 << 20
 GIB = 1 << 30

@@ -20,17 +20,17 @@ from typing import Any, Self, TypeVar
 import libvirt
 from rich.console import Console
 
-from coordinator.client import FerryClient
-from lab import processes
-from lab.errors import LabError
-from lab.lab import Lab
-from lab.layout import STATE_FILE_NAME, HostLayout
-from lab.libvirt_conn import open_host
-from lab.state import load_state
-from proto.api import HostsReply, HostState
-from proto.errors import FerryError
-from proto.host import VmState
-from runtime.config import NatsSettings
+from ferry.cli.client import FerryClient
+from ferry.lab import processes
+from ferry.lab.errors import LabError
+from ferry.lab.lab import Lab
+from ferry.lab.layout import STATE_FILE_NAME, HostLayout
+from ferry.lab.libvirt_conn import open_host
+from ferry.lab.state import load_state
+from ferry.proto.api import HostsReply, HostState
+from ferry.proto.errors import FerryError
+from ferry.proto.host import VmState
+from ferry.runtime.config import NatsSettings
 
 T = TypeVar("T")
 

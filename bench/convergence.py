@@ -41,7 +41,7 @@ import libvirt
 import msgspec
 from rich.table import Table
 
-from agent.progress import progress_from_stats
+from ferry.agent.progress import progress_from_stats
 from bench.common import (
     FERRY,
     VIRSH,
@@ -64,13 +64,13 @@ from bench.common import (
     wait_until,
     write_results,
 )
-from lab.lab import Lab
-from lab.libvirt_conn import open_host
-from lab.residency import Residency
-from proto.api import MigrateRequest, PlanReply
-from proto.convergence import ActionKind, Prediction
-from proto.progress import Progress
-from proto.session import MigrateOptions, Session, SessionState
+from ferry.lab.lab import Lab
+from ferry.lab.libvirt_conn import open_host
+from ferry.lab.residency import Residency
+from ferry.proto.api import MigrateRequest, PlanReply
+from ferry.proto.convergence import ActionKind, Prediction
+from ferry.proto.progress import Progress
+from ferry.proto.session import MigrateOptions, Session, SessionState
 
 HOSTS = 2
 GUEST = "busy-1"

@@ -59,11 +59,11 @@ from bench.common import (
     wait_until,
     write_results,
 )
-from lab.lab import Lab
-from lab.residency import Residency
-from proto.drain import Drain, ItemState
-from proto.limits import Limits
-from proto.session import Session, SessionState
+from ferry.lab.lab import Lab
+from ferry.lab.residency import Residency
+from ferry.proto.drain import Drain, ItemState
+from ferry.proto.limits import Limits
+from ferry.proto.session import Session, SessionState
 
 HOSTS = 3
 SOURCE = "hv1"

@@ -50,7 +50,7 @@ from bench.common import (
     wait_until,
     write_results,
 )
-from lab.lab import Lab
+from ferry.lab.lab import Lab
 
 GOAL_RATIO = 1.10
 HOSTS = 3

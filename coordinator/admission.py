@@ -11,8 +11,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from coordinator.placement import HostFacts, PlacementRules, VmDemand, rank
-from proto.limits import Limits
+from ferry.coordinator.placement import HostFacts, PlacementRules, VmDemand, rank
+from ferry.proto.limits import Limits
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from typing import Any, TypeVar
 import nats.errors
 from nats.aio.client import Client
 
-from proto import subjects
-from proto.agent import (
+from ferry.proto import subjects
+from ferry.proto.agent import (
     AbortReply,
     BandwidthRequest,
     CommitReply,
@@ -21,8 +21,8 @@ from proto.agent import (
     SessionRef,
     VmDescription,
 )
-from proto.codec import ReplyDecoder, encode
-from proto.errors import ErrorCode, FerryError
+from ferry.proto.codec import ReplyDecoder, encode
+from ferry.proto.errors import ErrorCode, FerryError
 
 T = TypeVar("T")
 

@@ -4,8 +4,8 @@ from typing import Annotated
 
 import msgspec
 
-from proto.limits import Limits
-from runtime.config import NatsSettings
+from ferry.proto.limits import Limits
+from ferry.runtime.config import NatsSettings
 
 
 class DrainSettings(msgspec.Struct, frozen=True):

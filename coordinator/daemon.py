@@ -11,16 +11,16 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.micro import add_service
 
-from coordinator.agents import AgentClient
-from coordinator.config import CoordinatorConfig
-from coordinator.drains import DrainController
-from coordinator.health_watch import HealthWatch, Verdict
-from coordinator.limits_keeper import LimitsKeeper
-from coordinator.registry import Registry
-from coordinator.session_store import SessionStore, VmClaims
-from coordinator.sessions import SessionManager
-from proto import subjects
-from proto.api import (
+from ferry.coordinator.agents import AgentClient
+from ferry.coordinator.config import CoordinatorConfig
+from ferry.coordinator.drains import DrainController
+from ferry.coordinator.health_watch import HealthWatch, Verdict
+from ferry.coordinator.limits_keeper import LimitsKeeper
+from ferry.coordinator.registry import Registry
+from ferry.coordinator.session_store import SessionStore, VmClaims
+from ferry.coordinator.sessions import SessionManager
+from ferry.proto import subjects
+from ferry.proto.api import (
     BandwidthChange,
     CancelRequest,
     HostsReply,
@@ -34,8 +34,8 @@ from proto.api import (
     SessionsReply,
     SessionsRequest,
 )
-from proto.codec import Decoder, encode
-from proto.drain import (
+from ferry.proto.codec import Decoder, encode
+from ferry.proto.drain import (
     Drain,
     DrainReply,
     DrainRequest,
@@ -43,18 +43,18 @@ from proto.drain import (
     DrainsRequest,
     UndrainRequest,
 )
-from proto.errors import ErrorCode, FerryError
-from proto.events import (
+from ferry.proto.errors import ErrorCode, FerryError
+from ferry.proto.events import (
     CoordinatorEvent,
     DrainGaveUp,
     EvacuationPending,
     HostLost,
     PlacementsStopped,
 )
-from proto.host import HostStatus
-from proto.limits import LimitsReply, LimitsRequest
-from runtime.connection import connect, disconnect
-from runtime.service import endpoint
+from ferry.proto.host import HostStatus
+from ferry.proto.limits import LimitsReply, LimitsRequest
+from ferry.runtime.connection import connect, disconnect
+from ferry.runtime.service import endpoint
 
 VERSION = "0.1.0"
 SWEEP_SECONDS = 0.25

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field, replace
 
 import msgspec
 
-from coordinator.placement import HostFacts, PlacementRules, VmDemand, rank
-from proto.drain import Drain, DrainItem, DrainState, ItemState
-from proto.events import CoordinatorEvent, DrainFinished, DrainGaveUp, DrainRetry
-from proto.session import Session, SessionCode, SessionState
+from ferry.coordinator.placement import HostFacts, PlacementRules, VmDemand, rank
+from ferry.proto.drain import Drain, DrainItem, DrainState, ItemState
+from ferry.proto.events import CoordinatorEvent, DrainFinished, DrainGaveUp, DrainRetry
+from ferry.proto.session import Session, SessionCode, SessionState
 
 
 @dataclass(frozen=True)

@@ -15,18 +15,18 @@ import msgspec
 import structlog
 from nats.js import JetStreamContext
 
-from coordinator import drain_plan
-from coordinator.config import DrainSettings
-from coordinator.kv import TypedBucket, open_bucket
-from coordinator.session_rules import check_policy, host_facts, reported_demand
-from coordinator.session_store import VmBusy
-from coordinator.sessions import SessionManager
-from proto.api import HostState, HostView, MigrateRequest
-from proto.drain import Drain, DrainItem, DrainReply, DrainRequest, DrainState
-from proto.errors import ErrorCode, FerryError
-from proto.events import CoordinatorEvent, DrainStarted, HostUndrained, VmPlaced
-from proto.host import VmState
-from proto.session import MigrateOptions, SessionOrigin, SessionState
+from ferry.coordinator import drain_plan
+from ferry.coordinator.config import DrainSettings
+from ferry.coordinator.kv import TypedBucket, open_bucket
+from ferry.coordinator.session_rules import check_policy, host_facts, reported_demand
+from ferry.coordinator.session_store import VmBusy
+from ferry.coordinator.sessions import SessionManager
+from ferry.proto.api import HostState, HostView, MigrateRequest
+from ferry.proto.drain import Drain, DrainItem, DrainReply, DrainRequest, DrainState
+from ferry.proto.errors import ErrorCode, FerryError
+from ferry.proto.events import CoordinatorEvent, DrainStarted, HostUndrained, VmPlaced
+from ferry.proto.host import VmState
+from ferry.proto.session import MigrateOptions, SessionOrigin, SessionState
 
 BUCKET = "ferry_drains"
 STEP_SECONDS = 1.0

@@ -13,14 +13,14 @@ the hosts to evacuate out.
 
 from dataclasses import dataclass, field
 
-from proto.events import (
+from ferry.proto.events import (
     CoordinatorEvent,
     EvacuationCalledOff,
     EvacuationPending,
     PlacementsResumed,
     PlacementsStopped,
 )
-from proto.host import HealthCheck, HealthState
+from ferry.proto.host import HealthCheck, HealthState
 
 
 @dataclass

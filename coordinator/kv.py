@@ -13,8 +13,8 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from proto.codec import Decoder, encode
-from proto.errors import ErrorCode, FerryError
+from ferry.proto.codec import Decoder, encode
+from ferry.proto.errors import ErrorCode, FerryError
 
 T = TypeVar("T")
 

@@ -6,8 +6,8 @@ to the config file's values.
 
 from nats.js import JetStreamContext
 
-from coordinator.kv import TypedBucket, open_bucket
-from proto.limits import Limits, LimitsReply, LimitsRequest, apply
+from ferry.coordinator.kv import TypedBucket, open_bucket
+from ferry.proto.limits import Limits, LimitsReply, LimitsRequest, apply
 
 BUCKET = "ferry_settings"
 KEY = "limits"

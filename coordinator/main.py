@@ -3,9 +3,9 @@
 import asyncio
 import sys
 
-from coordinator.config import CoordinatorConfig
-from coordinator.daemon import Coordinator
-from runtime.daemon import run_daemon
+from ferry.coordinator.config import CoordinatorConfig
+from ferry.coordinator.daemon import Coordinator
+from ferry.runtime.daemon import run_daemon
 
 
 async def _run(config: CoordinatorConfig, stop: asyncio.Event) -> None:

@@ -6,7 +6,7 @@ an operator can see why a VM did not go where they expected.
 
 from dataclasses import dataclass, field
 
-from proto.host import HealthState, version_tuple
+from ferry.proto.host import HealthState, version_tuple
 
 
 @dataclass(frozen=True)

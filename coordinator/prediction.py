@@ -14,7 +14,7 @@ slower than rate × time), so it errs on the side of "does not converge".
 import math
 from dataclasses import dataclass
 
-from proto.convergence import Policy, Prediction
+from ferry.proto.convergence import Policy, Prediction
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

@@ -2,9 +2,9 @@
 
 from dataclasses import dataclass
 
-from proto.api import HostState, HostView
-from proto.events import CoordinatorEvent, HostAppeared, HostLost, HostReturned
-from proto.host import HostStatus, VmState
+from ferry.proto.api import HostState, HostView
+from ferry.proto.events import CoordinatorEvent, HostAppeared, HostLost, HostReturned
+from ferry.proto.host import HostStatus, VmState
 
 
 @dataclass

@@ -5,7 +5,7 @@ limits from the records alone). Pure."""
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
-from proto.session import Session, SessionState
+from ferry.proto.session import Session, SessionState
 
 S = SessionState
 

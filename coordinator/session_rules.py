@@ -3,14 +3,14 @@ sessions in flight, in; a decision or a FerryError with a sentence out."""
 
 from collections.abc import Iterable
 
-from coordinator.placement import HostFacts, PlacementRules, VmDemand
-from coordinator.prediction import predict
-from proto.agent import DirtyRate, VmDescription
-from proto.api import HostState, HostView
-from proto.convergence import POLICIES, Policy, Prediction
-from proto.errors import ErrorCode, FerryError
-from proto.host import VmState
-from proto.session import MigrateOptions, Session, SessionState, StorageMode
+from ferry.coordinator.placement import HostFacts, PlacementRules, VmDemand
+from ferry.coordinator.prediction import predict
+from ferry.proto.agent import DirtyRate, VmDescription
+from ferry.proto.api import HostState, HostView
+from ferry.proto.convergence import POLICIES, Policy, Prediction
+from ferry.proto.errors import ErrorCode, FerryError
+from ferry.proto.host import VmState
+from ferry.proto.session import MigrateOptions, Session, SessionState, StorageMode
 
 
 def find_source(vm: str, source: str | None, hosts: Iterable[HostView]) -> HostView:

@@ -7,9 +7,9 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from coordinator.kv import CAS_ATTEMPTS, TypedBucket, open_bucket
-from proto.errors import ErrorCode, FerryError
-from proto.session import Session
+from ferry.coordinator.kv import CAS_ATTEMPTS, TypedBucket, open_bucket
+from ferry.proto.errors import ErrorCode, FerryError
+from ferry.proto.session import Session
 
 BUCKET = "ferry_sessions"
 

@@ -20,11 +20,11 @@ from collections.abc import Awaitable, Callable
 import msgspec
 import structlog
 
-from coordinator import bandwidth
-from coordinator.admission import Admit, Queued, Refuse, Slot, Wait, admit, inbound_room
-from coordinator.agents import AgentClient
-from coordinator.placement import rank
-from coordinator.session_rules import (
+from ferry.coordinator import bandwidth
+from ferry.coordinator.admission import Admit, Queued, Refuse, Slot, Wait, admit, inbound_room
+from ferry.coordinator.agents import AgentClient
+from ferry.coordinator.placement import rank
+from ferry.coordinator.session_rules import (
     check_named_dest,
     check_policy,
     find_source,
@@ -34,9 +34,9 @@ from coordinator.session_rules import (
     reported_demand,
     rules_for,
 )
-from coordinator.session_store import SessionStore, VmClaims
-from coordinator.transitions import advance
-from proto.agent import (
+from ferry.coordinator.session_store import SessionStore, VmClaims
+from ferry.coordinator.transitions import advance
+from ferry.proto.agent import (
     BandwidthRequest,
     Decline,
     DirtyRate,
@@ -50,21 +50,21 @@ from proto.agent import (
     SessionUpdate,
     VmDescription,
 )
-from proto.agent import (
+from ferry.proto.agent import (
     MigrateRequest as AgentMigrateRequest,
 )
-from proto.api import BandwidthChange, HostState, HostView, MigrateRequest, PlanReply
-from proto.codec import Decoder
-from proto.convergence import ActionKind, PolicyAction
-from proto.errors import ErrorCode, FerryError
-from proto.events import (
+from ferry.proto.api import BandwidthChange, HostState, HostView, MigrateRequest, PlanReply
+from ferry.proto.codec import Decoder
+from ferry.proto.convergence import ActionKind, PolicyAction
+from ferry.proto.errors import ErrorCode, FerryError
+from ferry.proto.events import (
     BandwidthShared,
     CoordinatorEvent,
     SessionChanged,
     SessionWaiting,
 )
-from proto.limits import Limits
-from proto.session import (
+from ferry.proto.limits import Limits
+from ferry.proto.session import (
     Demand,
     Outcome,
     Progress,

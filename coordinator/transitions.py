@@ -2,8 +2,8 @@
 
 import msgspec
 
-from proto.errors import ErrorCode, FerryError
-from proto.session import Session, SessionState, Transition
+from ferry.proto.errors import ErrorCode, FerryError
+from ferry.proto.session import Session, SessionState, Transition
 
 S = SessionState
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from lab.layout import HostLayout, LabLayout
+from ferry.lab.layout import HostLayout, LabLayout
 
 VALIDITY = datetime.timedelta(days=3650)
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import libvirt
 
-from lab.errors import LabError
-from lab.guests import DISK_KINDS
-from lab.lab import NATS_ROLE, Lab, libvirtd_role, sweep_namespaces
-from lab.layout import DEFAULT_ADDRESS_BASE, DEFAULT_CACHE_DIR, DEFAULT_DIR, DEFAULT_HOSTS, STATE_FILE_NAME
-from lab.prereqs import check_root
+from ferry.lab.errors import LabError
+from ferry.lab.guests import DISK_KINDS
+from ferry.lab.lab import NATS_ROLE, Lab, libvirtd_role, sweep_namespaces
+from ferry.lab.layout import DEFAULT_ADDRESS_BASE, DEFAULT_CACHE_DIR, DEFAULT_DIR, DEFAULT_HOSTS, STATE_FILE_NAME
+from ferry.lab.prereqs import check_root
 
 EXIT_FAILED = 1
 EXIT_PARTIAL = 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from lab.layout import IMAGES_PATH, PKI_PATH, QEMU_TLS_PATH, HostLayout, LabLayout
+from ferry.lab.layout import IMAGES_PATH, PKI_PATH, QEMU_TLS_PATH, HostLayout, LabLayout
 
 HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_TIMEOUT = 6.0

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from lab.layout import LabLayout
+from ferry.lab.layout import LabLayout
 
 # The boot id is required: a line cut in two at a move ("ferry-tick 12 13.4" on
 # one host, "5 7fb6f967" on the next) must not parse as a tick with a wrong uptime.

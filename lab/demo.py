@@ -13,17 +13,17 @@ import sys
 import time
 from pathlib import Path
 
-from lab import processes
-from lab.demo_drain import (
+from ferry.lab import processes
+from ferry.lab.demo_drain import (
     drain_step,
     evacuation_step,
     remove_leftover_guests,
     remove_leftover_probes,
     undrain_leftovers,
 )
-from lab.demo_support import console, ferry, fresh_guest, step, wait_hosts
-from lab.errors import LabError
-from lab.lab import Lab, agent_role
+from ferry.lab.demo_support import console, ferry, fresh_guest, step, wait_hosts
+from ferry.lab.errors import LabError
+from ferry.lab.lab import Lab, agent_role
 
 
 def run(lab: Lab, keep: bool) -> None:

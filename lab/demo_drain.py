@@ -9,16 +9,16 @@ from pathlib import Path
 import msgspec
 import nats
 
-from agent.probes import install_probe
-from coordinator.session_history import max_overlap
-from lab.demo_support import console, ferry, fresh_guest, step, wait_hosts
-from lab.errors import LabError
-from lab.lab import Lab
-from proto import subjects
-from proto.codec import Decoder
-from proto.drain import Drain, ItemState
-from proto.errors import FerryError
-from proto.events import (
+from ferry.agent.probes import install_probe
+from ferry.coordinator.session_history import max_overlap
+from ferry.lab.demo_support import console, ferry, fresh_guest, step, wait_hosts
+from ferry.lab.errors import LabError
+from ferry.lab.lab import Lab
+from ferry.proto import subjects
+from ferry.proto.codec import Decoder
+from ferry.proto.drain import Drain, ItemState
+from ferry.proto.errors import FerryError
+from ferry.proto.events import (
     CoordinatorEvent,
     DrainFinished,
     DrainGaveUp,
@@ -34,8 +34,8 @@ from proto.events import (
     SessionWaiting,
     VmPlaced,
 )
-from proto.host import HealthState
-from proto.session import Session, SessionState
+from ferry.proto.host import HealthState
+from ferry.proto.session import Session, SessionState
 
 # Name stems of the small guests the drain and evacuation steps start (cache-1, ...).
 DRAIN_GUESTS = "cache"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from lab.errors import LabError
-from lab.lab import Lab
+from ferry.lab.errors import LabError
+from ferry.lab.lab import Lab
 
 console = Console()
 FERRY = str(Path(sys.executable).parent / "ferry")

@@ -7,10 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from lab import configs, processes
-from lab.errors import LabError
-from lab.layout import HostLayout, LabLayout
-from lab.processes import ProcessRef
+from ferry.lab import configs, processes
+from ferry.lab.errors import LabError
+from ferry.lab.layout import HostLayout, LabLayout
+from ferry.lab.processes import ProcessRef
 
 # A daemon still alive this long after start is taken as started; one with a
 # broken config or import dies well within it.

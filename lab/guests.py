@@ -19,10 +19,10 @@ from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
 
-from lab.errors import LabError
-from lab.image import GuestImage
-from lab.layout import CONSOLE_PATH, IMAGES_PATH, HostLayout, LabLayout
-from lab.libvirt_conn import open_host
+from ferry.lab.errors import LabError
+from ferry.lab.image import GuestImage
+from ferry.lab.layout import CONSOLE_PATH, IMAGES_PATH, HostLayout, LabLayout
+from ferry.lab.libvirt_conn import open_host
 
 DiskKind = Literal["shared", "local", "none"]
 DISK_KINDS: tuple[DiskKind, ...] = ("shared", "local", "none")

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import libvirt
 
-from lab import configs, processes
-from lab.errors import LabError
-from lab.libvirt_conn import open_host, quiet_libvirt
-from lab.layout import CONSOLE_PATH, IMAGES_PATH, PRIVATE_PATHS, HostLayout
-from lab.processes import ProcessRef
+from ferry.lab import configs, processes
+from ferry.lab.errors import LabError
+from ferry.lab.libvirt_conn import open_host, quiet_libvirt
+from ferry.lab.layout import CONSOLE_PATH, IMAGES_PATH, PRIVATE_PATHS, HostLayout
+from ferry.lab.processes import ProcessRef
 
 READY_TIMEOUT = 30.0
 

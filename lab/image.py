@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.errors import LabError
-from lab.initramfs import INIT_SCRIPT, guest_initramfs
-from lab.prereqs import busybox_path, is_static_elf
+from ferry.lab.errors import LabError
+from ferry.lab.initramfs import INIT_SCRIPT, guest_initramfs
+from ferry.lab.prereqs import busybox_path, is_static_elf
 
 KERNEL_PACKAGE = re.compile(r"^linux-image-6\.1\.0-(\d+)-amd64(-unsigned)?$")
 # A kernel file given by hand wins over the download (offline machines).

@@ -19,12 +19,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab import certs, ferry_services, hosts, processes
-from lab.continuity import ContinuityReport, console_log_times, guest_continuity, last_tick_on, read_console_logs
-from lab.errors import LabError
-from lab.guests import DiskKind, GuestInfo, GuestSpec, create_guest, delete_guest, list_guests
-from lab.image import GuestImage, ensure_guest_image
-from lab.layout import (
+from ferry.lab import certs, ferry_services, hosts, processes
+from ferry.lab.continuity import ContinuityReport, console_log_times, guest_continuity, last_tick_on, read_console_logs
+from ferry.lab.errors import LabError
+from ferry.lab.guests import DiskKind, GuestInfo, GuestSpec, create_guest, delete_guest, list_guests
+from ferry.lab.image import GuestImage, ensure_guest_image
+from ferry.lab.layout import (
     DEFAULT_ADDRESS_BASE,
     DEFAULT_CACHE_DIR,
     DEFAULT_DIR,
@@ -33,12 +33,12 @@ from lab.layout import (
     HostLayout,
     LabLayout,
 )
-from lab.lost_writes import lost_write_signs
-from lab.nats import NATS_HOST, free_port, nats_url, start_nats
-from lab.prereqs import check_programs, check_root
-from lab.processes import ProcessRef
-from lab.residency import Residency, residency
-from lab.state import LabState, load_state, save_state
+from ferry.lab.lost_writes import lost_write_signs
+from ferry.lab.nats import NATS_HOST, free_port, nats_url, start_nats
+from ferry.lab.prereqs import check_programs, check_root
+from ferry.lab.processes import ProcessRef
+from ferry.lab.residency import Residency, residency
+from ferry.lab.state import LabState, load_state, save_state
 
 NATS_ROLE = "nats-server"
 COORDINATOR_ROLE = "coordinator"

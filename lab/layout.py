@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from lab.errors import LabError
+from ferry.lab.errors import LabError
 
 DEFAULT_DIR = Path("/var/tmp/ferry-lab")
 # The guest image is shared by all labs on the machine: building it downloads a kernel.

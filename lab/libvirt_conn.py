@@ -11,8 +11,8 @@ from contextlib import contextmanager
 
 import libvirt
 
-from lab.errors import LabError
-from lab.layout import HostLayout
+from ferry.lab.errors import LabError
+from ferry.lab.layout import HostLayout
 
 _quiet = False
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from lab.continuity import parse_console
+from ferry.lab.continuity import parse_console
 
 # What a crashing Linux guest prints on its console.
 CRASH_MARKERS = ("Kernel panic", "BUG: ", "Oops: ", "general protection fault", "invalid opcode: ")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import socket
 import time
 
-from lab import processes
-from lab.errors import LabError
-from lab.layout import LabLayout
-from lab.prereqs import nats_server_path
-from lab.processes import ProcessRef
+from ferry.lab import processes
+from ferry.lab.errors import LabError
+from ferry.lab.layout import LabLayout
+from ferry.lab.prereqs import nats_server_path
+from ferry.lab.processes import ProcessRef
 
 NATS_HOST = "127.0.0.1"
 

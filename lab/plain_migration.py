@@ -15,10 +15,10 @@ from pathlib import Path
 
 import libvirt
 
-from lab.errors import LabError
-from lab.guests import create_disk_like
-from lab.layout import HostLayout, LabLayout
-from lab.libvirt_conn import open_host
+from ferry.lab.errors import LabError
+from ferry.lab.guests import create_disk_like
+from ferry.lab.layout import HostLayout, LabLayout
+from ferry.lab.libvirt_conn import open_host
 
 BASE_FLAGS = (
     libvirt.VIR_MIGRATE_LIVE

@@ -8,7 +8,7 @@ import struct
 import sys
 from pathlib import Path
 
-from lab.errors import LabError
+from ferry.lab.errors import LabError
 
 # Program -> Debian package that provides it.
 REQUIRED_PROGRAMS = {

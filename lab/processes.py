@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from lab.errors import LabError
+from ferry.lab.errors import LabError
 
 
 class ProcessRef(msgspec.Struct, frozen=True):

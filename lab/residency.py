@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import libvirt
 
-from lab.errors import LabError
-from lab.layout import HostLayout, LabLayout
-from lab.libvirt_conn import open_host
+from ferry.lab.errors import LabError
+from ferry.lab.layout import HostLayout, LabLayout
+from ferry.lab.libvirt_conn import open_host
 
 
 @dataclass(frozen=True)

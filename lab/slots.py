@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.errors import LabError
-from lab.lab import Lab, sweep_namespaces
-from lab.layout import STATE_FILE_NAME
+from ferry.lab.errors import LabError
+from ferry.lab.lab import Lab, sweep_namespaces
+from ferry.lab.layout import STATE_FILE_NAME
 
 DEFAULT_PREFIX = Path("/var/tmp/ferry-lab-slot")
 # Away from the hand-started lab's 127.0.10.N.

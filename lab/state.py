@@ -11,8 +11,8 @@ from pathlib import Path
 
 import msgspec
 
-from lab.errors import LabError
-from lab.processes import ProcessRef
+from ferry.lab.errors import LabError
+from ferry.lab.processes import ProcessRef
 
 STATE_VERSION = 1
 

@@ -9,10 +9,10 @@ from typing import Annotated
 
 import msgspec
 
-from proto.convergence import PolicyAction
-from proto.host import Versions
-from proto.names import HostName, NonNegative, SessionId, VmName
-from proto.session import MiBps, MigrateOptions, Outcome, Progress
+from ferry.proto.convergence import PolicyAction
+from ferry.proto.host import Versions
+from ferry.proto.names import HostName, NonNegative, SessionId, VmName
+from ferry.proto.session import MiBps, MigrateOptions, Outcome, Progress
 
 LeaseSeconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
 

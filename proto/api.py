@@ -5,10 +5,10 @@ from typing import Annotated
 
 import msgspec
 
-from proto.convergence import Prediction
-from proto.host import Capacity, HealthCheck, HealthState, Versions, VmInfo
-from proto.names import HostName, NonNegative, SessionId, VmName
-from proto.session import MiBps, MigrateOptions, Session
+from ferry.proto.convergence import Prediction
+from ferry.proto.host import Capacity, HealthCheck, HealthState, Versions, VmInfo
+from ferry.proto.names import HostName, NonNegative, SessionId, VmName
+from ferry.proto.session import MiBps, MigrateOptions, Session
 
 
 class HostState(enum.StrEnum):

@@ -4,7 +4,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from proto.errors import ErrorCode, ErrorReply, FerryError
+from ferry.proto.errors import ErrorCode, ErrorReply, FerryError
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import msgspec
 
-from proto.progress import Progress
+from ferry.proto.progress import Progress
 
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=86_400)]
 

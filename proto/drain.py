@@ -9,9 +9,9 @@ from typing import Annotated
 
 import msgspec
 
-from proto.convergence import Prediction
-from proto.names import HostName, NonNegative, SessionId, VmName
-from proto.session import Priority
+from ferry.proto.convergence import Prediction
+from ferry.proto.names import HostName, NonNegative, SessionId, VmName
+from ferry.proto.session import Priority
 
 
 class DrainState(enum.StrEnum):

@@ -3,9 +3,9 @@ coordinator decided (`ferry.coordinator.event`). One tagged union each."""
 
 import msgspec
 
-from proto.host import HealthCheck, HealthState
-from proto.names import HostName, SessionId, VmName
-from proto.session import SessionState
+from ferry.proto.host import HealthCheck, HealthState
+from ferry.proto.names import HostName, SessionId, VmName
+from ferry.proto.session import SessionState
 
 
 class HealthChanged(msgspec.Struct, frozen=True, tag="health_changed"):

@@ -5,7 +5,7 @@ import re
 
 import msgspec
 
-from proto.names import HostName, NonNegative, Seconds, VmName
+from ferry.proto.names import HostName, NonNegative, Seconds, VmName
 
 
 class HealthState(enum.StrEnum):

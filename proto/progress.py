@@ -2,7 +2,7 @@
 
 import msgspec
 
-from proto.names import NonNegative
+from ferry.proto.names import NonNegative
 
 
 class Progress(msgspec.Struct, frozen=True):

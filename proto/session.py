@@ -5,9 +5,9 @@ from typing import Annotated
 
 import msgspec
 
-from proto.convergence import PolicyAction, Prediction
-from proto.names import HostName, NonNegative, SessionId, VmName
-from proto.progress import Progress
+from ferry.proto.convergence import PolicyAction, Prediction
+from ferry.proto.names import HostName, NonNegative, SessionId, VmName
+from ferry.proto.progress import Progress
 
 
 class SessionState(enum.StrEnum):

@@ -1,6 +1,6 @@
 """Subject names. Everything an agent publishes is under its own host name."""
 
-from proto.names import HostName
+from ferry.proto.names import HostName
 
 PREFIX = "ferry"
 

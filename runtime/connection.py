@@ -9,7 +9,7 @@ import nats
 import structlog
 from nats.aio.client import Client
 
-from runtime.config import NatsSettings
+from ferry.runtime.config import NatsSettings
 
 
 def _tls_context(settings: NatsSettings) -> ssl.SSLContext | None:

@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 
 import structlog
 
-from runtime import logs
-from runtime.config import ConfigError, load_toml
+from ferry.runtime import logs
+from ferry.runtime.config import ConfigError, load_toml
 
 C = TypeVar("C")
 

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 
 from nats.micro.request import Request
 
-from proto.codec import Decoder, encode
-from proto.errors import ErrorCode, FerryError
+from ferry.proto.codec import Decoder, encode
+from ferry.proto.errors import ErrorCode, FerryError
 
 Req = TypeVar("Req")
 

@@ -2,8 +2,8 @@
 
 from pathlib import Path, PurePosixPath
 
-from agent.config import AgentConfig
-from agent.hypervisor.base import (
+from ferry.agent.config import AgentConfig
+from ferry.agent.hypervisor.base import (
     Hypervisor,
     HypervisorUnavailable,
     JobStats,
@@ -13,7 +13,7 @@ from agent.hypervisor.base import (
     NodeFacts,
     VmNotFound,
 )
-from agent.hypervisor.disks import DiskError, ImagesFolder
+from ferry.agent.hypervisor.disks import DiskError, ImagesFolder
 
 __all__ = [
     "DiskError",
@@ -33,10 +33,10 @@ __all__ = [
 def open_hypervisor(config: AgentConfig) -> Hypervisor:
     settings = config.hypervisor
     if settings.backend == "simulated":
-        from agent.hypervisor.simulated import SimulatedHypervisor
+        from ferry.agent.hypervisor.simulated import SimulatedHypervisor
 
         return SimulatedHypervisor(config.host, settings.simulated)
-    from agent.hypervisor.libvirt_backend import LibvirtHypervisor
+    from ferry.agent.hypervisor.libvirt_backend import LibvirtHypervisor
 
     images = ImagesFolder(
         host_dir=Path(config.images_dir),

@@ -3,8 +3,8 @@
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from proto.agent import DiskInfo, VmDescription
-from proto.host import VmInfo, VmState
+from ferry.proto.agent import DiskInfo, VmDescription
+from ferry.proto.host import VmInfo, VmState
 
 
 class HypervisorUnavailable(Exception):

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from proto.agent import DiskInfo
+from ferry.proto.agent import DiskInfo
 
 
 class DiskError(Exception):

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import libvirt
 
-from agent.hypervisor.base import (
+from ferry.agent.hypervisor.base import (
     HypervisorUnavailable,
     JobStats,
     MeasurementFailed,
@@ -25,9 +25,9 @@ from agent.hypervisor.base import (
     VmNotFound,
     version_string,
 )
-from agent.hypervisor.disks import ImagesFolder, create_image, remove_image
-from proto.agent import DiskInfo, VmDescription
-from proto.host import VmInfo, VmState
+from ferry.agent.hypervisor.disks import ImagesFolder, create_image, remove_image
+from ferry.proto.agent import DiskInfo, VmDescription
+from ferry.proto.host import VmInfo, VmState
 
 T = TypeVar("T")
 

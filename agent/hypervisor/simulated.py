@@ -18,8 +18,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from agent.config import SimulatedHost
-from agent.hypervisor.base import (
+from ferry.agent.config import SimulatedHost
+from ferry.agent.hypervisor.base import (
     JobStats,
     MeasurementFailed,
     MigrationFailed,
@@ -27,8 +27,8 @@ from agent.hypervisor.base import (
     NodeFacts,
     VmNotFound,
 )
-from proto.agent import DiskInfo, VmDescription
-from proto.host import VmInfo, VmState
+from ferry.proto.agent import DiskInfo, VmDescription
+from ferry.proto.host import VmInfo, VmState
 
 STEP_SECONDS = 0.05
 MIB = 1024 * 1024

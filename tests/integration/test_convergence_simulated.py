@@ -6,11 +6,11 @@ policies against real guests (tests/lab/test_convergence.py)."""
 import msgspec
 import pytest
 
-from proto.api import MigrateRequest
-from proto.convergence import ActionKind
-from proto.drain import DrainReply
-from proto.errors import FerryError
-from proto.session import MigrateOptions, SessionState
+from ferry.proto.api import MigrateRequest
+from ferry.proto.convergence import ActionKind
+from ferry.proto.drain import DrainReply
+from ferry.proto.errors import FerryError
+from ferry.proto.session import MigrateOptions, SessionState
 from tests.support.cluster import connect_client, wait_hosts_up
 from tests.support.ferry_cli import ferry
 from tests.support.processes import coordinator_toml, simulated_agent_toml

@@ -4,11 +4,11 @@ proven in tests/lab; these check the coordinator's decisions."""
 
 import pytest
 
-from coordinator.session_history import max_overlap
-from proto.api import MigrateRequest
-from proto.drain import DrainRequest, DrainState, ItemState
-from proto.limits import LimitsRequest
-from proto.session import MigrateOptions, SessionOrigin, SessionState
+from ferry.coordinator.session_history import max_overlap
+from ferry.proto.api import MigrateRequest
+from ferry.proto.drain import DrainRequest, DrainState, ItemState
+from ferry.proto.limits import LimitsRequest
+from ferry.proto.session import MigrateOptions, SessionOrigin, SessionState
 from tests.support.cluster import (
     CoordinatorEvents,
     connect_client,

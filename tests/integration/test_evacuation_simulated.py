@@ -5,11 +5,11 @@ reported and never evacuated. The lab proves the same evacuation with real guest
 
 import pytest
 
-from agent.probes import install_probe
-from proto.api import MigrateRequest
-from proto.drain import DrainRequest, DrainState, ItemState
-from proto.errors import FerryError
-from proto.session import SessionOrigin, SessionState
+from ferry.agent.probes import install_probe
+from ferry.proto.api import MigrateRequest
+from ferry.proto.drain import DrainRequest, DrainState, ItemState
+from ferry.proto.errors import FerryError
+from ferry.proto.session import SessionOrigin, SessionState
 from tests.support.cluster import (
     CoordinatorEvents,
     connect_client,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.session_history import max_overlap
-from proto.api import MigrateRequest, SessionsRequest
-from proto.drain import DrainRequest, DrainState, ItemState
-from proto.session import SessionState
+from ferry.coordinator.session_history import max_overlap
+from ferry.proto.api import MigrateRequest, SessionsRequest
+from ferry.proto.drain import DrainRequest, DrainState, ItemState
+from ferry.proto.session import SessionState
 from tests.support.cluster import connect_client, vms_by_host
 from tests.support.fleet import write_fleet
 from tests.support.processes import coordinator_toml

@@ -8,11 +8,11 @@ import time
 import nats
 import pytest
 
-from coordinator.client import FerryClient
-from proto.api import HostState
-from proto.codec import Decoder
-from proto.errors import ErrorReply
-from runtime.config import NatsSettings
+from ferry.cli.client import FerryClient
+from ferry.proto.api import HostState
+from ferry.proto.codec import Decoder
+from ferry.proto.errors import ErrorReply
+from ferry.runtime.config import NatsSettings
 from tests.support.processes import coordinator_toml, script, simulated_agent_toml
 from tests.support.waiting import eventually
 

@@ -6,10 +6,10 @@ import json
 import nats
 import pytest
 
-from agent.probes import install_probe
-from proto.codec import Decoder
-from proto.events import HealthChanged
-from proto.host import HealthCheck, HealthState, HostStatus
+from ferry.agent.probes import install_probe
+from ferry.proto.codec import Decoder
+from ferry.proto.events import HealthChanged
+from ferry.proto.host import HealthCheck, HealthState, HostStatus
 from tests.support.processes import simulated_agent_toml
 
 pytestmark = pytest.mark.integration

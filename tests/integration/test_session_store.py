@@ -6,11 +6,11 @@ import msgspec
 import nats
 import pytest
 
-from coordinator.kv import TypedBucket, open_bucket
-from coordinator.session_store import SessionStore
-from coordinator.transitions import advance
-from proto.errors import FerryError
-from proto.session import MigrateOptions, Session, SessionState
+from ferry.coordinator.kv import TypedBucket, open_bucket
+from ferry.coordinator.session_store import SessionStore
+from ferry.coordinator.transitions import advance
+from ferry.proto.errors import FerryError
+from ferry.proto.session import MigrateOptions, Session, SessionState
 
 pytestmark = pytest.mark.integration
 

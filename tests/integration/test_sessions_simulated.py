@@ -7,9 +7,9 @@ import asyncio
 import nats
 import pytest
 
-from proto.api import MigrateRequest
-from proto.errors import FerryError
-from proto.session import MigrateOptions, SessionState
+from ferry.proto.api import MigrateRequest
+from ferry.proto.errors import FerryError
+from ferry.proto.session import MigrateOptions, SessionState
 from tests.support.cluster import connect_client, vms_by_host, wait_hosts_up
 from tests.support.processes import coordinator_toml, simulated_agent_toml
 from tests.support.waiting import eventually, session_end

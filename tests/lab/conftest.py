@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.errors import LabError
-from lab.lab import Lab
-from lab.slots import LabSlot, claim_slot, clear_slot
+from ferry.lab.errors import LabError
+from ferry.lab.lab import Lab
+from ferry.lab.slots import LabSlot, claim_slot, clear_slot
 from tests.support.lost_write_reruns import pytest_collection_modifyitems, pytest_runtest_call  # noqa: F401 (hooks)
 
 SESSION_HOSTS = 3

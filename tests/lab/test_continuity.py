@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lab.continuity import check_continuity, parse_console
+from ferry.lab.continuity import check_continuity, parse_console
 
 A, B = "7fb6f967", "0c1d2e3f"
 

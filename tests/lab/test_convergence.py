@@ -8,10 +8,10 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from lab.lab import Lab
-from proto.api import PlanReply
-from proto.convergence import ActionKind
-from proto.session import SessionState
+from ferry.lab.lab import Lab
+from ferry.proto.api import PlanReply
+from ferry.proto.convergence import ActionKind
+from ferry.proto.session import SessionState
 from tests.support.ferry_cli import ferry
 from tests.support.guests import assert_moved_intact
 

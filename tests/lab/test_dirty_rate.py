@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
-from agent.config import AgentConfig, HypervisorSettings
-from agent.hypervisor import MeasurementFailed, VmNotFound, open_hypervisor
-from lab.layout import IMAGES_PATH
+from ferry.agent.config import AgentConfig, HypervisorSettings
+from ferry.agent.hypervisor import MeasurementFailed, VmNotFound, open_hypervisor
+from ferry.lab.layout import IMAGES_PATH
 
 pytestmark = pytest.mark.lab
 

@@ -9,17 +9,17 @@ import time
 import nats
 import pytest
 
-from agent.probes import install_probe
-from coordinator.client import FerryClient
-from coordinator.session_history import max_overlap
-from lab.lab import Lab
-from proto import subjects
-from proto.codec import Decoder
-from proto.drain import DrainState, ItemState
-from proto.errors import FerryError
-from proto.events import CoordinatorEvent, DrainStarted, EvacuationPending, VmPlaced
-from proto.host import HealthState
-from proto.session import SessionOrigin, SessionState
+from ferry.agent.probes import install_probe
+from ferry.cli.client import FerryClient
+from ferry.coordinator.session_history import max_overlap
+from ferry.lab.lab import Lab
+from ferry.proto import subjects
+from ferry.proto.codec import Decoder
+from ferry.proto.drain import DrainState, ItemState
+from ferry.proto.errors import FerryError
+from ferry.proto.events import CoordinatorEvent, DrainStarted, EvacuationPending, VmPlaced
+from ferry.proto.host import HealthState
+from ferry.proto.session import SessionOrigin, SessionState
 from tests.support.ferry_cli import ferry
 from tests.support.guests import assert_moved_intact, client_for
 from tests.support.waiting import eventually

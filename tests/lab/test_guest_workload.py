@@ -7,8 +7,8 @@ import time
 import libvirt
 import pytest
 
-from lab.lab import Lab
-from lab.libvirt_conn import open_host
+from ferry.lab.lab import Lab
+from ferry.lab.libvirt_conn import open_host
 
 pytestmark = pytest.mark.lab
 

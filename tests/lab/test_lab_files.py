@@ -14,14 +14,14 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from lab import configs, ferry_services
-from lab.certs import ensure_pki
-from lab.errors import LabError
-from lab.guests import GuestSpec, domain_xml
-from lab.image import GuestImage, kernel_candidates
-from lab.initramfs import guest_initramfs
-from lab.layout import LabLayout
-from lab.prereqs import check_programs, is_static_elf
+from ferry.lab import configs, ferry_services
+from ferry.lab.certs import ensure_pki
+from ferry.lab.errors import LabError
+from ferry.lab.guests import GuestSpec, domain_xml
+from ferry.lab.image import GuestImage, kernel_candidates
+from ferry.lab.initramfs import guest_initramfs
+from ferry.lab.layout import LabLayout
+from ferry.lab.prereqs import check_programs, is_static_elf
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_agent_and_coordinator_configs(layout: LabLayout) -> None:
 
 
 def test_the_agent_reads_the_lab_agent_config(layout: LabLayout) -> None:
-    agent_config = pytest.importorskip("agent.config")
+    agent_config = pytest.importorskip("ferry.agent.config")
     import msgspec
 
     text = configs.agent_toml(layout.host("hv1"), "nats://127.0.0.1:4333")

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from lab.errors import LabError
-from lab.guests import GuestSpec, domain_xml
-from lab.lab import Lab
-from lab.layout import IMAGES_PATH
-from lab.libvirt_conn import open_host
-from lab.plain_migration import MigrationOptions, migrate
+from ferry.lab.errors import LabError
+from ferry.lab.guests import GuestSpec, domain_xml
+from ferry.lab.lab import Lab
+from ferry.lab.layout import IMAGES_PATH
+from ferry.lab.libvirt_conn import open_host
+from ferry.lab.plain_migration import MigrationOptions, migrate
 from tests.support.disks import assert_disk_holds
 
 pytestmark = pytest.mark.lab

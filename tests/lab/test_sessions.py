@@ -12,12 +12,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from lab.lab import Lab
-from lab.layout import IMAGES_PATH
-from proto import subjects
-from proto.agent import SessionProgress, SessionUpdate
-from proto.api import MigrateRequest
-from proto.session import MigrateOptions, SessionState
+from ferry.lab.lab import Lab
+from ferry.lab.layout import IMAGES_PATH
+from ferry.proto import subjects
+from ferry.proto.agent import SessionProgress, SessionUpdate
+from ferry.proto.api import MigrateRequest
+from ferry.proto.session import MigrateOptions, SessionState
 from tests.support.disks import assert_disk_holds
 from tests.support.ferry_cli import ferry
 from tests.support.guests import (

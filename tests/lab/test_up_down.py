@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from lab import processes
-from lab.slots import LabSlot, claim_slot, clear_slot
+from ferry.lab import processes
+from ferry.lab.slots import LabSlot, claim_slot, clear_slot
 
-CLI = [sys.executable, "-m", "lab.cli"]
+CLI = [sys.executable, "-m", "ferry.lab.cli"]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -46,7 +46,7 @@ def lab_leftovers(slot: LabSlot) -> list[str]:
         if pid == os.getpid() or processes.start_time_of(pid) is None:
             continue
         cmdline = " ".join(processes.cmdline_of(pid))
-        if any(mark in cmdline for mark in marks) and "lab.cli" not in cmdline:
+        if any(mark in cmdline for mark in marks) and "ferry.lab.cli" not in cmdline:
             found.append(f"process {pid}: {cmdline[:120]}")
     found += [f"process {pid} inside a lab namespace" for pid in processes.pids_with_mounts_from(slot.dir)]
     with open("/proc/mounts") as mounts:

@@ -5,12 +5,12 @@ from collections.abc import Iterable
 
 import nats
 
-from coordinator.client import FerryClient
-from proto import subjects
-from proto.api import HostState
-from proto.codec import Decoder
-from proto.events import CoordinatorEvent
-from runtime.config import NatsSettings
+from ferry.cli.client import FerryClient
+from ferry.proto import subjects
+from ferry.proto.api import HostState
+from ferry.proto.codec import Decoder
+from ferry.proto.events import CoordinatorEvent
+from ferry.runtime.config import NatsSettings
 from tests.support.waiting import eventually
 
 

@@ -3,8 +3,8 @@
 import subprocess
 from pathlib import Path
 
-from lab.lab import Lab
-from lab.libvirt_conn import open_host
+from ferry.lab.lab import Lab
+from ferry.lab.libvirt_conn import open_host
 
 
 def assert_disk_holds(lab: Lab, host: str, guest: str, pattern: Path, image: Path) -> None:

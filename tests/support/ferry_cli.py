@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from proto.session import Session
+from ferry.proto.session import Session
 from tests.support.processes import script
 
 

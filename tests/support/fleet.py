@@ -15,11 +15,11 @@ from pathlib import Path
 
 import structlog
 
-from agent.config import AgentConfig
-from agent.daemon import Agent
-from agent.hypervisor import open_hypervisor
-from runtime import logs
-from runtime.config import ConfigError, load_toml
+from ferry.agent.config import AgentConfig
+from ferry.agent.daemon import Agent
+from ferry.agent.hypervisor import open_hypervisor
+from ferry.runtime import logs
+from ferry.runtime.config import ConfigError, load_toml
 from tests.support.processes import simulated_agent_toml
 
 

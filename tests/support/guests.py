@@ -4,9 +4,9 @@ The invariant every lab test proves: a VM runs in exactly one place, and a
 live migration never restarted it.
 """
 
-from coordinator.client import FerryClient
-from lab.lab import Lab
-from runtime.config import NatsSettings
+from ferry.cli.client import FerryClient
+from ferry.lab.lab import Lab
+from ferry.runtime.config import NatsSettings
 
 
 def assert_runs_only_on(lab: Lab, guest: str, host: str) -> None:

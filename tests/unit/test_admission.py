@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from coordinator.admission import (
+from ferry.coordinator.admission import (
     Admit,
     Queued,
     Refuse,
@@ -13,14 +13,14 @@ from coordinator.admission import (
     inbound_room,
     queue_order,
 )
-from coordinator.placement import (
+from ferry.coordinator.placement import (
     HostFacts,
     PlacementRules,
     VmDemand,
     available_memory_mib,
 )
-from proto.host import HealthState
-from proto.limits import Limits
+from ferry.proto.host import HealthState
+from ferry.proto.limits import Limits
 
 ROOMY = Limits(cluster=100, outbound_per_host=100, inbound_per_host=100)
 

@@ -1,13 +1,13 @@
 import pytest
 
-from agent.config import AgentConfig, HealthSettings, SimulatedHost, SimulatedVm
-from agent.health import DiskSpace, judge_disk, judge_share, probe_host
-from agent.hypervisor import HypervisorUnavailable, NodeFacts
-from agent.hypervisor.base import version_string
-from agent.hypervisor.simulated import SimulatedHypervisor
-from agent.status import Observation, build_status
-from proto.host import HealthCheck, HealthState, VmInfo, VmState
-from runtime.config import ConfigError, load_toml
+from ferry.agent.config import AgentConfig, HealthSettings, SimulatedHost, SimulatedVm
+from ferry.agent.health import DiskSpace, judge_disk, judge_share, probe_host
+from ferry.agent.hypervisor import HypervisorUnavailable, NodeFacts
+from ferry.agent.hypervisor.base import version_string
+from ferry.agent.hypervisor.simulated import SimulatedHypervisor
+from ferry.agent.status import Observation, build_status
+from ferry.proto.host import HealthCheck, HealthState, VmInfo, VmState
+from ferry.runtime.config import ConfigError, load_toml
 
 SETTINGS = HealthSettings(memory_warning_percent=10, memory_critical_percent=3)
 

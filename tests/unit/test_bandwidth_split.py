@@ -3,7 +3,7 @@ from collections import defaultdict
 
 import pytest
 
-from coordinator.bandwidth import Flow, split
+from ferry.coordinator.bandwidth import Flow, split
 
 
 def flow(session_id, source, dest, cap_mib=0) -> Flow:

@@ -20,11 +20,11 @@ from bench.convergence import (
     total_time_ratio,
     virsh_end,
 )
-from lab.residency import Residency
-from lab.state import LabState, save_state
-from proto.convergence import ActionKind, PolicyAction
-from proto.progress import Progress
-from proto.session import MigrateOptions, Outcome, Session, SessionState
+from ferry.lab.residency import Residency
+from ferry.lab.state import LabState, save_state
+from ferry.proto.convergence import ActionKind, PolicyAction
+from ferry.proto.progress import Progress
+from ferry.proto.session import MigrateOptions, Outcome, Session, SessionState
 
 
 def test_the_method_that_goes_first_alternates_by_round():

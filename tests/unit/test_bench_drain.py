@@ -13,9 +13,9 @@ from bench.drain import (
     peak_overlap,
     schedule,
 )
-from lab.residency import Residency
-from proto.drain import DrainState, ItemState
-from proto.session import MigrateOptions, Session, SessionState, Transition
+from ferry.lab.residency import Residency
+from ferry.proto.drain import DrainState, ItemState
+from ferry.proto.session import MigrateOptions, Session, SessionState, Transition
 
 
 def test_the_loop_sends_guests_to_the_targets_in_turn():

@@ -3,7 +3,7 @@ from collections import defaultdict
 
 import pytest
 
-from coordinator.drain_plan import (
+from ferry.coordinator.drain_plan import (
     PlannedMove,
     StartSession,
     new_drain,
@@ -12,16 +12,16 @@ from coordinator.drain_plan import (
     started,
     step,
 )
-from coordinator.placement import (
+from ferry.coordinator.placement import (
     HostFacts,
     PlacementRules,
     VmDemand,
     available_memory_mib,
 )
-from proto.drain import Drain, DrainItem, DrainState, ItemState
-from proto.events import DrainFinished, DrainGaveUp, DrainRetry
-from proto.host import HealthState
-from proto.session import MigrateOptions, Session, SessionCode, SessionState
+from ferry.proto.drain import Drain, DrainItem, DrainState, ItemState
+from ferry.proto.events import DrainFinished, DrainGaveUp, DrainRetry
+from ferry.proto.host import HealthState
+from ferry.proto.session import MigrateOptions, Session, SessionCode, SessionState
 
 # plan
 

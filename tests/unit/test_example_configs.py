@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from agent.config import AgentConfig
-from coordinator.config import CoordinatorConfig
-from runtime.config import load_toml
+from ferry.agent.config import AgentConfig
+from ferry.coordinator.config import CoordinatorConfig
+from ferry.runtime.config import load_toml
 
 SYSTEMD = Path(__file__).parents[2] / "systemd"
 

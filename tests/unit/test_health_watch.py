@@ -1,13 +1,13 @@
 import pytest
 
-from coordinator.health_watch import HealthWatch, failing_checks
-from proto.events import (
+from ferry.coordinator.health_watch import HealthWatch, failing_checks
+from ferry.proto.events import (
     EvacuationCalledOff,
     EvacuationPending,
     PlacementsResumed,
     PlacementsStopped,
 )
-from proto.host import HealthCheck, HealthState
+from ferry.proto.host import HealthCheck, HealthState
 
 OK, WARNING, CRITICAL = HealthState.OK, HealthState.WARNING, HealthState.CRITICAL
 DISK_FULL = [HealthCheck("disk", CRITICAL, "98% full"), HealthCheck("memory", OK)]

@@ -2,7 +2,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from agent.hypervisor import DiskError, ImagesFolder
+from ferry.agent.hypervisor import DiskError, ImagesFolder
 
 # The lab's shape: the hypervisor names /var/lib/libvirt/images, the agent sees it elsewhere.
 LAB = ImagesFolder(host_dir=Path("/srv/lab/hv1/images"), domain_dir=PurePosixPath("/var/lib/libvirt/images"))

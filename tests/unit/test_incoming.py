@@ -3,10 +3,10 @@ import dataclasses
 import msgspec
 import pytest
 
-from agent.hypervisor import NodeFacts
-from agent.incoming import IncomingFacts, Refusal, judge_incoming
-from proto.agent import VmDescription
-from proto.host import Versions, VmState
+from ferry.agent.hypervisor import NodeFacts
+from ferry.agent.incoming import IncomingFacts, Refusal, judge_incoming
+from ferry.proto.agent import VmDescription
+from ferry.proto.host import Versions, VmState
 
 VM = VmDescription(name="g1", uuid="u-1", vcpus=2, memory_mib=1024, arch="x86_64")
 SOURCE_VERSIONS = Versions(libvirt="9.0.0", qemu="7.2.0")

@@ -1,6 +1,6 @@
 """The signs that QEMU lost a lab guest's writes in a move: pure, from consoles and residency."""
 
-from lab.lost_writes import SILENT_SECONDS, lost_write_signs
+from ferry.lab.lost_writes import SILENT_SECONDS, lost_write_signs
 
 BOOTED = "ferry-boot 19d2557b dirty_mb=24 fill_mb=0\nferry-tick 1 1.82 19d2557b\nferry-tick 2 2.83 19d2557b\n"
 PANIC = (

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from coordinator.placement import (
+from ferry.coordinator.placement import (
     HostFacts,
     PlacementRules,
     VmDemand,
@@ -11,7 +11,7 @@ from coordinator.placement import (
     reject_reason,
     version_tuple,
 )
-from proto.host import HealthState
+from ferry.proto.host import HealthState
 
 VM = VmDemand(name="g1", source="hv1", vcpus=2, memory_mib=1024, libvirt_version="9.0.0", qemu_version="7.2.0")
 

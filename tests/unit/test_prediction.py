@@ -1,7 +1,7 @@
 import pytest
 
-from coordinator.prediction import MAX_ITERATIONS, predict
-from proto.convergence import POLICIES, Policy
+from ferry.coordinator.prediction import MAX_ITERATIONS, predict
+from ferry.proto.convergence import POLICIES, Policy
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

@@ -7,17 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import HealthSettings, SimulatedHost
-from agent.health import probe_host
-from agent.hypervisor.simulated import SimulatedHypervisor
-from agent.probes import (
+from ferry.agent.config import HealthSettings, SimulatedHost
+from ferry.agent.health import probe_host
+from ferry.agent.hypervisor.simulated import SimulatedHypervisor
+from ferry.agent.probes import (
     MAX_MESSAGE_CHARS,
     install_probe,
     judge_plugin,
     list_probes,
     run_probes,
 )
-from proto.host import HealthCheck, HealthState
+from ferry.proto.host import HealthCheck, HealthState
 
 OK, WARNING, CRITICAL = HealthState.OK, HealthState.WARNING, HealthState.CRITICAL
 

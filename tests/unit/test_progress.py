@@ -1,7 +1,7 @@
 import pytest
 
-from agent.progress import outcome_from_stats, percent_done, progress_from_stats
-from proto.session import Outcome, Progress
+from ferry.agent.progress import outcome_from_stats, percent_done, progress_from_stats
+from ferry.proto.session import Outcome, Progress
 
 MIB = 1024 * 1024
 

@@ -1,12 +1,12 @@
 import msgspec
 import pytest
 
-from proto import subjects
-from proto.api import HostsReply, HostsRequest
-from proto.codec import Decoder, ReplyDecoder, encode
-from proto.errors import ErrorCode, ErrorReply, FerryError
-from proto.host import Capacity, HealthState, HostStatus, VmInfo
-from proto.names import HostName, VmName
+from ferry.proto import subjects
+from ferry.proto.api import HostsReply, HostsRequest
+from ferry.proto.codec import Decoder, ReplyDecoder, encode
+from ferry.proto.errors import ErrorCode, ErrorReply, FerryError
+from ferry.proto.host import Capacity, HealthState, HostStatus, VmInfo
+from ferry.proto.names import HostName, VmName
 
 
 class Named(msgspec.Struct):

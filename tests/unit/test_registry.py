@@ -1,10 +1,10 @@
 import msgspec
 import pytest
 
-from coordinator.registry import Registry
-from proto.api import HostState
-from proto.events import HostAppeared, HostLost, HostReturned
-from proto.host import Capacity, HostStatus
+from ferry.coordinator.registry import Registry
+from ferry.proto.api import HostState
+from ferry.proto.events import HostAppeared, HostLost, HostReturned
+from ferry.proto.host import Capacity, HostStatus
 
 
 def status(host="hv1", seq=1, boot="b1", interval=2.0, vcpus_used=0) -> HostStatus:

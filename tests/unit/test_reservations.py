@@ -1,7 +1,7 @@
 import pytest
 
-from agent.reservations import Reservation, ReservationBook
-from proto.agent import Offer, VmDescription
+from ferry.agent.reservations import Reservation, ReservationBook
+from ferry.proto.agent import Offer, VmDescription
 
 
 def reservation(session_id="sess01", vm="g1", memory_mib=1024, vcpus=2, expires_at=100.0, **kw) -> Reservation:

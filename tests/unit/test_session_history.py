@@ -1,5 +1,5 @@
-from coordinator.session_history import admitted_spans, max_overlap
-from proto.session import MigrateOptions, Session, SessionState, Transition
+from ferry.coordinator.session_history import admitted_spans, max_overlap
+from ferry.proto.session import MigrateOptions, Session, SessionState, Transition
 
 S = SessionState
 

@@ -1,8 +1,8 @@
 import msgspec
 import pytest
 
-from coordinator.placement import PlacementRules
-from coordinator.session_rules import (
+from ferry.coordinator.placement import PlacementRules
+from ferry.coordinator.session_rules import (
     check_named_dest,
     demand_of,
     find_source,
@@ -10,11 +10,11 @@ from coordinator.session_rules import (
     reported_demand,
     rules_for,
 )
-from proto.agent import DiskInfo, VmDescription
-from proto.api import HostState, HostView
-from proto.errors import ErrorCode, FerryError
-from proto.host import Capacity, HealthState, Versions, VmInfo, VmState
-from proto.session import Demand, MigrateOptions, Session, SessionState, StorageMode
+from ferry.proto.agent import DiskInfo, VmDescription
+from ferry.proto.api import HostState, HostView
+from ferry.proto.errors import ErrorCode, FerryError
+from ferry.proto.host import Capacity, HealthState, Versions, VmInfo, VmState
+from ferry.proto.session import Demand, MigrateOptions, Session, SessionState, StorageMode
 
 
 def vm(name="g1", state=VmState.RUNNING, vcpus=2, memory_mib=1024) -> VmInfo:

@@ -3,17 +3,17 @@ import uuid
 
 import pytest
 
-from agent.config import SimulatedHost, SimulatedVm
-from agent.hypervisor import (
+from ferry.agent.config import SimulatedHost, SimulatedVm
+from ferry.agent.hypervisor import (
     MeasurementFailed,
     MigrationFailed,
     MigrationPlan,
     VmNotFound,
 )
-from agent.hypervisor.simulated import SimulatedHypervisor
-from agent.progress import progress_from_stats
-from proto.agent import VmDescription
-from proto.host import VmInfo, VmState
+from ferry.agent.hypervisor.simulated import SimulatedHypervisor
+from ferry.agent.progress import progress_from_stats
+from ferry.proto.agent import VmDescription
+from ferry.proto.host import VmInfo, VmState
 
 MIB = 1024 * 1024
 # 640 MiB/s moves 32 MiB per 50 ms step: a 32 MiB guest migrates in one step.

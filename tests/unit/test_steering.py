@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable, Iterator
 import msgspec
 import pytest
 
-from agent.steering import Steering
-from proto.convergence import POLICIES, ActionKind, Policy, PolicyAction
-from proto.progress import Progress
+from ferry.agent.steering import Steering
+from ferry.proto.convergence import POLICIES, ActionKind, Policy, PolicyAction
+from ferry.proto.progress import Progress
 
 MIB = 1 << 20
 GIB = 1 << 30

@@ -2,9 +2,9 @@ import itertools
 
 import pytest
 
-from coordinator.transitions import ALLOWED, advance, can_move
-from proto.errors import FerryError
-from proto.session import MigrateOptions, Session, SessionState
+from ferry.coordinator.transitions import ALLOWED, advance, can_move
+from ferry.proto.errors import FerryError
+from ferry.proto.session import MigrateOptions, Session, SessionState
 
 S = SessionState
 

@@ -2,9 +2,9 @@
 
 from rich.console import Console
 
-from proto.api import PlanReply
-from proto.convergence import POLICIES, Prediction
-from proto.session import Session
+from ferry.proto.api import PlanReply
+from ferry.proto.convergence import POLICIES, Prediction
+from ferry.proto.session import Session
 
 MIB = 1024 * 1024
 

@@ -11,16 +11,16 @@ from rich.progress import BarColumn, TaskProgressColumn, TextColumn
 from rich.progress import Progress as Bar
 from rich.table import Table
 
-from coordinator import cli_convergence, cli_drain
-from coordinator.cli_output import print_json, say_error
-from coordinator.client import FerryClient
-from proto.api import HostsReply, HostState, HostView, MigrateRequest, SessionsRequest
-from proto.codec import Decoder, encode
-from proto.convergence import POLICIES
-from proto.errors import FerryError
-from proto.host import HealthState
-from proto.session import MigrateOptions, Progress, Session, SessionState, StorageMode
-from runtime.config import NatsSettings
+from ferry.cli import convergence as cli_convergence, drain as cli_drain
+from ferry.cli.output import print_json, say_error
+from ferry.cli.client import FerryClient
+from ferry.proto.api import HostsReply, HostState, HostView, MigrateRequest, SessionsRequest
+from ferry.proto.codec import Decoder, encode
+from ferry.proto.convergence import POLICIES
+from ferry.proto.errors import FerryError
+from ferry.proto.host import HealthState
+from ferry.proto.session import MigrateOptions, Progress, Session, SessionState, StorageMode
+from ferry.runtime.config import NatsSettings
 
 MIB = 1024 * 1024
 _MIGRATE_REQUEST = Decoder(MigrateRequest, "migrate request")

@@ -6,13 +6,13 @@ import asyncio
 from rich.console import Console
 from rich.table import Table
 
-from coordinator.cli_convergence import prediction_line
-from coordinator.cli_output import print_json, say_error
-from coordinator.client import FerryClient
-from proto.convergence import POLICIES
-from proto.drain import Drain, DrainRequest, DrainState, ItemState
-from proto.errors import ErrorCode, FerryError
-from proto.limits import LimitsRequest
+from ferry.cli.convergence import prediction_line
+from ferry.cli.output import print_json, say_error
+from ferry.cli.client import FerryClient
+from ferry.proto.convergence import POLICIES
+from ferry.proto.drain import Drain, DrainRequest, DrainState, ItemState
+from ferry.proto.errors import ErrorCode, FerryError
+from ferry.proto.limits import LimitsRequest
 
 FOLLOW_POLL_SECONDS = 0.5
 _ITEM_STYLE = {ItemState.MOVED: "green", ItemState.GAVE_UP: "red", ItemState.RETRYING: "yellow", ItemState.GONE: "dim"}

@@ -8,9 +8,9 @@ from typing import Any, TypeVar
 import nats.errors
 from nats.aio.client import Client
 
-from proto import subjects
-from proto.agent import SessionProgress, SessionUpdate
-from proto.api import (
+from ferry.proto import subjects
+from ferry.proto.agent import SessionProgress, SessionUpdate
+from ferry.proto.api import (
     BandwidthChange,
     CancelRequest,
     HostsReply,
@@ -22,8 +22,8 @@ from proto.api import (
     SessionsReply,
     SessionsRequest,
 )
-from proto.codec import Decoder, ReplyDecoder, encode
-from proto.drain import (
+from ferry.proto.codec import Decoder, ReplyDecoder, encode
+from ferry.proto.drain import (
     Drain,
     DrainReply,
     DrainRequest,
@@ -31,12 +31,12 @@ from proto.drain import (
     DrainsRequest,
     UndrainRequest,
 )
-from proto.errors import ErrorCode, FerryError
-from proto.events import CoordinatorEvent, SessionChanged
-from proto.limits import LimitsReply, LimitsRequest
-from proto.session import Progress, Session
-from runtime.config import NatsSettings
-from runtime.connection import connect_once
+from ferry.proto.errors import ErrorCode, FerryError
+from ferry.proto.events import CoordinatorEvent, SessionChanged
+from ferry.proto.limits import LimitsReply, LimitsRequest
+from ferry.proto.session import Progress, Session
+from ferry.runtime.config import NatsSettings
+from ferry.runtime.connection import connect_once
 
 T = TypeVar("T")
 

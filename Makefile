@@ -1,29 +1,23 @@
-# Every target installs what it needs, idempotently: a fresh Debian 12 root
+# Every target installs what it needs, idempotently: a fresh Debian 12 or 13 root
 # machine needs nothing but `make demo` or `make test`.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients \
-	qemu-system-x86 qemu-utils libvirt-dev pkg-config busybox-static cpio \
-	iproute2 procps util-linux
 # Stamp files make re-runs instant; they depend on what they were made from.
 APT_STAMP := $(VENV)/.apt-installed
 VENV_STAMP := $(VENV)/.installed
+# The libvirt version libvirt-python was last built against (rebuilt when it changes).
+LIBVIRT_PY_STAMP := $(VENV)/.libvirt-python-built-for
 
 .PHONY: all deps venv demo test test-unit test-integration test-lab bench bench-overhead bench-drain bench-convergence clean lab-down
 
 all: venv
 
 deps: $(APT_STAMP)
-$(APT_STAMP): Makefile
+$(APT_STAMP): Makefile lab/debian-packages.sh
 	@mkdir -p $(VENV)
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		echo "installing Debian packages:" $$missing; \
-		if [ "$$(id -u)" != 0 ]; then echo "need root to apt-get install:" $$missing >&2; exit 1; fi; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
-	fi
+	sh lab/debian-packages.sh
 	@touch $@
 
 venv: $(VENV_STAMP)
@@ -31,6 +25,12 @@ $(VENV_STAMP): $(APT_STAMP) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	@# pip reuses a wheel it built before, whatever libvirt it was built against.
+	@built=$$(cat $(LIBVIRT_PY_STAMP) 2>/dev/null); now=$$(pkg-config --modversion libvirt); \
+	if [ "$$built" != "$$now" ]; then \
+		echo "building libvirt-python against libvirt $$now"; \
+		$(BIN)/pip install -q --force-reinstall --no-cache-dir --no-deps libvirt-python && echo "$$now" > $(LIBVIRT_PY_STAMP); \
+	fi
 	@touch $@
 
 demo: venv

@@ -1,11 +1,13 @@
 """agent.toml: what one agent needs to know about its host."""
 
+import importlib.util
+import os
 from typing import Annotated, Literal
 
 import msgspec
 
 from ferry.proto.names import HostName, VmName
-from ferry.runtime.config import NatsSettings
+from ferry.runtime.config import NatsSettings, file_problem, nats_problems
 
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
 Percent = Annotated[float, msgspec.Meta(ge=0, le=100)]
@@ -20,6 +22,8 @@ class SimulatedVm(msgspec.Struct, frozen=True):
     # How fast the guest dirties its memory: what measure_dirty_rate reports, and what
     # a migration must copy again; at or above the migration speed it never converges.
     dirty_mib_per_s: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # libvirt networks its interfaces use: a host that defines none of them declines it.
+    networks: list[str] = []
 
 
 class SimulatedHost(msgspec.Struct, frozen=True):
@@ -38,6 +42,8 @@ class SimulatedHost(msgspec.Struct, frozen=True):
     # Peer URIs this host cannot reach: migrations towards them fail part-way,
     # as with a network fault (tests of retries on another destination).
     unreachable_peers: list[str] = []
+    # libvirt networks this host defines (all active), for VMs' interfaces.
+    networks: list[str] = []
 
 
 class HypervisorSettings(msgspec.Struct, frozen=True):
@@ -96,3 +102,26 @@ class AgentConfig(msgspec.Struct, frozen=True):
     hypervisor: HypervisorSettings = HypervisorSettings()
     health: HealthSettings = HealthSettings()
     migration: MigrationSettings = MigrationSettings()
+
+
+def problems(config: AgentConfig) -> list[str]:
+    """What keeps this config from working beyond its keys and values: files and
+    folders it names that are not there, and settings that contradict each other."""
+    found = nats_problems(config.nats)
+    images = file_problem("images_dir", config.images_dir, folder=True)
+    if images is not None:
+        found.append(images)
+    # A missing probe folder means no probes (documented); a file in its place is a mistake.
+    if os.path.exists(config.health.probe_dir) and not os.path.isdir(config.health.probe_dir):
+        found.append(f"health.probe_dir: {config.health.probe_dir} is not a folder")
+    health = config.health
+    for what in ("memory", "disk"):
+        warning, critical = getattr(health, f"{what}_warning_percent"), getattr(health, f"{what}_critical_percent")
+        if critical > warning:
+            found.append(f"health.{what}_critical_percent ({critical:g}) is above health.{what}_warning_percent ({warning:g})")
+    if config.hypervisor.backend == "libvirt":
+        if importlib.util.find_spec("libvirt") is None:
+            found.append("hypervisor.backend is libvirt, but libvirt-python is not installed: pip install 'ferry[agent]'")
+        if not config.hypervisor.peer_uri:
+            found.append("hypervisor.peer_uri is empty: other hosts' libvirtd could not reach this one to migrate VMs here")
+    return found

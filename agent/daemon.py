@@ -30,7 +30,8 @@ from ferry.proto.agent import (
 from ferry.proto.api import AgentStatusRequest
 from ferry.proto.codec import Decoder, encode
 from ferry.proto.events import HealthChanged
-from ferry.proto.host import HealthCheck, HealthState, HostStatus, VmInfo, VmState
+from ferry.proto.host import HealthCheck, HealthState, HostStatus, UnreadableVm, VmInfo, VmState
+from ferry.proto.network import HostNetworks
 from ferry.runtime.connection import connect
 from ferry.runtime.service import endpoint
 
@@ -56,6 +57,8 @@ class Agent:
         self._seq = 0
         self._facts: NodeFacts | None = None
         self._vms: list[VmInfo] = []
+        self._unreadable: list[UnreadableVm] = []
+        self._networks: HostNetworks | None = None
         self._checks: list[HealthCheck] = []
         self._changed = asyncio.Event()
         self._nc: Client | None = None
@@ -101,10 +104,12 @@ class Agent:
                 )
                 await self._probe_health_once()
                 await self._read_inventory_once()
+                await self._read_networks_once()
                 async with asyncio.TaskGroup() as tg:
                     loops = [
                         tg.create_task(self._forever("health", self._probe_health_once, self._config.health.interval)),
                         tg.create_task(self._forever("inventory", self._read_inventory_once, INVENTORY_POLL_SECONDS)),
+                        tg.create_task(self._forever("networks", self._read_networks_once, self._config.health.interval)),
                         tg.create_task(self._heartbeat_loop()),
                         tg.create_task(
                             self._forever("leases", self._destination.expire_leases, LEASE_CHECK_SECONDS)
@@ -173,13 +178,25 @@ class Agent:
 
     async def _read_inventory_once(self) -> None:
         try:
-            vms = await self._hypervisor.list_vms()
+            inventory = await self._hypervisor.list_vms()
         except HypervisorUnavailable:
             # VMs keep running without their management daemon; keep the last
             # known list (the health check already reports the outage).
             return
-        if vms != self._vms:
-            self._vms = vms
+        if inventory.unreadable != self._unreadable:
+            for vm in inventory.unreadable:
+                self._log.warning("vm_unreadable", vm=vm.name, reason=vm.reason)
+        if (inventory.vms, inventory.unreadable) != (self._vms, self._unreadable):
+            self._vms, self._unreadable = inventory.vms, inventory.unreadable
+            self._changed.set()
+
+    async def _read_networks_once(self) -> None:
+        try:
+            networks = await self._hypervisor.network_facts()
+        except HypervisorUnavailable:
+            return  # the last known networks stand; the health check reports the outage
+        if networks != self._networks:
+            self._networks = networks
             self._changed.set()
 
     async def _measure_dirty_rates(self) -> None:
@@ -196,7 +213,9 @@ class Agent:
             backend=self._hypervisor.backend,
             peer_uri=self._config.hypervisor.peer_uri,
             migration_address=self._config.hypervisor.migration_address,
-            observation=Observation(facts=self._facts, vms=self._vms, checks=self._checks),
+            observation=Observation(
+                facts=self._facts, vms=self._vms, checks=self._checks, unreadable=self._unreadable, networks=self._networks
+            ),
             last_facts=self._facts,
             migrations_in_flight=self._source.in_flight,
         )

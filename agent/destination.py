@@ -14,6 +14,7 @@ from ferry.agent.reservations import Reservation, ReservationBook
 from ferry.proto.agent import (
     CommitReply,
     Decline,
+    DeclineCode,
     Offer,
     PrepareReply,
     PrepareRequest,
@@ -22,6 +23,7 @@ from ferry.proto.agent import (
 )
 from ferry.proto.errors import ErrorCode, FerryError
 from ferry.proto.host import VmState
+from ferry.proto.network import missing_attachments
 from ferry.proto.session import StorageMode
 
 
@@ -53,18 +55,19 @@ class Destination:
         host = self._config.host
 
         def decline(code: str, reason: str) -> Decline:
-            log.info("prepare_declined", code=code, reason=reason)
-            return Decline(session_id=request.session_id, host=host, code=code, reason=reason)
+            log.info("prepare_declined", code=str(code), reason=reason)
+            return Decline(session_id=request.session_id, host=host, code=str(code), reason=reason)
 
         if self._book.for_vm(request.vm.name) is not None:
-            return decline("vm_exists", f"{host} is already preparing to receive {request.vm.name}")
+            return decline(DeclineCode.VM_EXISTS, f"{host} is already preparing to receive {request.vm.name}")
         try:
             node = await self._hypervisor.node_facts()
             existing = await self._hypervisor.vm_state(request.vm.name)
             cpu_problem = await self._hypervisor.cpu_incompatibility(request.vm)
+            network_problems = missing_attachments(request.vm.attachments, await self._hypervisor.network_facts())
             to_copy, storage_problems = await self._storage_plan(request)
         except HypervisorUnavailable as exc:
-            return decline("hypervisor_unavailable", f"{host} cannot reach its hypervisor: {exc}")
+            return decline(DeclineCode.HYPERVISOR_UNAVAILABLE, f"{host} cannot reach its hypervisor: {exc}")
         refusal = judge_incoming(
             request.vm,
             request.source,
@@ -77,6 +80,7 @@ class Destination:
                 cpu_problem=cpu_problem,
                 storage_problems=storage_problems,
                 memory_margin_mib=self._config.migration.memory_margin_mib,
+                network_problems=network_problems,
             ),
         )
         if refusal is not None:
@@ -89,7 +93,7 @@ class Destination:
         except DiskError as exc:
             for path in created:
                 await self._hypervisor.remove_disk(path)
-            return decline("storage_unreachable", f"{host} could not prepare {request.vm.name}'s disks: {exc}")
+            return decline(DeclineCode.STORAGE_UNREACHABLE, f"{host} could not prepare {request.vm.name}'s disks: {exc}")
         lease = min(request.lease_seconds, self._config.migration.lease_seconds * 10)
         expires_at = self._clock() + lease
         offer = Offer(

@@ -3,7 +3,7 @@
 import asyncio
 import sys
 
-from ferry.agent.config import AgentConfig
+from ferry.agent.config import AgentConfig, problems
 from ferry.agent.daemon import Agent
 from ferry.agent.hypervisor import open_hypervisor
 from ferry.runtime.daemon import run_daemon
@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Ferry agent for one hypervisor host.",
         config_type=AgentConfig,
         run=_run,
+        problems=problems,
         argv=argv,
     )
 

@@ -1,19 +1,22 @@
 """Building the heartbeat message from what the agent last observed. Pure."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ferry.agent.hypervisor import NodeFacts
+from ferry.proto.network import HostNetworks
+from ferry.runtime.version import VERSION
 from ferry.proto.host import (
     Capacity,
     HealthCheck,
     HealthState,
     HostStatus,
+    UnreadableVm,
     Versions,
     VmInfo,
     VmState,
 )
 
-AGENT_VERSION = "0.1.0"
+AGENT_VERSION = VERSION
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,8 @@ class Observation:
     facts: NodeFacts | None
     vms: list[VmInfo]
     checks: list[HealthCheck]
+    unreadable: list[UnreadableVm] = field(default_factory=list)
+    networks: HostNetworks | None = None
 
 
 def build_status(
@@ -70,4 +75,6 @@ def build_status(
         peer_uri=peer_uri,
         migration_address=migration_address,
         migrations_in_flight=migrations_in_flight,
+        unreadable_vms=list(observation.unreadable),
+        networks=observation.networks,
     )

@@ -36,7 +36,7 @@ from ferry.proto.events import CoordinatorEvent, SessionChanged
 from ferry.proto.limits import LimitsReply, LimitsRequest
 from ferry.proto.session import Progress, Session
 from ferry.runtime.config import NatsSettings
-from ferry.runtime.connection import connect_once
+from ferry.runtime.connection import connect_error, connect_once
 
 T = TypeVar("T")
 
@@ -61,10 +61,7 @@ class FerryClient:
         try:
             nc = await connect_once(settings, name="ferry-cli")
         except Exception as exc:
-            raise FerryError(
-                ErrorCode.UNAVAILABLE,
-                f"cannot reach NATS at {', '.join(settings.servers)} ({str(exc) or type(exc).__name__})",
-            ) from None
+            raise connect_error(settings, exc) from None
         return cls(nc, timeout=settings.request_timeout)
 
     async def close(self) -> None:

@@ -5,10 +5,11 @@ import asyncio
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from ferry.cli.convergence import prediction_line
-from ferry.cli.output import print_json, say_error
 from ferry.cli.client import FerryClient
+from ferry.cli.convergence import prediction_line
+from ferry.cli.output import plain_console, print_json, say_error
 from ferry.proto.convergence import POLICIES
 from ferry.proto.drain import Drain, DrainRequest, DrainState, ItemState
 from ferry.proto.errors import ErrorCode, FerryError
@@ -29,7 +30,7 @@ def drain_table(drain: Drain) -> Table:
             str(item.memory_mib),
             str(item.vcpus),
             item.dest or "-",
-            f"[{style}]{item.state}[/]" if style else str(item.state),
+            Text(str(item.state), style=style or ""),
             str(item.attempts),
             item.session_id or "-",
             item.reason,
@@ -89,7 +90,7 @@ async def _cmd_drain(client: FerryClient, args: argparse.Namespace, console: Con
         console.print(f"{len(drain.items)} VMs: {len(drain.items) - len(unplaced)} placed, {len(unplaced)} cannot be placed now", highlight=False)
         return 0
     # With --json, stdout carries the JSON alone; what people read goes to stderr.
-    people = Console(stderr=True, soft_wrap=True) if args.json else console
+    people = plain_console(stderr=True) if args.json else console
     people.print(
         f"{drain.host} is draining ({drain.reason}): no new VMs are placed there; {len(drain.items)} VMs to move",
         highlight=False,

@@ -10,17 +10,19 @@ from rich.console import Console
 from rich.progress import BarColumn, TaskProgressColumn, TextColumn
 from rich.progress import Progress as Bar
 from rich.table import Table
+from rich.text import Text
 
 from ferry.cli import convergence as cli_convergence, drain as cli_drain
-from ferry.cli.output import print_json, say_error
+from ferry.cli.output import plain_console, print_json, say_error
 from ferry.cli.client import FerryClient
 from ferry.proto.api import HostsReply, HostState, HostView, MigrateRequest, SessionsRequest
 from ferry.proto.codec import Decoder, encode
 from ferry.proto.convergence import POLICIES
-from ferry.proto.errors import FerryError
+from ferry.proto.errors import ErrorCode, FerryError
 from ferry.proto.host import HealthState
 from ferry.proto.session import MigrateOptions, Progress, Session, SessionState, StorageMode
-from ferry.runtime.config import NatsSettings
+from ferry.runtime.config import NatsSettings, nats_problems
+from ferry.runtime.logs import quiet_asyncio
 
 MIB = 1024 * 1024
 _MIGRATE_REQUEST = Decoder(MigrateRequest, "migrate request")
@@ -42,12 +44,12 @@ def hosts_table(reply: HostsReply) -> Table:
     return table
 
 
-def _host_row(h: HostView) -> list[str]:
+def _host_row(h: HostView) -> list[str | Text]:
     cap = h.capacity
-    state = f"[red]{h.state}[/]" if h.state == HostState.LOST else str(h.state)
+    state = Text(str(h.state), style="red" if h.state == HostState.LOST else "")
     if h.draining:
-        state += " [yellow](draining)[/]"
-    health = f"[{_HEALTH_STYLE[h.health]}]{h.health}[/]"
+        state.append(" (draining)", style="yellow")
+    health = Text(str(h.health), style=_HEALTH_STYLE[h.health])
     return [
         h.host,
         state,
@@ -74,7 +76,9 @@ async def _cmd_hosts(client: FerryClient, args: argparse.Namespace, console: Con
     for h in reply.hosts:
         for check in h.checks:
             if check.state != HealthState.OK:
-                console.print(f"[{_HEALTH_STYLE[check.state]}]{h.host}: {check.name} {check.state}: {check.message}[/]")
+                console.print(f"{h.host}: {check.name} {check.state}: {check.message}", style=_HEALTH_STYLE[check.state])
+        for problem in h.vm_problems:
+            console.print(f"{h.host}: {problem}", style="yellow")
     return 0
 
 
@@ -156,9 +160,9 @@ def _exit_for(session: Session) -> int:
 
 async def follow(client: FerryClient, session: Session, console: Console, *, quiet: bool = False) -> Session:
     """Follows a session to its end: a live bar on a terminal, a line every few seconds elsewhere."""
-    out = Console(stderr=True, soft_wrap=True) if quiet else console
+    out = plain_console(stderr=True) if quiet else console
     bar = Bar(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # a VM name, never markup
         BarColumn(),
         TaskProgressColumn(),
         TextColumn("{task.fields[rate]}  {task.fields[left]}  ETA {task.fields[eta]}"),
@@ -185,7 +189,7 @@ async def follow(client: FerryClient, session: Session, console: Console, *, qui
                 last_line = time.monotonic()
                 out.print(f"  {_percent(item)}  {fields['rate']}  {fields['left']}  iteration {item.iteration}", highlight=False)
     style = _STATE_STYLE.get(current.state, "")
-    out.print(f"[{style}]{summary(current)}[/]" if style else summary(current), highlight=False)
+    out.print(summary(current), style=style)
     return current
 
 
@@ -201,7 +205,7 @@ def sessions_table(sessions: list[Session]) -> Table:
             s.vm,
             s.source,
             s.dest or "-",
-            f"[{style}]{s.state}[/]" if style else str(s.state),
+            Text(str(s.state), style=style or ""),
             "100%" if s.state == SessionState.COMPLETED else _percent(s.progress),
             f"{s.outcome.downtime_ms} ms" if s.outcome else "-",
             f"{now - s.created_at:.0f}s",
@@ -281,7 +285,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="NATS server URL (repeatable; default $FERRY_NATS_URL or nats://127.0.0.1:4222)",
     )
-    parser.add_argument("--creds", default=os.environ.get("FERRY_NATS_CREDS", ""), help="NATS credentials file")
+    parser.add_argument(
+        "--creds", default=os.environ.get("FERRY_NATS_CREDS", ""), help="NATS credentials file (default $FERRY_NATS_CREDS)"
+    )
+    parser.add_argument(
+        "--tls-ca", default=os.environ.get("FERRY_NATS_TLS_CA", ""), metavar="PEM",
+        help="CA that signed the NATS servers' certificates (default $FERRY_NATS_TLS_CA)",
+    )
+    parser.add_argument(
+        "--tls-cert", default=os.environ.get("FERRY_NATS_TLS_CERT", ""), metavar="PEM",
+        help="client certificate, when the servers ask for one (default $FERRY_NATS_TLS_CERT)",
+    )
+    parser.add_argument(
+        "--tls-key", default=os.environ.get("FERRY_NATS_TLS_KEY", ""), metavar="PEM",
+        help="its key (default $FERRY_NATS_TLS_KEY)",
+    )
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the coordinator")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     hosts = sub.add_parser("hosts", help="list hosts with state, health and capacity")
@@ -343,14 +361,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> NatsSettings:
     servers = args.server or os.environ.get("FERRY_NATS_URL", "nats://127.0.0.1:4222").split(",")
-    return NatsSettings(servers=servers, creds=args.creds, request_timeout=args.timeout)
+    settings = NatsSettings(
+        servers=servers, creds=args.creds, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        request_timeout=args.timeout,
+    )
+    problems = [
+        p.replace("nats.tls_", "--tls-").replace("nats.creds", "--creds")
+        for p in nats_problems(settings)
+    ]
+    if problems:
+        raise FerryError(ErrorCode.BAD_REQUEST, "; ".join(problems))
+    return settings
 
 
 async def _main(args: argparse.Namespace) -> int:
     # Lines are not wrapped: scripts and logs read them whole.
-    console = Console(soft_wrap=True)
+    console = plain_console()
     try:
-        async with await FerryClient.connect(_settings(args)) as client:
+        settings = _settings(args)
+        async with await FerryClient.connect(settings) as client:
             return await args.run(client, args, console)
     except FerryError as exc:
         say_error(exc.code, exc.message)
@@ -359,6 +388,7 @@ async def _main(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_asyncio()
     try:
         return asyncio.run(_main(args))
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ import sys
 from typing import Any
 
 import msgspec
+from rich.console import Console
 
 
 def print_json(value: Any) -> None:
@@ -13,3 +14,11 @@ def print_json(value: Any) -> None:
 def say_error(code: str, message: str) -> None:
     # Plain, unwrapped: scripts match on these lines.
     sys.stderr.write(f"ferry: {code}: {message}\n")
+
+
+def plain_console(*, stderr: bool = False) -> Console:
+    """A console that renders text as it is: names and reasons come from hosts and
+    users, so "[red]" in a VM name is printed, never taken as markup. Colour is
+    given with `style=` or Text objects. Lines are not wrapped: scripts and logs
+    read them whole."""
+    return Console(stderr=stderr, soft_wrap=True, markup=False, highlight=False, emoji=False)

@@ -5,7 +5,7 @@ from typing import Annotated
 import msgspec
 
 from ferry.proto.limits import Limits
-from ferry.runtime.config import NatsSettings
+from ferry.runtime.config import NatsSettings, nats_problems
 
 
 class DrainSettings(msgspec.Struct, frozen=True):
@@ -40,3 +40,8 @@ class CoordinatorConfig(msgspec.Struct, frozen=True):
     limits: Limits = Limits()
     drain: DrainSettings = DrainSettings()
     evacuation: EvacuationSettings = EvacuationSettings()
+
+
+def problems(config: CoordinatorConfig) -> list[str]:
+    """What keeps this config from working beyond its keys and values (files it names)."""
+    return nats_problems(config.nats)

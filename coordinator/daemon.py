@@ -51,12 +51,12 @@ from ferry.proto.events import (
     HostLost,
     PlacementsStopped,
 )
-from ferry.proto.host import HostStatus
+from ferry.proto.host import StatusDecoder
 from ferry.proto.limits import LimitsReply, LimitsRequest
 from ferry.runtime.connection import connect, disconnect
 from ferry.runtime.service import endpoint
+from ferry.runtime.version import VERSION
 
-VERSION = "0.1.0"
 SWEEP_SECONDS = 0.25
 
 
@@ -76,7 +76,7 @@ class Coordinator:
             timeout_factor=config.heartbeat_timeout_factor,
             timeout=config.heartbeat_timeout or None,
         )
-        self._status_decoder = Decoder(HostStatus, "host status")
+        self._status_decoder = StatusDecoder()
         self._health = HealthWatch(config.evacuation.debounce_seconds, enabled=config.evacuation.enabled)
         self._nc: Client | None = None
         self._sessions: SessionManager | None = None
@@ -148,17 +148,21 @@ class Coordinator:
 
     async def _on_status(self, msg: Msg) -> None:
         try:
-            status = self._status_decoder.decode(msg.data)
+            status, rejected = self._status_decoder.decode(msg.data)
         except FerryError as exc:
             self._log.warning("bad_heartbeat", subject=msg.subject, reason=exc.message)
             if msg.reply:
                 await msg.respond(encode(exc.to_reply()))
             return
-        if subjects.host_from_subject(msg.subject) != status.host:
+        if not subjects.speaks_for(msg.subject, status.host):
             # An agent may only speak for its own host (permissions pin its subjects).
             self._log.warning("heartbeat_host_mismatch", subject=msg.subject, host=status.host)
             return
-        await self._emit(self._registry.observe(status, self._monotonic()))
+        previous = self._registry.get(status.host)
+        if rejected and (previous is None or previous.rejected_vms != rejected):
+            # Once per change, not once per heartbeat: the host stays, these VMs are left out.
+            self._log.warning("heartbeat_vms_rejected", host=status.host, entries=rejected)
+        await self._emit(self._registry.observe(status, self._monotonic(), rejected))
         await self._act(self._health.observe(status.host, status.health, status.checks, self._wall()))
 
     def _views(self) -> list[HostView]:
@@ -183,7 +187,7 @@ class Coordinator:
 
     async def _on_session_update(self, msg: Msg) -> None:
         if self._sessions is not None:
-            self._sessions.on_update(msg.data)
+            self._sessions.on_update(msg.subject, msg.data)
 
     async def _on_reconnected(self) -> None:
         self._registry.restart_clocks(self._monotonic(), grace=self._config.reconnect_grace)

@@ -6,6 +6,7 @@ writers (two handlers, or two coordinators) can never both move one record.
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import nats.js.errors
@@ -22,18 +23,38 @@ T = TypeVar("T")
 CAS_ATTEMPTS = 20
 
 
-async def open_bucket(js: JetStreamContext, bucket: str, description: str, *, history: int = 8) -> KeyValue:
+@dataclass(frozen=True)
+class Bucket:
+    """A KV bucket with what listing its keys needs: its stream and subject prefix
+    follow the KV protocol's naming (`KV_<bucket>`, `$KV.<bucket>.<key>`)."""
+
+    kv: KeyValue
+    js: JetStreamContext
+    name: str
+
+    @property
+    def stream(self) -> str:
+        return f"KV_{self.name}"
+
+    @property
+    def prefix(self) -> str:
+        return f"$KV.{self.name}."
+
+
+async def open_bucket(js: JetStreamContext, bucket: str, description: str, *, history: int = 8) -> Bucket:
     try:
-        return await js.key_value(bucket)
+        kv = await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
-        return await js.create_key_value(
+        kv = await js.create_key_value(
             KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE, description=description)
         )
+    return Bucket(kv, js, bucket)
 
 
 class TypedBucket(Generic[T]):
-    def __init__(self, kv: KeyValue, type_: type[T], what: str) -> None:
-        self._kv = kv
+    def __init__(self, bucket: Bucket, type_: type[T], what: str) -> None:
+        self._bucket = bucket
+        self._kv = bucket.kv
         self._decoder = Decoder(type_, f"stored {what}")
         self._what = what
 
@@ -101,8 +122,8 @@ class TypedBucket(Generic[T]):
         initial replay early and return some keys or none (nats-io/nats.py#842,
         #995): the lab saw `ferry sessions` come back empty right after a drain.
         """
-        prefix = self._kv._pre  # "$KV.<bucket>." (nats-py keeps it private)
-        info = await self._kv._js.stream_info(self._kv._stream, subjects_filter=f"{prefix}>")
+        prefix = self._bucket.prefix
+        info = await self._bucket.js.stream_info(self._bucket.stream, subjects_filter=f"{prefix}>")
         return sorted(subject.removeprefix(prefix) for subject in (info.state.subjects or {}))
 
     async def all(self) -> list[T]:

@@ -3,7 +3,7 @@
 import asyncio
 import sys
 
-from ferry.coordinator.config import CoordinatorConfig
+from ferry.coordinator.config import CoordinatorConfig, problems
 from ferry.coordinator.daemon import Coordinator
 from ferry.runtime.daemon import run_daemon
 
@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Ferry coordinator: host registry, placement, migration sessions.",
         config_type=CoordinatorConfig,
         run=_run,
+        problems=problems,
         argv=argv,
     )
 

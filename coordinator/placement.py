@@ -7,6 +7,7 @@ an operator can see why a VM did not go where they expected.
 from dataclasses import dataclass, field
 
 from ferry.proto.host import HealthState, version_tuple
+from ferry.proto.network import Attachment, HostNetworks, missing_attachments
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class HostFacts:
     reserved_memory_mib: int = 0
     # Shared storage this host reaches (for example the mount points of shared pools).
     storage: frozenset[str] = frozenset()
+    # What it offers VMs' interfaces; None when its agent does not say (prepare judges then).
+    networks: HostNetworks | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class VmDemand:
     arch: str = "x86_64"
     shared_storage: frozenset[str] = frozenset()
     local_disks: bool = False
+    # What its interfaces need on the destination.
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,8 @@ def reject_reason(vm: VmDemand, host: HostFacts, rules: PlacementRules) -> Rejec
     ):
         if version_tuple(dest_v) < version_tuple(src_v):
             return no("version_older", f"{host.name} runs {what} {dest_v}, older than {src_v} on {vm.source}")
+    if host.networks is not None and (missing := missing_attachments(list(vm.attachments), host.networks)):
+        return no("network_missing", f"{host.name} lacks what {vm.name}'s interfaces need: {'; '.join(missing)}")
     need = vm.memory_mib + rules.memory_margin_mib
     have = available_memory_mib(host)
     if have < need:

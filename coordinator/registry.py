@@ -1,6 +1,6 @@
 """The registry of hosts, fed by heartbeats. Pure: time arrives as an argument."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ferry.proto.api import HostState, HostView
 from ferry.proto.events import CoordinatorEvent, HostAppeared, HostLost, HostReturned
@@ -12,6 +12,8 @@ class HostRecord:
     status: HostStatus
     last_seen: float
     state: HostState = HostState.UP
+    # VM entries of the last heartbeat the coordinator could not read, one sentence each.
+    rejected_vms: list[str] = field(default_factory=list)
 
 
 class Registry:
@@ -34,15 +36,17 @@ class Registry:
             return self._timeout
         return self._timeout_factor * status.interval
 
-    def observe(self, status: HostStatus, now: float) -> list[CoordinatorEvent]:
+    def observe(self, status: HostStatus, now: float, rejected_vms: list[str] | None = None) -> list[CoordinatorEvent]:
+        """`rejected_vms`: the heartbeat's VM entries that could not be read (the host keeps the rest)."""
         record = self._hosts.get(status.host)
         if record is None:
-            self._hosts[status.host] = HostRecord(status=status, last_seen=now)
+            self._hosts[status.host] = HostRecord(status=status, last_seen=now, rejected_vms=list(rejected_vms or []))
             return [HostAppeared(host=status.host)]
         if _is_stale(record.status, status):
             return []
         record.status = status
         record.last_seen = now
+        record.rejected_vms = list(rejected_vms or [])
         if record.state == HostState.LOST:
             record.state = HostState.UP
             return [HostReturned(host=status.host)]
@@ -97,6 +101,11 @@ class Registry:
             backend=status.backend,
             arch=status.arch,
             migrations_in_flight=status.migrations_in_flight,
+            vm_problems=[
+                *(f"{vm.name}: the agent could not describe it: {vm.reason}" for vm in status.unreadable_vms),
+                *record.rejected_vms,
+            ],
+            networks=status.networks,
         )
 
 

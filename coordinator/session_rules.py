@@ -64,6 +64,7 @@ def demand_of(vm: VmDescription, source: HostView) -> VmDemand:
         qemu_version=source.versions.qemu,
         arch=vm.arch or source.arch or "x86_64",
         local_disks=any(d.local for d in vm.disks),
+        attachments=tuple(vm.attachments),
     )
 
 
@@ -79,6 +80,7 @@ def reported_demand(vm: str, source: HostView) -> VmDemand:
         libvirt_version=source.versions.libvirt,
         qemu_version=source.versions.qemu,
         arch=source.arch or "x86_64",
+        attachments=tuple(info.attachments) if info else (),
     )
 
 
@@ -129,6 +131,7 @@ def host_facts(hosts: Iterable[HostView], in_flight: Iterable[Session]) -> list[
                 draining=h.draining,
                 reserved_vcpus=vcpus,
                 reserved_memory_mib=memory,
+                networks=h.networks,
             )
         )
     return facts

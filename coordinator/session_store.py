@@ -1,13 +1,13 @@
 """Sessions in JetStream KV. Every change is a compare-and-set on the entry's revision,
 so two coordinators (or two handlers) can never both move the same session."""
 
+import base64
 from collections.abc import Callable
 
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
 
-from ferry.coordinator.kv import CAS_ATTEMPTS, TypedBucket, open_bucket
+from ferry.coordinator.kv import CAS_ATTEMPTS, Bucket, TypedBucket, open_bucket
 from ferry.proto.errors import ErrorCode, FerryError
 from ferry.proto.session import Session
 
@@ -15,8 +15,8 @@ BUCKET = "ferry_sessions"
 
 
 class SessionStore:
-    def __init__(self, kv: KeyValue) -> None:
-        self._records = TypedBucket(kv, Session, "session")
+    def __init__(self, bucket: Bucket) -> None:
+        self._records = TypedBucket(bucket, Session, "session")
 
     @classmethod
     async def open(cls, js: JetStreamContext, *, bucket: str = BUCKET) -> "SessionStore":
@@ -49,15 +49,21 @@ class VmBusy(FerryError):
         super().__init__(ErrorCode.CONFLICT, f"{vm} is already being moved by session {holder}")
 
 
+def claim_key(vm: str) -> str:
+    """A VM name is data, not a key: KV keys allow only `[-/_=.A-Za-z0-9]`, and a
+    VM name may hold spaces or UTF-8. Unpadded base64url of its UTF-8 is always a key."""
+    return "vm." + base64.urlsafe_b64encode(vm.encode()).decode().rstrip("=")
+
+
 class VmClaims:
-    """One session per VM at a time: a key per VM, created atomically.
+    """One session per VM at a time: a key per VM (claim_key), created atomically.
 
     A claim left by a session that has ended (a coordinator that died before
     releasing it) is taken over with a compare-and-set.
     """
 
-    def __init__(self, kv: KeyValue, sessions: SessionStore) -> None:
-        self._kv = kv
+    def __init__(self, bucket: Bucket, sessions: SessionStore) -> None:
+        self._kv = bucket.kv
         self._sessions = sessions
 
     @classmethod
@@ -65,14 +71,15 @@ class VmClaims:
         return cls(await open_bucket(js, bucket, "Ferry: which session moves which VM", history=1), sessions)
 
     async def claim(self, vm: str, session_id: str) -> None:
+        key = claim_key(vm)
         for _ in range(CAS_ATTEMPTS):
             try:
-                await self._kv.create(vm, session_id.encode())
+                await self._kv.create(key, session_id.encode())
                 return
             except nats.js.errors.KeyWrongLastSequenceError:
                 pass
             try:
-                entry = await self._kv.get(vm)
+                entry = await self._kv.get(key)
             except nats.js.errors.KeyNotFoundError:
                 continue  # released meanwhile; try creating again
             holder = (entry.value or b"").decode()
@@ -81,7 +88,7 @@ class VmClaims:
             if holder and await self._holds(holder):
                 raise VmBusy(vm, holder)
             try:
-                await self._kv.update(vm, session_id.encode(), last=entry.revision)
+                await self._kv.update(key, session_id.encode(), last=entry.revision)
                 return
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
@@ -95,20 +102,21 @@ class VmClaims:
         return not session.state.terminal
 
     async def release(self, vm: str, session_id: str) -> None:
+        key = claim_key(vm)
         try:
-            entry = await self._kv.get(vm)
+            entry = await self._kv.get(key)
         except nats.js.errors.KeyNotFoundError:
             return
         if (entry.value or b"").decode() != session_id:
             return  # another session holds it now
         try:
-            await self._kv.delete(vm, last=entry.revision)
+            await self._kv.delete(key, last=entry.revision)
         except nats.js.errors.KeyWrongLastSequenceError:
             pass
 
     async def holder(self, vm: str) -> str | None:
         try:
-            entry = await self._kv.get(vm)
+            entry = await self._kv.get(claim_key(vm))
         except nats.js.errors.KeyNotFoundError:
             return None
         return (entry.value or b"").decode() or None

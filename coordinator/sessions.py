@@ -21,6 +21,7 @@ import msgspec
 import structlog
 
 from ferry.coordinator import bandwidth
+from ferry.proto import subjects
 from ferry.coordinator.admission import Admit, Queued, Refuse, Slot, Wait, admit, inbound_room
 from ferry.coordinator.agents import AgentClient
 from ferry.coordinator.placement import rank
@@ -315,11 +316,16 @@ class SessionManager:
 
     # ----- updates from source agents (`ferry.host.*.session.*`) -----
 
-    def on_update(self, data: bytes) -> None:
+    def on_update(self, subject: str, data: bytes) -> None:
         try:
             update = self._update_decoder.decode(data)
         except FerryError as exc:
-            self._log.warning("bad_session_update", reason=exc.message)
+            self._log.warning("bad_session_update", subject=subject, reason=exc.message)
+            return
+        session = self._active.get(update.session_id)
+        if not subjects.speaks_for(subject, update.host) or (session is not None and update.host != session.source):
+            # Only a session's source reports on it, and only under its own host's subjects.
+            self._log.warning("session_update_refused", subject=subject, host=update.host, session_id=update.session_id)
             return
         if isinstance(update, SessionProgress):
             self._progress[update.session_id] = update.progress

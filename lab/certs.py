@@ -79,15 +79,15 @@ def make_ca(now: datetime.datetime) -> Issued:
     return Issued(_key_pem(key), cert.public_bytes(serialization.Encoding.PEM))
 
 
-def issue(ca: Issued, host: HostLayout, role: str, now: datetime.datetime) -> Issued:
-    """A leaf certificate for ``host``; ``role`` is "server" or "client"."""
+def issue(ca: Issued, name: str, address: str, role: str, now: datetime.datetime) -> Issued:
+    """A leaf certificate for a host of this name and IP address; ``role`` is "server" or "client"."""
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
     key = _new_key()
     usage = ExtendedKeyUsageOID.SERVER_AUTH if role == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(host.name))
+        .subject_name(_name(name))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -105,7 +105,7 @@ def issue(ca: Issued, host: HostLayout, role: str, now: datetime.datetime) -> Is
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.IPv4Address(host.address)), x509.DNSName(host.name)]
+                [x509.IPAddress(ipaddress.IPv4Address(address)), x509.DNSName(name)]
             ),
             critical=False,
         )
@@ -154,8 +154,8 @@ def _host_pki_current(host: HostLayout, ca: Issued) -> bool:
 
 
 def _write_host_pki(host: HostLayout, ca: Issued, now: datetime.datetime) -> None:
-    server = issue(ca, host, "server", now)
-    client = issue(ca, host, "client", now)
+    server = issue(ca, host.name, host.address, "server", now)
+    client = issue(ca, host.name, host.address, "client", now)
     libvirt_files = {
         "cacert.pem": ca.cert_pem,
         "servercert.pem": server.cert_pem,

@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--fill-mb", type=int, default=0, help="MiB of guest memory written once at boot")
     create.add_argument("--disk", choices=DISK_KINDS, default="none")
     create.add_argument("--disk-size", type=int, default=64, help="MiB (default 64)")
+    create.add_argument(
+        "--network", action="append", default=[], metavar="NAME",
+        help="an interface on this libvirt network (repeatable; the lab defines `prod` on hv1, hv3, ...)",
+    )
     delete = guest.add_parser("delete", help="destroy and undefine a guest, remove its disks and logs")
     delete.add_argument("name")
     guest.add_parser("list", help="guests on every host")
@@ -146,7 +150,8 @@ def _status(lab: Lab) -> int:
 def _guest(args: argparse.Namespace, lab: Lab) -> int:
     if args.guest_command == "create":
         info = lab.create_guest(
-            args.name, args.host, args.memory, args.dirty_mb, args.disk, args.disk_size, fill_mb=args.fill_mb
+            args.name, args.host, args.memory, args.dirty_mb, args.disk, args.disk_size, fill_mb=args.fill_mb,
+            networks=tuple(args.network),
         )
         print(f"{info.name} started on {info.host}; console log {lab.host(info.host).console_log(info.name)}")
     elif args.guest_command == "delete":

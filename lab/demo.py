@@ -17,6 +17,7 @@ from ferry.lab import processes
 from ferry.lab.demo_drain import (
     drain_step,
     evacuation_step,
+    remove_guests,
     remove_leftover_guests,
     remove_leftover_probes,
     undrain_leftovers,
@@ -24,6 +25,7 @@ from ferry.lab.demo_drain import (
 from ferry.lab.demo_support import console, ferry, fresh_guest, step, wait_hosts
 from ferry.lab.errors import LabError
 from ferry.lab.lab import Lab, agent_role
+from ferry.lab.networks import LAB_NETWORK, defines_lab_network, network_hosts
 
 
 def run(lab: Lab, keep: bool) -> None:
@@ -39,10 +41,13 @@ def run(lab: Lab, keep: bool) -> None:
 
     names = [h.name for h in lab.hosts]
     step("Starting guests (TCG, 256 MiB each; they print a counter on their serial console)")
-    guests = {"web-1": names[0], "db-1": names[1 % len(names)]}
+    console.print(f"  network {LAB_NETWORK} is defined on {', '.join(h.name for h in network_hosts(lab.layout))} only")
+    web, db, busy = "web.prod-1.example.com", "ubuntu22.04", "busy-1"
+    guests = {web: names[0], db: names[1 % len(names)], busy: names[0]}
     remove_leftover_guests(lab)
-    for guest, host in guests.items():
-        fresh_guest(lab, guest, host, memory_mib=256)
+    fresh_guest(lab, web, guests[web], memory_mib=256, networks=(LAB_NETWORK,))
+    fresh_guest(lab, db, guests[db], memory_mib=256)
+    fresh_guest(lab, busy, guests[busy], memory_mib=256, dirty_mb=64)
 
     def all_reported(hosts: dict) -> bool:
         if set(hosts) != set(names) or any(h["state"] != "up" for h in hosts.values()):
@@ -51,25 +56,44 @@ def run(lab: Lab, keep: bool) -> None:
             any(vm["name"] == g and vm["state"] == "running" for vm in hosts[h]["vms"]) for g, h in guests.items()
         )
 
-    step("What the coordinator knows, from the agents' heartbeats")
+    step("What the coordinator knows, from the agents' heartbeats (VM names are any names libvirt takes)")
     wait_hosts(lab, all_reported, "every host up with its guests")
     undrain_leftovers(lab)
     ferry(lab, "hosts")
 
-    step("Moving web-1 live: Ferry picks the destination, TLS on, progress while it runs")
-    ferry(lab, "migrate", "web-1", "--wait")
-    report = lab.continuity("web-1")
+    step(f"Moving {web} live: Ferry picks a destination that has network {LAB_NETWORK}; TLS on")
+    ferry(lab, "migrate", web, "--dry-run")
+    ferry(lab, "migrate", web, "--wait")
+    report = lab.continuity(web)
     if not report.ok:
-        raise LabError(f"web-1 did not keep running across the move: {report.explain()}")
-    where = lab.residency("web-1")["web-1"]
-    console.print(f"  web-1 never stopped ({report.explain()}); {where.explain()}")
+        raise LabError(f"{web} did not keep running across the move: {report.explain()}")
+    where = lab.residency(web)[web]
+    console.print(f"  {web} never stopped ({report.explain()}); {where.explain()}")
+
+    without = next((h.name for h in lab.hosts if not defines_lab_network(h)), None)
+    if without is not None:
+        step(f"Asking for {without}, which lacks network {LAB_NETWORK}: it declines, the VM stays where it is")
+        out = ferry(lab, "migrate", web, "--to", without, "--wait", check=False)
+        if "network_missing" not in out:
+            raise LabError(f"{without} did not decline {web} for its missing network")
+        console.print(f"  {lab.residency(web)[web].explain()}")
 
     step("Moving it back, limited to 32 MiB/s, and a cancel of a second move")
-    ferry(lab, "migrate", "web-1", "--to", names[0], "--bandwidth", "32", "--wait")
-    session = json.loads(ferry(lab, "migrate", "db-1", "--bandwidth", "2", "--json", show=False))
+    ferry(lab, "migrate", web, "--to", names[0], "--bandwidth", "32", "--wait")
+    session = json.loads(ferry(lab, "migrate", db, "--bandwidth", "2", "--json", show=False))
     time.sleep(3)
     ferry(lab, "cancel", session["id"], "--wait")
     ferry(lab, "sessions")
+
+    step(f"{busy} rewrites 64 MiB/s, twice what a 32 MiB/s link copies: the default policy makes it converge")
+    ferry(lab, "migrate", busy, "--dry-run", "--bandwidth", "32")
+    moved = json.loads(ferry(lab, "migrate", busy, "--bandwidth", "32", "--wait", "--json", timeout=300))
+    ferry(lab, "session", moved["id"])
+    report = lab.continuity(busy)
+    if not report.ok:
+        raise LabError(f"{busy} did not keep running across the move: {report.explain()}")
+    console.print(f"  {busy} never stopped ({report.explain()}); {lab.residency(busy)[busy].explain()}")
+    remove_guests(lab, [busy], "the convergence step is over")
 
     drain_step(lab, names[0])
     evacuation_step(lab, names[1 % len(names)])

@@ -38,6 +38,8 @@ class GuestSpec:
     disk_size_mib: int = 64
     # MiB of memory written once at boot and never again (dirty_mb rewrites its own each second).
     fill_mb: int = 0
+    # One interface on each of these libvirt networks (lab/networks.py defines `prod` on some hosts).
+    networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,14 @@ def domain_xml(spec: GuestSpec, image: GuestImage, disk: PurePosixPath | None) -
       <source file={quoteattr(str(disk))}/>
       <target dev='vda' bus='virtio'/>
     </disk>"""
+    interfaces_xml = "".join(
+        f"""
+    <interface type='network'>
+      <source network={quoteattr(network)}/>
+      <model type='virtio'/>
+    </interface>"""
+        for network in spec.networks
+    )
     # type='qemu' (TCG): /dev/kvm exists on the lab machines but KVM guests hang there.
     return f"""\
 <domain type='qemu'>
@@ -92,7 +102,7 @@ def domain_xml(spec: GuestSpec, image: GuestImage, disk: PurePosixPath | None) -
   <on_reboot>destroy</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>{disk_xml}
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>{disk_xml}{interfaces_xml}
     <serial type='file'>
       <source path={quoteattr(str(console_path(spec.name)))} append='on'/>
       <target port='0'/>

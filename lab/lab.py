@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ferry.lab import certs, ferry_services, hosts, processes
+from ferry.lab import certs, ferry_services, hosts, networks, processes
 from ferry.lab.continuity import ContinuityReport, console_log_times, guest_continuity, last_tick_on, read_console_logs
 from ferry.lab.errors import LabError
 from ferry.lab.guests import DiskKind, GuestInfo, GuestSpec, create_guest, delete_guest, list_guests
@@ -162,6 +162,7 @@ class Lab:
         self._prepare_files()
         self._up_nats(report)
         self._up_libvirtds(report)
+        self._up_networks(report)
         try:
             self.image()
         except LabError as error:
@@ -228,6 +229,19 @@ class Lab:
             except LabError as error:
                 report.failed[libvirtd_role(host)] = str(error)
 
+    def _up_networks(self, report: UpReport) -> None:
+        for host in networks.network_hosts(self.layout):
+            role = f"network {networks.LAB_NETWORK} on {host.name}"
+            if libvirtd_role(host) in report.failed:
+                continue
+            try:
+                if networks.start_lab_network(host):
+                    report.started.append(role)
+                else:
+                    report.already_running.append(role)
+            except LabError as error:
+                report.failed[role] = str(error)
+
     def start_ferry(self) -> UpReport:
         """Start the agents and the coordinator that are not running (needs nats-server)."""
         report = UpReport()
@@ -292,6 +306,8 @@ class Lab:
             if self.process(libvirtd_role(host)):
                 done += [f"destroyed guest {name} on {host.name}" for name in hosts.destroy_guests(host)]
             done += [f"killed QEMU {pid} of {host.name}" for pid in hosts.kill_leftover_qemus(host)]
+            if networks.stop_lab_network(host):
+                done.append(f"stopped network {networks.LAB_NETWORK} on {host.name}")
         for role in [*(libvirtd_role(h) for h in self.hosts), NATS_ROLE]:
             if processes.stop(self._state.processes.get(role)):
                 done.append(f"stopped {role}")
@@ -344,9 +360,11 @@ class Lab:
         disk_size_mib: int = 64,
         disk_content: Path | None = None,
         fill_mb: int = 0,
+        networks: tuple[str, ...] = (),
     ) -> GuestInfo:
-        """Define and start a guest; ``disk_content`` (a raw file) fills its disk."""
-        spec = GuestSpec(name, host, memory_mib, dirty_mb, disk, disk_size_mib, fill_mb)
+        """Define and start a guest; ``disk_content`` (a raw file) fills its disk; one
+        interface on each libvirt network in ``networks``."""
+        spec = GuestSpec(name, host, memory_mib, dirty_mb, disk, disk_size_mib, fill_mb, tuple(networks))
         return create_guest(self.layout, self.image(), spec, disk_content)
 
     def delete_guest(self, name: str) -> list[str]:

@@ -1,12 +1,13 @@
-"""Signs that QEMU lost a lab guest's memory writes while moving it.
+"""Signs that a lab guest's memory was corrupted while it moved: it crashed or
+hangs on the host it moved to.
 
-Debian 12's QEMU (7.2) does not track some stores of a TCG guest during live
-migration (fixed in QEMU 9.0; README, "The lab's QEMU and TCG"), so now and then
-a guest arrives with stale memory and crashes or hangs on the host it moved to. Ferry
-copies no guest memory itself (QEMU does), so these signs point at QEMU. The
-test suite runs such a test once more instead of failing it
-(tests/support/lost_write_reruns.py) and prints the signs. A guest that never moved, or that fails in any other way,
-gets no second run. Pure: the caller reads the consoles and asks libvirt.
+QEMU before 9.0 does not track some stores of a TCG guest during live migration
+(README, "Supported versions"), so there a guest now and then arrives with
+stale memory. The lab needs QEMU >= 9.0; these signs stay as a diagnostic: a
+failed lab test names them (tests/support/lost_write_report.py), and
+`python -m bench.lost_writes` counts them per stack. Ferry copies no guest
+memory itself (QEMU does), so these signs point below Ferry. Pure: the caller
+reads the consoles and asks libvirt.
 """
 
 from __future__ import annotations

@@ -5,12 +5,14 @@ Every request that belongs to a session carries its id and is idempotent: the
 same request twice has the effect of one.
 """
 
+import enum
 from typing import Annotated
 
 import msgspec
 
 from ferry.proto.convergence import PolicyAction
 from ferry.proto.host import Versions
+from ferry.proto.network import Attachment
 from ferry.proto.names import HostName, NonNegative, SessionId, VmName
 from ferry.proto.session import MiBps, MigrateOptions, Outcome, Progress
 
@@ -44,6 +46,8 @@ class VmDescription(msgspec.Struct, frozen=True, tag="vm"):
     # The guest's dirty rate as last measured on its host (0 = never measured).
     dirty_rate_bps: NonNegative = 0
     dirty_rate_at: float = 0.0
+    # What its interfaces need on the destination (libvirt networks, bridges, devices).
+    attachments: list[Attachment] = []
 
 
 class DescribeRequest(msgspec.Struct, frozen=True):
@@ -83,6 +87,20 @@ class Offer(msgspec.Struct, frozen=True, tag="offer"):
     # Device names of the local disks the destination created for storage copy.
     copy_disks: list[str] = []
     lease_expires_at: float = 0.0
+
+
+class DeclineCode(enum.StrEnum):
+    """Why a destination declines an incoming VM (the wire field stays `str`, so a
+    newer agent's codes still decode)."""
+
+    VM_EXISTS = "vm_exists"
+    ARCH_MISMATCH = "arch_mismatch"
+    VERSION_OLDER = "version_older"
+    CPU_INCOMPATIBLE = "cpu_incompatible"
+    NETWORK_MISSING = "network_missing"
+    NO_CAPACITY = "no_capacity"
+    STORAGE_UNREACHABLE = "storage_unreachable"
+    HYPERVISOR_UNAVAILABLE = "hypervisor_unavailable"
 
 
 class Decline(msgspec.Struct, frozen=True, tag="decline"):

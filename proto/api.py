@@ -8,6 +8,7 @@ import msgspec
 from ferry.proto.convergence import Prediction
 from ferry.proto.host import Capacity, HealthCheck, HealthState, Versions, VmInfo
 from ferry.proto.names import HostName, NonNegative, SessionId, VmName
+from ferry.proto.network import HostNetworks
 from ferry.proto.session import MiBps, MigrateOptions, Session
 
 
@@ -39,6 +40,10 @@ class HostView(msgspec.Struct, frozen=True):
     # Marked draining (by `ferry drain` or an evacuation): no new VMs are placed here.
     draining: bool = False
     drain_reason: str = ""
+    # VMs left out of `vms`: domains the agent could not describe, and entries the
+    # coordinator could not read; one sentence each.
+    vm_problems: list[str] = []
+    networks: HostNetworks | None = None
 
 
 class HostsReply(msgspec.Struct, frozen=True, tag="hosts"):

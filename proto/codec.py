@@ -5,10 +5,20 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from ferry.proto.errors import ErrorCode, ErrorReply, FerryError
+from ferry.proto.names import PATTERN_MEANINGS
 
 T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
+_REGEX_WORDS = {f"`str` matching regex {pattern!r}": meaning for pattern, meaning in PATTERN_MEANINGS.items()}
+
+
+def readable(error: msgspec.ValidationError) -> str:
+    """msgspec's message with the regexes it names replaced by what they mean."""
+    message = str(error)
+    for words, meaning in _REGEX_WORDS.items():
+        message = message.replace(words, meaning)
+    return message
 
 
 def encode(message: Any) -> bytes:
@@ -32,7 +42,7 @@ class Decoder(Generic[T]):
         try:
             return self._decoder.decode(data)
         except msgspec.ValidationError as exc:
-            raise FerryError(ErrorCode.BAD_REQUEST, f"invalid {self._what}: {exc}") from None
+            raise FerryError(ErrorCode.BAD_REQUEST, f"invalid {self._what}: {readable(exc)}") from None
         except msgspec.DecodeError as exc:
             raise FerryError(
                 ErrorCode.BAD_REQUEST, f"{self._what} is not valid JSON ({exc})"

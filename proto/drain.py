@@ -80,7 +80,7 @@ class DrainRequest(msgspec.Struct, frozen=True):
     dry_run: bool = False
     priority: Priority = 0
     reason: Annotated[str, msgspec.Meta(max_length=200)] = ""
-    policy: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] = "default"
+    policy: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,31}\Z")] = "default"
 
 
 class DrainReply(msgspec.Struct, frozen=True, tag="drain"):

@@ -13,6 +13,7 @@ class ErrorCode(enum.StrEnum):
     HOST_LOST = "host_lost"
     CONFLICT = "conflict"
     UNAVAILABLE = "unavailable"
+    UNAUTHORIZED = "unauthorized"
     TIMEOUT = "timeout"
     INTERNAL = "internal"
 

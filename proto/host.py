@@ -3,9 +3,14 @@
 import enum
 import re
 
+from typing import Annotated
+
 import msgspec
 
-from ferry.proto.names import HostName, NonNegative, Seconds, VmName
+from ferry.proto.codec import Decoder, readable
+from ferry.proto.errors import FerryError
+from ferry.proto.names import VM_NAME_MAX, HostName, NonNegative, Seconds, VmName, vm_name_problem
+from ferry.proto.network import Attachment, HostNetworks
 
 
 class HealthState(enum.StrEnum):
@@ -51,6 +56,16 @@ class VmInfo(msgspec.Struct, frozen=True):
     memory_mib: NonNegative = 0
     state: VmState = VmState.RUNNING
     persistent: bool = True
+    # What its interfaces need on whichever host runs it (placement checks hosts against it).
+    attachments: list[Attachment] = []
+
+
+class UnreadableVm(msgspec.Struct, frozen=True):
+    """A domain the agent could not describe: reported so nobody wonders where it went."""
+
+    # As the hypervisor names it, cut to a length any peer accepts.
+    name: Annotated[str, msgspec.Meta(max_length=VM_NAME_MAX + 1)]
+    reason: Annotated[str, msgspec.Meta(max_length=1000)]
 
 
 class Capacity(msgspec.Struct, frozen=True):
@@ -83,6 +98,11 @@ class HostStatus(msgspec.Struct, frozen=True, tag="status"):
     peer_uri: str = ""
     migration_address: str = ""
     migrations_in_flight: NonNegative = 0
+    # Domains the agent could not describe (left out of `vms`).
+    unreadable_vms: list[UnreadableVm] = []
+    # What the host offers VMs' interfaces; None from agents that do not report it
+    # (placement then leaves the check to the destination's prepare).
+    networks: HostNetworks | None = None
 
     def content_key(self) -> tuple:
         """Everything but the clock-driven fields: a change here triggers a heartbeat now."""
@@ -96,7 +116,64 @@ class HostStatus(msgspec.Struct, frozen=True, tag="status"):
             tuple(self.vms),
             self.versions,
             self.migrations_in_flight,
+            tuple(self.unreadable_vms),
+            self.networks,
         )
+
+
+class _LenientStatus(HostStatus, frozen=True, tag="status"):
+    """The heartbeat with its VM entries left undecoded, to judge them one by one."""
+
+    vms: list[msgspec.Raw] = []  # type: ignore[assignment]
+
+
+class _VmEntryName(msgspec.Struct):
+    name: str = ""
+
+
+class StatusDecoder:
+    """Decodes heartbeats so that one bad VM entry never costs the whole host.
+
+    A heartbeat that decodes whole (the usual case) costs one decode. Otherwise
+    each VM entry is decoded on its own: the entries that fail are dropped, each
+    with a sentence naming it, and the host keeps its other VMs. A heartbeat
+    whose own fields are wrong is refused (FerryError bad_request).
+    """
+
+    def __init__(self) -> None:
+        self._whole = Decoder(HostStatus, "host status")
+        self._lenient = Decoder(_LenientStatus, "host status")
+        self._entry = msgspec.json.Decoder(VmInfo)
+        self._entry_name = msgspec.json.Decoder(_VmEntryName)
+
+    def decode(self, data: bytes) -> tuple[HostStatus, list[str]]:
+        """The heartbeat and a sentence per VM entry that was dropped."""
+        try:
+            return self._whole.decode(data), []
+        except FerryError:
+            lenient = self._lenient.decode(data)  # raises for errors outside the VM entries
+        vms, rejected = [], []
+        for index, raw in enumerate(lenient.vms):
+            try:
+                vms.append(self._entry.decode(raw))
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                rejected.append(self._rejection(index, raw, exc))
+        fields = {f: getattr(lenient, f) for f in lenient.__struct_fields__ if f != "vms"}
+        return HostStatus(**fields, vms=vms), rejected
+
+    def _rejection(self, index: int, raw: msgspec.Raw, error: Exception) -> str:
+        try:
+            name = self._entry_name.decode(raw).name
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            name = ""
+        label = f" ({name[:80]!r})" if name else ""
+        if name and (problem := vm_name_problem(name)) is not None:
+            why = problem
+        elif isinstance(error, msgspec.ValidationError):
+            why = readable(error)
+        else:
+            why = str(error)
+        return f"VM entry {index}{label} was dropped: {why}"
 
 
 def version_tuple(version: str, width: int = 3) -> tuple[int, ...]:

@@ -43,7 +43,7 @@ class MigrateOptions(msgspec.Struct, frozen=True):
     max_downtime_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 300
     priority: Priority = 0
     # The convergence policy that steers the migration (proto/convergence.py POLICIES).
-    policy: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] = "default"
+    policy: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,31}\Z")] = "default"
     # Post-copy moves the guest to the destination before all its memory is
     # there: if the network fails then, the guest is lost. Off unless asked for.
     allow_postcopy: bool = False

@@ -1,6 +1,8 @@
-"""Subject names. Everything an agent publishes is under its own host name."""
+"""Subject names. Everything an agent publishes is under its own host's token
+(proto/names.py: the host name with '.' as '_'), so one NATS permission per
+host pins an agent to its own subjects. VM names never appear in a subject."""
 
-from ferry.proto.names import HostName
+from ferry.proto.names import HostName, host_token
 
 PREFIX = "ferry"
 
@@ -11,19 +13,19 @@ COORDINATOR_EVENTS = f"{PREFIX}.coordinator.event"
 
 
 def host_status(host: HostName) -> str:
-    return f"{PREFIX}.host.{host}.status"
+    return f"{PREFIX}.host.{host_token(host)}.status"
 
 
 def host_event(host: HostName) -> str:
-    return f"{PREFIX}.host.{host}.event"
+    return f"{PREFIX}.host.{host_token(host)}.event"
 
 
 def host_session(host: HostName, session_id: str) -> str:
-    return f"{PREFIX}.host.{host}.session.{session_id}"
+    return f"{PREFIX}.host.{host_token(host)}.session.{session_id}"
 
 
 def agent_prefix(host: HostName) -> str:
-    return f"{PREFIX}.agent.{host}"
+    return f"{PREFIX}.agent.{host_token(host)}"
 
 
 def agent_verb(host: HostName, verb: str) -> str:
@@ -34,9 +36,14 @@ def api(verb: str) -> str:
     return f"{PREFIX}.api.{verb}"
 
 
-def host_from_subject(subject: str) -> str | None:
-    """`ferry.host.hv1.status` -> `hv1`; None for anything else."""
+def token_from_subject(subject: str) -> str | None:
+    """`ferry.host.hv1_example_com.status` -> `hv1_example_com`; None for anything else."""
     parts = subject.split(".")
     if len(parts) >= 4 and parts[0] == PREFIX and parts[1] == "host":
         return parts[2]
     return None
+
+
+def speaks_for(subject: str, host: HostName) -> bool:
+    """Whether a message on `subject` may speak for `host`: it came in under that host's token."""
+    return token_from_subject(subject) == host_token(host)

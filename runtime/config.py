@@ -1,15 +1,31 @@
-"""TOML config files decoded into typed Structs, with errors a person can act on."""
+"""TOML config files decoded into typed Structs, with errors a person can act on.
 
+Config files are strict where wire messages are lenient: an unknown key is an
+error (a typo'd key silently keeping its default is how a host ends up
+misconfigured), and every unknown key is named, with the closest known one.
+Wire messages keep ignoring unknown fields so mixed versions still talk.
+"""
+
+import difflib
+import os
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
+import msgspec.inspect as mi
+
+from ferry.proto.codec import readable
 
 T = TypeVar("T")
 
 
 class ConfigError(Exception):
-    """A config file that cannot be used; the message says which file and why."""
+    """A config file that cannot be used; `problems` says each thing that is wrong."""
+
+    def __init__(self, path: str | Path, problems: list[str]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        super().__init__(f"config file {path}: " + "; ".join(problems))
 
 
 class NatsSettings(msgspec.Struct, frozen=True):
@@ -28,15 +44,91 @@ class NatsSettings(msgspec.Struct, frozen=True):
     request_timeout: float = 5.0
 
 
-def load_toml(path: str | Path, type_: type[T]) -> T:
+def read_config(path: str | Path, type_: type[T]) -> tuple[T | None, list[str]]:
+    """The file decoded as `type_` (None when it cannot be), and every problem found:
+    each unknown key, or the first value of the wrong type (msgspec stops at the first)."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        return None, [f"cannot read it: {exc.strerror}"]
     try:
-        return msgspec.toml.decode(data, type=type_)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"config file {path} is invalid: {exc}") from None
+        raw = msgspec.toml.decode(data)
     except msgspec.DecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        return None, [f"not valid TOML: {exc}"]
+    problems = unknown_keys(raw, type_)
+    try:
+        config = msgspec.convert(raw, type_)
+    except msgspec.ValidationError as exc:
+        return None, [*problems, readable(exc)]
+    return config, problems
+
+
+def load_toml(path: str | Path, type_: type[T]) -> T:
+    """The file decoded as `type_`; ConfigError with every problem read_config found."""
+    config, problems = read_config(path, type_)
+    if problems or config is None:
+        raise ConfigError(path, problems)
+    return config
+
+
+def unknown_keys(data: Any, type_: Any) -> list[str]:
+    """Every key in `data` that the Struct `type_` (and the Structs inside it) does not know."""
+    return _unknown(data, mi.type_info(type_), "")
+
+
+def _unknown(data: Any, info: mi.Type, path: str) -> list[str]:
+    if isinstance(info, mi.StructType) and isinstance(data, dict):
+        fields = {f.encode_name: f for f in info.fields}
+        found = []
+        for key, value in data.items():
+            where = f"{path}.{key}" if path else str(key)
+            field = fields.get(key)
+            if field is None:
+                close = difflib.get_close_matches(str(key), list(fields), n=1)
+                hint = f" (did you mean {path + '.' if path else ''}{close[0]}?)" if close else ""
+                found.append(f"unknown key {where}{hint}")
+            else:
+                found += _unknown(value, field.type, where)
+        return found
+    if isinstance(info, (mi.ListType, mi.VarTupleType, mi.SetType, mi.FrozenSetType)) and isinstance(data, list):
+        return [p for i, item in enumerate(data) for p in _unknown(item, info.item_type, f"{path}[{i}]")]
+    if isinstance(info, mi.DictType) and isinstance(data, dict):
+        return [p for key, value in data.items() for p in _unknown(value, info.value_type, f"{path}.{key}")]
+    if isinstance(info, mi.UnionType):
+        structs = [t for t in info.types if isinstance(t, mi.StructType)]
+        if len(structs) == 1:
+            return _unknown(data, structs[0], path)
+    return []
+
+
+def file_problem(key: str, path: str, *, folder: bool = False) -> str | None:
+    """Why the file (or folder) a config key names cannot be used; None when it can."""
+    if not path:
+        return None
+    what = "folder" if folder else "file"
+    if not os.path.exists(path):
+        return f"{key}: the {what} {path} does not exist"
+    if folder and not os.path.isdir(path):
+        return f"{key}: {path} is not a folder"
+    if not folder and os.path.isdir(path):
+        return f"{key}: {path} is a folder, not a file"
+    if not os.access(path, os.R_OK):
+        return f"{key}: {path} cannot be read by this user"
+    return None
+
+
+def nats_problems(nats: NatsSettings, section: str = "nats") -> list[str]:
+    """Files the [nats] section names that are missing, and settings that cannot work together."""
+    problems = [
+        p
+        for key in ("creds", "tls_ca", "tls_cert", "tls_key")
+        if (p := file_problem(f"{section}.{key}", getattr(nats, key))) is not None
+    ]
+    if nats.tls_key and not nats.tls_cert:
+        problems.append(f"{section}.tls_key is set without {section}.tls_cert")
+    if sum(bool(x) for x in (nats.creds, nats.user, nats.token)) > 1:
+        problems.append(f"{section}: use one of creds, user/password or token, not several")
+    if not nats.servers:
+        problems.append(f"{section}.servers is empty")
+    return problems

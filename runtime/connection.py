@@ -9,6 +9,7 @@ import nats
 import structlog
 from nats.aio.client import Client
 
+from ferry.proto.errors import ErrorCode, FerryError
 from ferry.runtime.config import NatsSettings
 
 
@@ -37,6 +38,23 @@ def _identity_options(settings: NatsSettings) -> dict[str, Any]:
     return options
 
 
+def connect_error(settings: NatsSettings, exc: BaseException) -> FerryError:
+    """Why connecting failed, as a code and a sentence a person can act on."""
+    where = ", ".join(settings.servers)
+    text = str(exc) or type(exc).__name__
+    if "authorization violation" in text.lower() or "authentication" in text.lower():
+        return FerryError(ErrorCode.UNAUTHORIZED, f"NATS at {where} refused these credentials ({text})")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return FerryError(
+            ErrorCode.UNAVAILABLE, f"the TLS certificate of NATS at {where} is not trusted ({exc.verify_message}); name its CA"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return FerryError(ErrorCode.UNAVAILABLE, f"TLS with NATS at {where} failed ({text})")
+    if isinstance(exc, TimeoutError):
+        return FerryError(ErrorCode.UNAVAILABLE, f"NATS at {where} did not answer in time")
+    return FerryError(ErrorCode.UNAVAILABLE, f"cannot reach NATS at {where} ({text})")
+
+
 async def connect(
     settings: NatsSettings,
     *,
@@ -56,7 +74,7 @@ async def connect(
     async def log_error(exc: Exception) -> None:
         # Each failed attempt calls this; say it once per outage, not once a second.
         if not state["down_logged"]:
-            log.warning("nats_unreachable", error=str(exc) or type(exc).__name__)
+            log.warning("nats_unreachable", error=connect_error(settings, exc).message)
             state["down_logged"] = True
 
     async def log_disconnected() -> None:

@@ -1,4 +1,5 @@
-"""One entry-point shape for every daemon: parse `--config`, set up logs, run until a signal."""
+"""One entry-point shape for every daemon: parse `--config`, check it, set up logs,
+run until a signal. `--check-config` checks and exits, as `nats-server -t` does."""
 
 import argparse
 import asyncio
@@ -10,9 +11,13 @@ from typing import Any, TypeVar
 import structlog
 
 from ferry.runtime import logs
-from ferry.runtime.config import ConfigError, load_toml
+from ferry.runtime.config import read_config
 
 C = TypeVar("C")
+
+# A config that cannot work exits with this; the systemd units do not restart on
+# it (RestartPreventExitStatus=2): restarting cannot fix a typo.
+EXIT_BAD_CONFIG = 2
 
 
 def run_daemon(
@@ -21,17 +26,30 @@ def run_daemon(
     description: str,
     config_type: type[C],
     run: Callable[[C, asyncio.Event], Awaitable[None]],
+    problems: Callable[[C], list[str]] = lambda _config: [],
     argv: list[str] | None = None,
 ) -> int:
+    """`problems`: what is wrong with a config that decoded (files it names, ...)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", required=True, help="path to the TOML config file")
     parser.add_argument("--log-level", default=None, help="debug, info, warning or error")
+    parser.add_argument(
+        "--check-config", action="store_true",
+        help="check the config file (keys, values, the files it names) and exit: 0 when good, 2 with every problem",
+    )
     args = parser.parse_args(argv)
-    try:
-        config: Any = load_toml(args.config, config_type)
-    except ConfigError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
+    config, found = read_config(args.config, config_type)
+    if config is not None:
+        found += problems(config)
+    if found or config is None:
+        count = f"{len(found)} problems" if len(found) > 1 else "a problem"
+        print(f"{prog}: config file {args.config} has {count}:", file=sys.stderr)
+        for problem in found:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if args.check_config:
+        print(f"{prog}: config file {args.config} is good")
+        return 0
     logs.configure(args.log_level or getattr(config, "log_level", "info"))
 
     async def main() -> None:

@@ -6,7 +6,14 @@ import sys
 import structlog
 
 
+def quiet_asyncio() -> None:
+    """asyncio warns "returning true from eof_received() has no effect when using
+    ssl" whenever a TLS peer closes; it says nothing to an operator."""
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
+
+
 def configure(level: str = "info", *, json: bool | None = None) -> None:
+    quiet_asyncio()
     if json is None:
         json = not sys.stderr.isatty()
     renderer = (

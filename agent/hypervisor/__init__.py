@@ -11,6 +11,7 @@ from ferry.agent.hypervisor.base import (
     MigrationFailed,
     MigrationPlan,
     NodeFacts,
+    VmInventory,
     VmNotFound,
 )
 from ferry.agent.hypervisor.disks import DiskError, ImagesFolder
@@ -25,6 +26,7 @@ __all__ = [
     "MigrationFailed",
     "MigrationPlan",
     "NodeFacts",
+    "VmInventory",
     "VmNotFound",
     "open_hypervisor",
 ]

@@ -4,7 +4,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ferry.proto.agent import DiskInfo, VmDescription
-from ferry.proto.host import VmInfo, VmState
+from ferry.proto.host import UnreadableVm, VmInfo, VmState
+from ferry.proto.network import HostNetworks
 
 
 class HypervisorUnavailable(Exception):
@@ -34,6 +35,14 @@ class NodeFacts:
     memory_free_mib: int
     libvirt_version: str
     qemu_version: str
+
+
+@dataclass(frozen=True)
+class VmInventory:
+    """The host's domains: those described, and those that could not be (with why)."""
+
+    vms: list[VmInfo]
+    unreadable: list[UnreadableVm] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -69,7 +78,13 @@ class Hypervisor(Protocol):
 
     async def node_facts(self) -> NodeFacts: ...
 
-    async def list_vms(self) -> list[VmInfo]: ...
+    async def list_vms(self) -> VmInventory:
+        """One domain that cannot be read never hides the others: it is reported unreadable."""
+        ...
+
+    async def network_facts(self) -> HostNetworks:
+        """What this host offers VMs' interfaces: libvirt networks (with portgroups) and devices."""
+        ...
 
     async def describe_vm(self, name: str) -> VmDescription:
         """Raises VmNotFound."""

@@ -22,12 +22,16 @@ from ferry.agent.hypervisor.base import (
     MigrationFailed,
     MigrationPlan,
     NodeFacts,
+    VmInventory,
     VmNotFound,
     version_string,
 )
 from ferry.agent.hypervisor.disks import ImagesFolder, create_image, remove_image
+from ferry.agent.hypervisor.networks import attachments_of, network_portgroups, read_devices
 from ferry.proto.agent import DiskInfo, VmDescription
-from ferry.proto.host import VmInfo, VmState
+from ferry.proto.host import UnreadableVm, VmInfo, VmState
+from ferry.proto.names import VM_NAME_MAX, vm_name_problem
+from ferry.proto.network import HostNetworks, LibvirtNetwork
 
 T = TypeVar("T")
 
@@ -123,8 +127,12 @@ class LibvirtHypervisor:
     async def node_facts(self) -> NodeFacts:
         return await self._call(_read_node_facts)
 
-    async def list_vms(self) -> list[VmInfo]:
+    async def list_vms(self) -> VmInventory:
         return await self._call(_read_vms)
+
+    async def network_facts(self) -> HostNetworks:
+        networks = await self._call(_read_networks)
+        return HostNetworks(networks=networks, devices=await asyncio.to_thread(read_devices))
 
     async def describe_vm(self, name: str) -> VmDescription:
         return await self._on_domain(name, lambda dom: _describe(dom, self._images))
@@ -322,27 +330,57 @@ def _read_node_facts(conn: libvirt.virConnect) -> NodeFacts:
     )
 
 
-def _read_vms(conn: libvirt.virConnect) -> list[VmInfo]:
-    vms = []
+def _read_vms(conn: libvirt.virConnect) -> VmInventory:
+    vms, unreadable = [], []
     for dom in conn.listAllDomains():
+        name = ""
         try:
+            name = dom.name()
+            problem = vm_name_problem(name)
+            if problem is not None:
+                unreadable.append(_unreadable(name, f"Ferry cannot carry this name: {problem}"))
+                continue
             state, max_mem_kib, _mem_kib, vcpus, _cpu_time = dom.info()
             vms.append(
                 VmInfo(
-                    name=dom.name(),
+                    name=name,
                     uuid=dom.UUIDString(),
                     vcpus=vcpus,
                     memory_mib=max_mem_kib // 1024,
                     state=_STATE.get(state, VmState.OTHER),
                     persistent=bool(dom.isPersistent()),
+                    attachments=attachments_of(ET.fromstring(dom.XMLDesc(0))),
                 )
             )
         except libvirt.libvirtError as exc:
             # A domain that vanished between listing and reading (migrated away,
             # undefined) is simply not there any more.
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                continue
+            if not conn.isAlive():
                 raise
-    return sorted(vms, key=lambda vm: vm.name)
+            unreadable.append(_unreadable(name or "?", exc.get_error_message()))
+        except ET.ParseError as exc:
+            unreadable.append(_unreadable(name, f"its domain XML does not parse: {exc}"))
+    return VmInventory(sorted(vms, key=lambda vm: vm.name), unreadable)
+
+
+def _unreadable(name: str, reason: str) -> UnreadableVm:
+    shown = name if len(name) <= VM_NAME_MAX else name[: VM_NAME_MAX - 1] + "…"
+    return UnreadableVm(name=shown, reason=reason[:1000])
+
+
+def _read_networks(conn: libvirt.virConnect) -> list[LibvirtNetwork]:
+    found = []
+    for net in conn.listAllNetworks():
+        try:
+            found.append(
+                LibvirtNetwork(name=net.name(), active=bool(net.isActive()), portgroups=network_portgroups(net.XMLDesc(0)))
+            )
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+                raise
+    return sorted(found, key=lambda n: n.name)
 
 
 def _dirty_rate_stats(dom: libvirt.virDomain) -> dict[str, object]:
@@ -393,6 +431,7 @@ def _describe(dom: libvirt.virDomain, images: ImagesFolder) -> VmDescription:
         cpu_xml=cpu_xml,
         disks=disks,
         running=state == libvirt.VIR_DOMAIN_RUNNING,
+        attachments=attachments_of(root),
     )
 
 

@@ -25,10 +25,12 @@ from ferry.agent.hypervisor.base import (
     MigrationFailed,
     MigrationPlan,
     NodeFacts,
+    VmInventory,
     VmNotFound,
 )
 from ferry.proto.agent import DiskInfo, VmDescription
 from ferry.proto.host import VmInfo, VmState
+from ferry.proto.network import Attachment, AttachmentKind, HostNetworks, LibvirtNetwork
 
 STEP_SECONDS = 0.05
 MIB = 1024 * 1024
@@ -72,6 +74,7 @@ class SimulatedHypervisor:
                     vcpus=vm.vcpus,
                     memory_mib=vm.memory_mib,
                     state=VmState.RUNNING,
+                    attachments=[Attachment(AttachmentKind.NETWORK, network) for network in vm.networks],
                 ),
                 cpu_model=vm.cpu_model,
                 dirty_mib_per_s=vm.dirty_mib_per_s,
@@ -108,8 +111,11 @@ class SimulatedHypervisor:
             qemu_version=self._spec.qemu_version,
         )
 
-    async def list_vms(self) -> list[VmInfo]:
-        return sorted(self._vms.values(), key=lambda vm: vm.name)
+    async def list_vms(self) -> VmInventory:
+        return VmInventory(sorted(self._vms.values(), key=lambda vm: vm.name))
+
+    async def network_facts(self) -> HostNetworks:
+        return HostNetworks(networks=[LibvirtNetwork(name) for name in self._spec.networks])
 
     def _vm(self, name: str) -> VmInfo:
         try:
@@ -129,6 +135,7 @@ class SimulatedHypervisor:
             virt_type="simulated",
             cpu_xml=f"<cpu><model>{model}</model></cpu>" if model else "",
             running=vm.state == VmState.RUNNING,
+            attachments=list(vm.attachments),
         )
 
     async def vm_state(self, name: str) -> VmState | None:
@@ -259,7 +266,9 @@ class SimulatedHypervisor:
     async def adopt_incoming(self, vm: VmDescription) -> None:
         if vm.name not in self._vms:
             self.add_vm(
-                VmInfo(name=vm.name, uuid=vm.uuid, vcpus=vm.vcpus, memory_mib=vm.memory_mib),
+                VmInfo(
+                    name=vm.name, uuid=vm.uuid, vcpus=vm.vcpus, memory_mib=vm.memory_mib, attachments=list(vm.attachments)
+                ),
                 cpu_model=_cpu_model(vm.cpu_xml),
             )
             # As with libvirt, a finished incoming job leaves its statistics here.

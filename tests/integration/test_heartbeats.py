@@ -189,7 +189,8 @@ def test_cli_without_nats_says_so():
 
 def test_agent_with_bad_config_exits_with_a_sentence(tmp_path):
     bad = tmp_path / "agent.toml"
-    bad.write_text('host = "hv.1"\n')
+    bad.write_text('host = "hv_1"\n')
     out = subprocess.run([script("ferry-agent"), "--config", str(bad)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
-    assert "agent.toml is invalid" in out.stderr and "$.host" in out.stderr and "Traceback" not in out.stderr
+    assert f"config file {bad} has a problem" in out.stderr and "$.host" in out.stderr and "host name" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -103,7 +103,7 @@ async def test_cancel_while_migrating_keeps_the_vm_on_its_source(daemons, nats_s
     "verb, payload",
     [
         ("migrate", b"{"),
-        ("migrate", b'{"vm": "a.b"}'),
+        ("migrate", b'{"vm": "a\\nb"}'),
         ("migrate", b'{"vm": "g1", "options": {"bandwidth_mib": -1}}'),
         ("migrate", b'{"vm": "g1", "options": {"storage": "teleport"}}'),
         ("session", b'{"id": "NOT AN ID"}'),

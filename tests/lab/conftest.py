@@ -12,10 +12,9 @@
 A lab that cannot start skips the tests that need it, except in CI (CI=true),
 where it is a failure: a lab test never passes by not running.
 
-A lab test that fails while one of its guests shows the signs of QEMU 7.2's
-TCG lost-write bug (lab/lost_writes.py: the guest crashed or hung on the host
-it moved to) fails as ``QemuLostGuestWrites``, with the signs, and runs once
-more. Any other failure, or a second one, stays a failure.
+A lab test that fails while one of its guests shows lost-write signs
+(lab/lost_writes.py: the guest crashed or hung on the host it moved to) fails
+as ``GuestBrokenInMove``, with the signs first. Nothing is run twice.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ import pytest
 from ferry.lab.errors import LabError
 from ferry.lab.lab import Lab
 from ferry.lab.slots import LabSlot, claim_slot, clear_slot
-from tests.support.lost_write_reruns import pytest_collection_modifyitems, pytest_runtest_call  # noqa: F401 (hooks)
+from tests.support.lost_write_report import pytest_runtest_call  # noqa: F401 (hook)
 
 SESSION_HOSTS = 3
 
@@ -104,11 +103,12 @@ def guest_factory(lab: Lab, request: pytest.FixtureRequest) -> Iterator[GuestFac
         wait_ticks: int = 2,
         name: str | None = None,
         fill_mb: int = 0,
+        networks: tuple[str, ...] = (),
     ) -> str:
         """Create and start a guest; wait until it printed ``wait_ticks`` ticks. Returns its name."""
         name = name or guest_name(request.node.name)
         made.append(name)
-        lab.create_guest(name, host, memory_mib, dirty_mb, disk, disk_size_mib, disk_content, fill_mb)  # type: ignore[arg-type]
+        lab.create_guest(name, host, memory_mib, dirty_mb, disk, disk_size_mib, disk_content, fill_mb, networks)  # type: ignore[arg-type]
         if wait_ticks:
             lab.wait_for_tick(name, host, wait_ticks)
         return name

@@ -44,8 +44,7 @@ def test_agents_report_real_capacity_from_libvirt(lab_with_ferry):
         assert h["capacity"]["cpus"] == os.cpu_count()
         assert abs(h["capacity"]["memory_total_mib"] - mem_total_mib) <= 1
         assert 0 < h["capacity"]["memory_free_mib"] <= mem_total_mib
-        assert h["versions"]["libvirt"].startswith("9.")
-        assert h["versions"]["qemu"].startswith("7.")
+        assert h["versions"]["libvirt"] and h["versions"]["qemu"]  # their minimum: tests/lab/test_real_install.py
         assert h["cpu_model"]
         # Each lab host has its own UUID: libvirt refuses migrating to "itself" otherwise.
         assert h["host_uuid"] == layout.uuid

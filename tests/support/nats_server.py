@@ -25,19 +25,31 @@ def free_port() -> int:
 
 
 class NatsServer:
-    def __init__(self, store_dir: Path, port: int | None = None) -> None:
+    """`config`: a config file's text (its `listen` must name `port`); else a plain
+    server with JetStream. `scheme` is "tls" for a server that asks for TLS."""
+
+    def __init__(self, store_dir: Path, port: int | None = None, *, config: str | None = None, scheme: str = "nats") -> None:
         self.port = port or free_port()
         self.store_dir = store_dir
+        self.config = config
+        self.scheme = scheme
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def _argv(self) -> list[str]:
+        if self.config is None:
+            return [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
+        path = self.store_dir / "server.conf"
+        path.write_text(self.config)
+        return [nats_server_binary(), "-c", str(path)]
 
     def start(self) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir)],
+            self._argv(),
             stdout=subprocess.DEVNULL,
             stderr=open(self.store_dir / "server.log", "ab"),
         )

@@ -88,6 +88,7 @@ def simulated_agent_toml(
     unreachable: Iterable[str] = (),
     probe_dir: Path | str | None = None,
     probe_timeout: float | None = None,
+    nats_extra: str = "",
 ) -> str:
     """agent.toml for a simulated host (keys as in agent/config.py).
 
@@ -117,6 +118,7 @@ def simulated_agent_toml(
         "[nats]",
         f"servers = {_quoted([nats_url])}",
         "reconnect_wait = 0.2",
+        nats_extra,
         "[hypervisor]",
         'backend = "simulated"',
         f"peer_uri = {_quoted(f'sim://{host}')}",

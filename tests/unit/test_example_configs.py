@@ -21,3 +21,12 @@ def test_example_coordinator_config_shows_the_defaults():
     example = load_toml(SYSTEMD / "coordinator.toml.example", CoordinatorConfig)
     defaults = CoordinatorConfig()
     assert (example.limits, example.drain, example.evacuation) == (defaults.limits, defaults.drain, defaults.evacuation)
+
+
+def test_units_do_not_restart_a_daemon_whose_config_cannot_work():
+    from ferry.runtime.daemon import EXIT_BAD_CONFIG
+
+    for unit in ("ferry-agent.service", "ferry-coordinator.service"):
+        lines = (SYSTEMD / unit).read_text().splitlines()
+        assert f"RestartPreventExitStatus={EXIT_BAD_CONFIG}" in lines, unit
+        assert "Restart=always" in lines, unit

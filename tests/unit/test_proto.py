@@ -14,21 +14,6 @@ class Named(msgspec.Struct):
     vm: VmName = "x"
 
 
-@pytest.mark.parametrize("name", ["hv1", "HV-01", "a", "host_2", "x" * 63])
-def test_good_names_pass(name):
-    assert Decoder(Named, "n").decode(encode({"host": name, "vm": name})).host == name
-
-
-@pytest.mark.parametrize(
-    "name", ["", "a.b", "a*", "a>", "a b", "-lead", "x" * 64, "tab\t", "ünï", "a/b"]
-)
-def test_names_that_cannot_be_subject_tokens_are_refused(name):
-    with pytest.raises(FerryError) as caught:
-        Decoder(Named, "request").decode(encode({"host": name}))
-    assert caught.value.code == ErrorCode.BAD_REQUEST
-    assert "$.host" in caught.value.message
-
-
 @pytest.mark.parametrize("data", [b"\xff\x00", b"[1,2", b"null", b"42", b'"str"', b"{\"host\": 1}"])
 def test_garbage_is_a_bad_request_not_a_crash(data):
     with pytest.raises(FerryError) as caught:
@@ -91,5 +76,5 @@ def test_subjects():
     assert subjects.host_session("hv1", "abc123") == "ferry.host.hv1.session.abc123"
     assert subjects.agent_verb("hv2", "prepare") == "ferry.agent.hv2.prepare"
     assert subjects.api("hosts") == "ferry.api.hosts"
-    assert subjects.host_from_subject("ferry.host.hv3.status") == "hv3"
-    assert subjects.host_from_subject("other.host.hv3.status") is None
+    assert subjects.token_from_subject("ferry.host.hv3.status") == "hv3"
+    assert subjects.token_from_subject("other.host.hv3.status") is None

@@ -88,7 +88,7 @@ async def test_a_guest_without_a_cpu_model_runs_anywhere():
 async def test_a_finished_migration_removes_the_vm_and_keeps_its_statistics():
     hv = source()
     await asyncio.wait_for(hv.migrate("g1", PLAN), timeout=1.0)
-    assert [v.name for v in await hv.list_vms()] == ["plain"]
+    assert [v.name for v in (await hv.list_vms()).vms] == ["plain"]
     assert await hv.vm_state("g1") is None
     assert await hv.job_stats("g1") is None
     completed = await hv.completed_job_stats("g1")
@@ -222,7 +222,7 @@ async def test_adopting_a_vm_the_host_already_has_changes_nothing():
     first = VmDescription(name="g1", uuid="u-1", vcpus=1, memory_mib=256)
     await hv.adopt_incoming(first)
     await hv.adopt_incoming(VmDescription(name="g1", uuid="u-2", vcpus=8, memory_mib=8192))
-    (vm,) = await hv.list_vms()
+    (vm,) = (await hv.list_vms()).vms
     assert (vm.uuid, vm.vcpus, vm.memory_mib) == ("u-1", 1, 256)
 
 

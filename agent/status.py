@@ -3,8 +3,6 @@
 from dataclasses import dataclass, field
 
 from ferry.agent.hypervisor import NodeFacts
-from ferry.proto.network import HostNetworks
-from ferry.runtime.version import VERSION
 from ferry.proto.host import (
     Capacity,
     HealthCheck,
@@ -15,6 +13,8 @@ from ferry.proto.host import (
     VmInfo,
     VmState,
 )
+from ferry.proto.network import HostNetworks
+from ferry.runtime.version import VERSION
 
 AGENT_VERSION = VERSION
 

@@ -41,7 +41,6 @@ import libvirt
 import msgspec
 from rich.table import Table
 
-from ferry.agent.progress import progress_from_stats
 from bench.common import (
     FERRY,
     VIRSH,
@@ -64,6 +63,7 @@ from bench.common import (
     wait_until,
     write_results,
 )
+from ferry.agent.progress import progress_from_stats
 from ferry.lab.lab import Lab
 from ferry.lab.libvirt_conn import open_host
 from ferry.lab.residency import Residency

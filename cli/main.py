@@ -12,9 +12,10 @@ from rich.progress import Progress as Bar
 from rich.table import Table
 from rich.text import Text
 
-from ferry.cli import convergence as cli_convergence, drain as cli_drain
-from ferry.cli.output import plain_console, print_json, say_error
+from ferry.cli import convergence as cli_convergence
+from ferry.cli import drain as cli_drain
 from ferry.cli.client import FerryClient
+from ferry.cli.output import plain_console, print_json, say_error
 from ferry.proto.api import HostsReply, HostState, HostView, MigrateRequest, SessionsRequest
 from ferry.proto.codec import Decoder, encode
 from ferry.proto.convergence import POLICIES

@@ -21,7 +21,6 @@ import msgspec
 import structlog
 
 from ferry.coordinator import bandwidth
-from ferry.proto import subjects
 from ferry.coordinator.admission import Admit, Queued, Refuse, Slot, Wait, admit, inbound_room
 from ferry.coordinator.agents import AgentClient
 from ferry.coordinator.placement import rank
@@ -37,6 +36,7 @@ from ferry.coordinator.session_rules import (
 )
 from ferry.coordinator.session_store import SessionStore, VmClaims
 from ferry.coordinator.transitions import advance
+from ferry.proto import subjects
 from ferry.proto.agent import (
     BandwidthRequest,
     Decline,

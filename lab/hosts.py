@@ -18,8 +18,8 @@ import libvirt
 
 from ferry.lab import configs, processes
 from ferry.lab.errors import LabError
-from ferry.lab.libvirt_conn import open_host, quiet_libvirt
 from ferry.lab.layout import CONSOLE_PATH, IMAGES_PATH, PRIVATE_PATHS, HostLayout
+from ferry.lab.libvirt_conn import open_host, quiet_libvirt
 from ferry.lab.processes import ProcessRef
 
 READY_TIMEOUT = 30.0

@@ -12,8 +12,8 @@ import msgspec
 
 from ferry.proto.convergence import PolicyAction
 from ferry.proto.host import Versions
-from ferry.proto.network import Attachment
 from ferry.proto.names import HostName, NonNegative, SessionId, VmName
+from ferry.proto.network import Attachment
 from ferry.proto.session import MiBps, MigrateOptions, Outcome, Progress
 
 LeaseSeconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]

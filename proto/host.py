@@ -2,7 +2,6 @@
 
 import enum
 import re
-
 from typing import Annotated
 
 import msgspec

@@ -7,7 +7,7 @@ from ferry.agent.hypervisor.base import version_string
 from ferry.agent.hypervisor.simulated import SimulatedHypervisor
 from ferry.agent.status import Observation, build_status
 from ferry.proto.host import HealthCheck, HealthState, VmInfo, VmState
-from ferry.runtime.config import ConfigError, load_toml
+from ferry.runtime.config import load_toml
 
 SETTINGS = HealthSettings(memory_warning_percent=10, memory_critical_percent=3)
 

@@ -4,7 +4,7 @@ import pytest
 from ferry.proto import subjects
 from ferry.proto.api import HostsReply, HostsRequest
 from ferry.proto.codec import Decoder, ReplyDecoder, encode
-from ferry.proto.errors import ErrorCode, ErrorReply, FerryError
+from ferry.proto.errors import ErrorReply, FerryError
 from ferry.proto.host import Capacity, HealthState, HostStatus, VmInfo
 from ferry.proto.names import HostName, VmName
 

@@ -10,7 +10,7 @@ VENV_STAMP := $(VENV)/.installed
 # The libvirt version libvirt-python was last built against (rebuilt when it changes).
 LIBVIRT_PY_STAMP := $(VENV)/.libvirt-python-built-for
 
-.PHONY: all deps venv demo test test-unit test-integration test-lab bench bench-overhead bench-drain bench-convergence clean lab-down
+.PHONY: all deps venv demo test test-unit test-integration test-lab bench bench-overhead bench-drain bench-convergence bench-lost-writes clean lab-down
 
 all: venv
 
@@ -63,6 +63,9 @@ bench-drain: venv
 
 bench-convergence: venv
 	$(BIN)/python -m bench.convergence
+
+bench-lost-writes: venv
+	$(BIN)/python -m bench.lost_writes
 
 lab-down: venv
 	$(BIN)/ferry-lab down

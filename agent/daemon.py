@@ -59,6 +59,7 @@ class Agent:
         self._vms: list[VmInfo] = []
         self._unreadable: list[UnreadableVm] = []
         self._networks: HostNetworks | None = None
+        self._networks_error = ""
         self._checks: list[HealthCheck] = []
         self._changed = asyncio.Event()
         self._nc: Client | None = None
@@ -193,8 +194,13 @@ class Agent:
     async def _read_networks_once(self) -> None:
         try:
             networks = await self._hypervisor.network_facts()
-        except HypervisorUnavailable:
-            return  # the last known networks stand; the health check reports the outage
+        except HypervisorUnavailable as exc:
+            # The last known networks stand; placement still has them, prepare checks live.
+            if self._networks_error != str(exc):
+                self._log.warning("networks_unread", error=str(exc))
+            self._networks_error = str(exc)
+            return
+        self._networks_error = ""
         if networks != self._networks:
             self._networks = networks
             self._changed.set()

@@ -12,4 +12,9 @@ memory faster than the bandwidth cap, moved by plain ``virsh migrate`` with a
 deadline against ``ferry migrate`` with the default convergence policy.
 
 ``make bench`` runs all three, one after the other.
+
+``python -m bench.lost_writes`` (``make bench-lost-writes``, about 15 minutes):
+not a speed benchmark but a measure of the QEMU and libvirt below Ferry: busy
+TCG guests moved again and again, counting the moves after which the guest
+crashed or hung (QEMU before 9.0 loses some of their writes).
 """

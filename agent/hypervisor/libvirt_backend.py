@@ -131,7 +131,10 @@ class LibvirtHypervisor:
         return await self._call(_read_vms)
 
     async def network_facts(self) -> HostNetworks:
-        networks = await self._call(_read_networks)
+        try:
+            networks = await self._call(_read_networks)
+        except libvirt.libvirtError as exc:
+            raise HypervisorUnavailable(f"cannot read libvirt's networks at {self._uri}: {exc.get_error_message()}") from None
         return HostNetworks(networks=networks, devices=await asyncio.to_thread(read_devices))
 
     async def describe_vm(self, name: str) -> VmDescription:
@@ -371,8 +374,14 @@ def _unreadable(name: str, reason: str) -> UnreadableVm:
 
 
 def _read_networks(conn: libvirt.virConnect) -> list[LibvirtNetwork]:
+    try:
+        listed = conn.listAllNetworks()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
+            return []  # a libvirtd without its network driver has no libvirt networks
+        raise
     found = []
-    for net in conn.listAllNetworks():
+    for net in listed:
         try:
             found.append(
                 LibvirtNetwork(name=net.name(), active=bool(net.isActive()), portgroups=network_portgroups(net.XMLDesc(0)))

@@ -104,3 +104,14 @@ def test_minimal_config_gets_sane_defaults(tmp_path):
     assert config.heartbeat_interval == 2.0
     assert config.hypervisor.backend == "libvirt" and config.hypervisor.uri == "qemu:///system"
     assert config.nats.servers == ["nats://127.0.0.1:4222"]
+
+
+def test_status_carries_unreadable_domains_and_the_hosts_networks():
+    from ferry.proto.host import UnreadableVm
+    from ferry.proto.network import HostNetworks, LibvirtNetwork
+
+    networks = HostNetworks(networks=[LibvirtNetwork("prod")], devices=["br0"])
+    odd = UnreadableVm(name="odd", reason="internal error: boom")
+    s = make_status(Observation(FACTS, [VmInfo(name="a.b")], [], unreadable=[odd], networks=networks))
+    assert s.unreadable_vms == [odd] and s.networks == networks and [vm.name for vm in s.vms] == ["a.b"]
+    assert s.content_key() != make_status(Observation(FACTS, [VmInfo(name="a.b")], [])).content_key()

@@ -126,6 +126,11 @@ async def _run_one(path: Path, timeout: float, env: dict[str, str]) -> HealthChe
             # Timed out or the agent is stopping. The whole group, even when the probe
             # itself has exited: a child it left behind may hold the pipe open.
             _kill_group(proc.pid)
+            # Read the pipe to its end too, so the transport closes with the process
+            # (left open, it is torn down later, after its loop may be gone).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await proc.communicate()
             await proc.wait()
     return judge_plugin(path.name, code, output.decode(errors="replace"))
 

@@ -87,7 +87,9 @@ def run(lab: Lab, keep: bool) -> None:
 
     step(f"{busy} rewrites 64 MiB/s, twice what a 32 MiB/s link copies: the default policy makes it converge")
     ferry(lab, "migrate", busy, "--dry-run", "--bandwidth", "32")
-    moved = json.loads(ferry(lab, "migrate", busy, "--bandwidth", "32", "--wait", "--json", timeout=300))
+    ferry(lab, "migrate", busy, "--bandwidth", "32", "--wait", timeout=300)
+    # Sessions of earlier demos stay in the store: this one is the newest.
+    moved = max(json.loads(ferry(lab, "sessions", "--vm", busy, "--json", show=False)), key=lambda s: s["created_at"])
     ferry(lab, "session", moved["id"])
     report = lab.continuity(busy)
     if not report.ok:

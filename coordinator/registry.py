@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from ferry.proto.api import HostState, HostView
 from ferry.proto.events import CoordinatorEvent, HostAppeared, HostLost, HostReturned
 from ferry.proto.host import HostStatus, VmState
+from ferry.proto.names import printable
 
 
 @dataclass
@@ -102,7 +103,10 @@ class Registry:
             arch=status.arch,
             migrations_in_flight=status.migrations_in_flight,
             vm_problems=[
-                *(f"{vm.name}: the agent could not describe it: {vm.reason}" for vm in status.unreadable_vms),
+                *(
+                    f"{printable(vm.name)}: the agent could not describe it: {printable(vm.reason)}"
+                    for vm in status.unreadable_vms
+                ),
                 *record.rejected_vms,
             ],
             networks=status.networks,

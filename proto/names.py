@@ -90,3 +90,9 @@ def vm_name_problem(name: str) -> str | None:
     if not _VM_NAME.match(name):
         return f"the VM name {name!r} holds a control character or '/'"
     return None
+
+
+def printable(text: str) -> str:
+    """`text` with control and other unprintable characters written as escapes
+    (`\\x1b`, `\\u200b`): text from a host is shown as text, never as terminal codes."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)

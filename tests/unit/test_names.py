@@ -164,3 +164,13 @@ def test_vm_info_round_trips_with_any_name():
     for name in GOOD_VM_NAMES:
         info = VmInfo(name=name)
         assert msgspec.json.decode(encode(info), type=VmInfo) == info
+
+
+def test_a_name_the_agent_could_not_carry_is_shown_escaped_never_as_terminal_codes():
+    registry = Registry(timeout=6.0)
+    decoded, _ = StatusDecoder().decode(status([]))
+    odd = UnreadableVm(name="evil\x1b[2Jname\t\u200b", reason="bad\nname")
+    registry.observe(msgspec.structs.replace(decoded, unreadable_vms=[odd]), now=0.0)
+    (problem,) = registry.view("hv1", 0.0).vm_problems
+    assert problem == "evil\\x1b[2Jname\\t\\u200b: the agent could not describe it: bad\\nname"
+    assert all(ch.isprintable() for ch in problem)

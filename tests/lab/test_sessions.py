@@ -68,6 +68,8 @@ async def test_bandwidth_limit_holds_and_raising_it_speeds_the_migration_up(lab_
     # The workload keeps 24 MiB of memory changing, so at 8 MiB/s the copy runs
     # long enough to be measured; at a higher speed it converges.
     guest = guest_factory(host="hv1", memory_mib=256, dirty_mb=24, wait_ticks=3)
+    # (seconds into the job, bytes sent), both from one job-statistics read: the
+    # publish time would add the jitter of a busy host's libvirt calls.
     samples: list[tuple[float, int]] = []
     decoder = msgspec.json.Decoder(SessionUpdate)
     client = await client_for(lab)
@@ -77,7 +79,7 @@ async def test_bandwidth_limit_holds_and_raising_it_speeds_the_migration_up(lab_
         async def on_update(msg) -> None:
             update = decoder.decode(msg.data)
             if isinstance(update, SessionProgress):
-                samples.append((update.at, update.progress.data_processed))
+                samples.append((update.progress.elapsed_ms / 1000, update.progress.data_processed))
 
         await client._nc.subscribe(subjects.host_session("hv1", session.id), cb=on_update)
         await asyncio.sleep(6.0)
@@ -86,7 +88,10 @@ async def test_bandwidth_limit_holds_and_raising_it_speeds_the_migration_up(lab_
         # Skip the first sample: the job's start (connection, zero pages) is not steady state.
         (t0, b0), (t1, b1) = limited[1], limited[-1]
         rate_limited = (b1 - b0) / (t1 - t0) / MIB
-        assert rate_limited <= 8 * 1.10, f"measured {rate_limited:.2f} MiB/s with an 8 MiB/s limit"
+        # QEMU 10 sends somewhat more than max-bandwidth over a few seconds (9.0 MiB/s
+        # at 8 measured here, from its own byte and time counters); without the cap
+        # the same guest moves at over 100 MiB/s.
+        assert rate_limited <= 8 * 1.25, f"measured {rate_limited:.2f} MiB/s with an 8 MiB/s limit"
         assert rate_limited >= 8 * 0.5, f"measured only {rate_limited:.2f} MiB/s"
 
         raised_at, processed_at_raise = time.time(), limited[-1][1]

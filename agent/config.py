@@ -111,10 +111,10 @@ def problems(config: AgentConfig) -> list[str]:
     images = file_problem("images_dir", config.images_dir, folder=True)
     if images is not None:
         found.append(images)
-    # A missing probe folder means no probes (documented); a file in its place is a mistake.
-    if os.path.exists(config.health.probe_dir) and not os.path.isdir(config.health.probe_dir):
-        found.append(f"health.probe_dir: {config.health.probe_dir} is not a folder")
     health = config.health
+    # A missing probe folder means no probes (documented); a file in its place is a mistake.
+    if os.path.exists(health.probe_dir) and not os.path.isdir(health.probe_dir):
+        found.append(f"health.probe_dir: {health.probe_dir} is not a folder")
     for what in ("memory", "disk"):
         warning, critical = getattr(health, f"{what}_warning_percent"), getattr(health, f"{what}_critical_percent")
         if critical > warning:

@@ -36,6 +36,7 @@ from bench.common import (
     bring_up,
     console,
     coordinator_hosts,
+    median,
     run_in_lab,
     run_timed,
     write_results,
@@ -95,12 +96,11 @@ def move(lab: Lab, name: str, dest: str, bandwidth: int) -> Session:
 
 def arrived(lab: Lab, name: str, host: str, tick_before: int) -> bool:
     """The guest printed a newer tick on ``host`` within ARRIVAL_TIMEOUT."""
-    deadline = time.monotonic() + ARRIVAL_TIMEOUT
-    while time.monotonic() < deadline:
-        if last_tick_on(lab.layout, name, host) > tick_before:
-            return True
-        time.sleep(0.5)
-    return False
+    try:
+        lab.wait_for_tick(name, host, tick_before + 1, timeout=ARRIVAL_TIMEOUT)
+    except LabError:
+        return False
+    return True
 
 
 def run_workload(lab: Lab, work: Workload, args: argparse.Namespace) -> None:
@@ -159,10 +159,8 @@ def print_table(stack: dict[str, str], works: list[Workload], bandwidth: int) ->
 
 
 def _median(values: list[float] | list[int]) -> str:
-    if not values:
-        return "-"
-    ordered = sorted(values)
-    return f"{ordered[len(ordered) // 2]}"
+    middle = median(values)
+    return "-" if middle is None else f"{middle:g}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

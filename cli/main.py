@@ -366,10 +366,7 @@ def _settings(args: argparse.Namespace) -> NatsSettings:
         servers=servers, creds=args.creds, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
         request_timeout=args.timeout,
     )
-    problems = [
-        p.replace("nats.tls_", "--tls-").replace("nats.creds", "--creds")
-        for p in nats_problems(settings)
-    ]
+    problems = nats_problems(settings, name=lambda key: "--" + key.replace("_", "-"))
     if problems:
         raise FerryError(ErrorCode.BAD_REQUEST, "; ".join(problems))
     return settings

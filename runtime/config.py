@@ -8,6 +8,7 @@ Wire messages keep ignoring unknown fields so mixed versions still talk.
 
 import difflib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -118,17 +119,23 @@ def file_problem(key: str, path: str, *, folder: bool = False) -> str | None:
     return None
 
 
-def nats_problems(nats: NatsSettings, section: str = "nats") -> list[str]:
-    """Files the [nats] section names that are missing, and settings that cannot work together."""
+def config_key(key: str) -> str:
+    return f"nats.{key}"
+
+
+def nats_problems(nats: NatsSettings, name: Callable[[str], str] = config_key) -> list[str]:
+    """Files the [nats] section names that are missing, and settings that cannot work
+    together; `name` says how a setting is called where it came from (a config key,
+    a command-line flag)."""
     problems = [
         p
         for key in ("creds", "tls_ca", "tls_cert", "tls_key")
-        if (p := file_problem(f"{section}.{key}", getattr(nats, key))) is not None
+        if (p := file_problem(name(key), getattr(nats, key))) is not None
     ]
     if nats.tls_key and not nats.tls_cert:
-        problems.append(f"{section}.tls_key is set without {section}.tls_cert")
+        problems.append(f"{name('tls_key')} is set without {name('tls_cert')}")
     if sum(bool(x) for x in (nats.creds, nats.user, nats.token)) > 1:
-        problems.append(f"{section}: use one of creds, user/password or token, not several")
+        problems.append("nats: use one of creds, user/password or token, not several")
     if not nats.servers:
-        problems.append(f"{section}.servers is empty")
+        problems.append(f"{name('servers')} is empty")
     return problems

@@ -98,6 +98,10 @@ class AgentConfig(msgspec.Struct, frozen=True):
     # from what the agent sees (the lab's per-host mount namespaces). Default: images_dir.
     images_dir_in_domain: str = ""
     log_level: str = "info"
+    # Where the agent journals its sessions (agent/journal.py), created owner-only at
+    # start. A restarted agent reads it to follow a migration libvirt kept running
+    # without it, and to know which reservations and images are its own.
+    state_dir: str = "/var/lib/ferry/agent"
     nats: NatsSettings = NatsSettings()
     hypervisor: HypervisorSettings = HypervisorSettings()
     health: HealthSettings = HealthSettings()
@@ -111,6 +115,9 @@ def problems(config: AgentConfig) -> list[str]:
     images = file_problem("images_dir", config.images_dir, folder=True)
     if images is not None:
         found.append(images)
+    # A missing state folder is created at start; a file in its place is a mistake.
+    if os.path.exists(config.state_dir) and not os.path.isdir(config.state_dir):
+        found.append(f"state_dir: {config.state_dir} is not a folder")
     health = config.health
     # A missing probe folder means no probes (documented); a file in its place is a mistake.
     if os.path.exists(health.probe_dir) and not os.path.isdir(health.probe_dir):

@@ -14,6 +14,8 @@ from ferry.agent.config import AgentConfig
 from ferry.agent.destination import Destination
 from ferry.agent.health import probe_host
 from ferry.agent.hypervisor import Hypervisor, HypervisorUnavailable, NodeFacts
+from ferry.agent.jobs import Jobs
+from ferry.agent.journal import Journal
 from ferry.agent.probes import run_probes
 from ferry.agent.source import Source
 from ferry.agent.status import AGENT_VERSION, Observation, build_status
@@ -22,6 +24,8 @@ from ferry.proto.agent import (
     BandwidthRequest,
     CommitReply,
     DescribeRequest,
+    JobRole,
+    JobsRequest,
     MeasureRequest,
     MigrateRequest,
     PrepareRequest,
@@ -64,13 +68,16 @@ class Agent:
         self._changed = asyncio.Event()
         self._nc: Client | None = None
         self._last_status: HostStatus | None = None
-        self._source = Source(config, hypervisor, self._publish, clock=clock)
-        self._destination = Destination(config, hypervisor, clock)
+        self._journal = Journal(config.state_dir, clock=clock)
+        self._source = Source(config, hypervisor, self._publish, self._journal, clock=clock)
+        self._destination = Destination(config, hypervisor, clock, self._journal)
+        self._jobs = Jobs(config.host, hypervisor, [self._source, self._destination])
 
     async def run(self, stop: asyncio.Event) -> None:
         self._log.info("agent_starting", backend=self._hypervisor.backend, version=AGENT_VERSION)
         nc = self._nc = await connect(self._config.nats, name=f"ferry-agent-{self._config.host}", log=self._log)
         try:
+            await self._recover()
             service = await add_service(
                 nc,
                 name="ferry-agent",
@@ -83,7 +90,7 @@ class Agent:
                 for verb, request_type, handler in (
                     ("status", AgentStatusRequest, self._handle_status),
                     ("describe", DescribeRequest, self._source.describe),
-
+                    ("jobs", JobsRequest, self._jobs.answer),
                     ("prepare", PrepareRequest, self._destination.prepare),
                     ("migrate", MigrateRequest, self._source.migrate),
                     ("abort", SessionRef, self._source.abort),
@@ -133,6 +140,22 @@ class Agent:
             if not nc.is_closed:
                 await nc.drain()
             self._log.info("agent_stopped")
+
+    async def _recover(self) -> None:
+        """The sessions of the agent's previous life, taken up before any verb is
+        served: a request must never find a job this agent has not remembered yet.
+        After connecting, since a job that ended meanwhile publishes its result."""
+        try:
+            await self._journal.open()
+            entries = await self._journal.load()
+        except OSError as exc:
+            # Serving without a journal could start a migration twice after the next restart.
+            self._log.error("journal_unusable", state_dir=self._config.state_dir, error=str(exc))
+            raise
+        await self._source.recover([e for e in entries if e.role == JobRole.SOURCE])
+        await self._destination.recover([e for e in entries if e.role == JobRole.DESTINATION])
+        if entries:
+            self._log.info("journal_recovered", sessions=len(entries), state_dir=self._config.state_dir)
 
     async def _forever(self, name: str, step: Callable[[], Awaitable[None]], every: float) -> None:
         while True:

@@ -1,25 +1,34 @@
 """The destination half of a session: prepare (check, reserve, pre-create disks),
 commit (confirm the VM runs, drop the reservation) and rollback (remove what
-prepare made). Every verb is idempotent per session id."""
+prepare made). Every verb is idempotent per session id.
+
+Reservations and the images made for them are journaled (agent/journal.py), each
+image as soon as it exists: a restarted agent (`recover`) holds them again, and
+a rollback removes what its own session made, nothing else."""
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import structlog
 
 from ferry.agent.config import AgentConfig
 from ferry.agent.hypervisor import DiskError, Hypervisor, HypervisorUnavailable
 from ferry.agent.incoming import IncomingFacts, judge_incoming
+from ferry.agent.journal import Journal, JournalEntry
 from ferry.agent.progress import outcome_from_stats
 from ferry.agent.reservations import Reservation, ReservationBook
 from ferry.proto.agent import (
     CommitReply,
     Decline,
     DeclineCode,
+    JobReport,
+    JobRole,
     Offer,
     PrepareReply,
     PrepareRequest,
     RollbackReply,
     SessionRef,
+    VmDescription,
 )
 from ferry.proto.errors import ErrorCode, FerryError
 from ferry.proto.host import VmState
@@ -33,10 +42,12 @@ class Destination:
         config: AgentConfig,
         hypervisor: Hypervisor,
         clock: Callable[[], float],
+        journal: Journal,
     ) -> None:
         self._config = config
         self._hypervisor = hypervisor
         self._clock = clock
+        self._journal = journal
         self._book = ReservationBook()
         self._log = structlog.get_logger().bind(host=config.host, role="destination")
 
@@ -90,9 +101,12 @@ class Destination:
             for disk in to_copy:
                 if await self._hypervisor.create_disk(disk):
                     created.append(disk.path)
-        except DiskError as exc:
+                    # At once: an agent killed before the offer still knows what it made.
+                    await self._journal.write(_entry(request.session_id, request.vm, None, created))
+        except (DiskError, OSError) as exc:
             for path in created:
                 await self._hypervisor.remove_disk(path)
+            await self._forget(request.session_id, log)
             return decline(DeclineCode.STORAGE_UNREACHABLE, f"{host} could not prepare {request.vm.name}'s disks: {exc}")
         lease = min(request.lease_seconds, self._config.migration.lease_seconds * 10)
         expires_at = self._clock() + lease
@@ -104,20 +118,50 @@ class Destination:
             copy_disks=[d.target for d in to_copy],
             lease_expires_at=expires_at,
         )
-        self._book.hold(
-            Reservation(
-                session_id=request.session_id,
-                vm=request.vm.name,
-                description=request.vm,
-                memory_mib=request.vm.memory_mib,
-                vcpus=request.vm.vcpus,
-                expires_at=expires_at,
-                offer=offer,
-                created_disks=tuple(created),
-            )
-        )
+        try:
+            # Before the offer leaves: an offer this host could forget is a domain it
+            # could not tell from another session's after a restart.
+            await self._journal.write(_entry(request.session_id, request.vm, offer, created))
+        except OSError as exc:
+            for path in created:
+                await self._hypervisor.remove_disk(path)
+            await self._forget(request.session_id, log)
+            raise FerryError(
+                ErrorCode.UNAVAILABLE, f"{host} cannot journal a reservation for {request.vm.name}: {exc}"
+            ) from None
+        self._book.hold(_reservation(request.vm, offer, created, expires_at))
         log.info("prepare_offered", copy_disks=offer.copy_disks, lease_seconds=lease)
         return offer
+
+    async def recover(self, entries: list[JournalEntry]) -> None:
+        """Once at start, before any verb is served: the reservations of the agent's
+        previous life, held again under a fresh lease (`expire_leases` keeps one
+        while its incoming domain exists and rolls it back otherwise)."""
+        expires_at = self._clock() + self._config.migration.lease_seconds
+        for entry in entries:
+            if entry.role != JobRole.DESTINATION:
+                continue
+            log = self._log.bind(session_id=entry.session_id, vm=entry.vm)
+            if entry.offer is None or entry.description is None:
+                # Prepare never finished, so no offer left this host and no migration
+                # can be using these images: remove them now.
+                await self._remove_unoffered(entry, log)
+                continue
+            self._book.hold(_reservation(entry.description, entry.offer, entry.created_disks, expires_at))
+            log.info("reservation_recovered", created_disks=entry.created_disks)
+
+    async def _remove_unoffered(self, entry: JournalEntry, log) -> None:
+        removed = []
+        try:
+            for path in entry.created_disks:
+                if await self._hypervisor.remove_disk(path):
+                    removed.append(path)
+        except (OSError, HypervisorUnavailable) as exc:
+            # The entry stays: the next start tries again.
+            log.warning("unoffered_images_kept", error=str(exc), created_disks=entry.created_disks)
+            return
+        await self._forget(entry.session_id, log)
+        log.info("unoffered_images_removed", removed=removed)
 
     async def _storage_plan(self, request: PrepareRequest) -> tuple[list, list[str]]:
         """Disks to pre-create for copying, and sentences for disks this host cannot reach."""
@@ -145,7 +189,8 @@ class Destination:
         if state != VmState.RUNNING:
             log.warning("commit_not_running", state=str(state))
             return CommitReply(session_id=request.session_id, host=self._config.host, vm_running=False)
-        self._book.release(request.session_id)
+        if self._book.release(request.session_id) is not None:
+            await self._forget(request.session_id, log)
         try:
             outcome = outcome_from_stats(await self._hypervisor.completed_job_stats(request.vm))
         except Exception as exc:  # statistics are a nicety; the VM runs either way
@@ -155,24 +200,72 @@ class Destination:
         return CommitReply(session_id=request.session_id, host=self._config.host, vm_running=True, outcome=outcome)
 
     async def rollback(self, request: SessionRef) -> RollbackReply:
-        """Removes what prepare made. Never touches a VM that runs here."""
+        """Removes what prepare made for this session, and only that: its images,
+        and its incoming domain once no migration job runs into it. Never touches
+        a VM that runs here."""
         log = self._log.bind(session_id=request.session_id, vm=request.vm)
-        state = await self._hypervisor.vm_state(request.vm)
-        if state == VmState.RUNNING:
-            raise FerryError(
-                ErrorCode.CONFLICT,
-                f"{request.vm} runs on {self._config.host}; rollback leaves it alone",
-            )
-        removed = []
-        if await self._hypervisor.destroy_incoming(request.vm):
-            removed.append(f"incoming domain {request.vm}")
-        held = self._book.release(request.session_id)
-        if held is not None:
-            for path in held.created_disks:
-                if await self._hypervisor.remove_disk(path):
-                    removed.append(path)
+        host = self._config.host
+        held = self._book.get(request.session_id)
+        vm = held.vm if held is not None else request.vm  # what the rollback would act on
+        try:
+            if await self._hypervisor.vm_state(vm) == VmState.RUNNING:
+                raise FerryError(ErrorCode.CONFLICT, f"{vm} runs on {host}; rollback leaves it alone")
+            if held is None:
+                # Another session's domain or images may be here under the same VM name.
+                log.info("rollback_unknown_session")
+                return RollbackReply(
+                    session_id=request.session_id, host=host,
+                    message=f"{host} holds no reservation for session {request.session_id}; nothing was removed",
+                )
+            if await self._hypervisor.job_stats(held.vm) is not None:
+                # Destroying the domain under a running job would fail the migration
+                # from this end; the source ends it cleanly and then rolls back here.
+                raise FerryError(
+                    ErrorCode.CONFLICT, f"the migration of {held.vm} is still running; abort it at the source"
+                )
+            removed = []
+            if await self._hypervisor.destroy_incoming(held.vm):
+                removed.append(f"incoming domain {held.vm}")
+            left = list(held.created_disks)
+            try:
+                for path in held.created_disks:
+                    if await self._hypervisor.remove_disk(path):
+                        removed.append(path)
+                    left.remove(path)
+            finally:
+                if left:
+                    # Held with what is left: the lease check tries again.
+                    self._book.hold(replace(held, created_disks=tuple(left)))
+                    await self._journal.write(_entry(held.session_id, held.description, held.offer, left))
+        except HypervisorUnavailable as exc:
+            raise FerryError(ErrorCode.UNAVAILABLE, f"{host} cannot reach its hypervisor: {exc}") from None
+        self._book.release(held.session_id)
+        await self._forget(held.session_id, log)
         log.info("rolled_back", removed=removed)
-        return RollbackReply(session_id=request.session_id, host=self._config.host, removed=removed)
+        return RollbackReply(session_id=request.session_id, host=host, removed=removed)
+
+    async def reports(self, session_ids: list[str]) -> list[JobReport]:
+        """The `jobs` verb's view of the reservations held here (all, or those named).
+        Raises HypervisorUnavailable."""
+        return [
+            JobReport(
+                session_id=held.session_id,
+                vm=held.vm,
+                role=JobRole.DESTINATION,
+                job_running=await self._hypervisor.job_stats(held.vm) is not None,
+                offer=held.offer,
+                created_images=list(held.created_disks),
+            )
+            for held in self._book.all()
+            if not session_ids or held.session_id in session_ids
+        ]
+
+    async def _forget(self, session_id: str, log) -> None:
+        try:
+            await self._journal.remove(session_id)
+        except OSError as exc:
+            # A restart would hold the reservation again until its lease lapses.
+            log.warning("journal_remove_failed", error=str(exc))
 
     async def expire_leases(self) -> None:
         """Reservations whose migration never started lapse; running ones are renewed."""
@@ -183,4 +276,34 @@ class Destination:
                 self._book.renew(held.session_id, now + self._config.migration.lease_seconds)
                 continue
             self._log.warning("lease_lapsed", session_id=held.session_id, vm=held.vm)
-            await self.rollback(SessionRef(session_id=held.session_id, vm=held.vm))
+            try:
+                await self.rollback(SessionRef(session_id=held.session_id, vm=held.vm))
+            except FerryError as exc:
+                # Held still: the next check tries again.
+                self._log.warning("lapsed_rollback_failed", session_id=held.session_id, vm=held.vm, reason=exc.message)
+
+
+def _entry(session_id: str, vm: VmDescription, offer: Offer | None, created: list[str] | tuple[str, ...]) -> JournalEntry:
+    return JournalEntry(
+        session_id=session_id,
+        vm=vm.name,
+        role=JobRole.DESTINATION,
+        description=vm,
+        offer=offer,
+        created_disks=list(created),
+        memory_mib=vm.memory_mib,
+        vcpus=vm.vcpus,
+    )
+
+
+def _reservation(vm: VmDescription, offer: Offer, created: list[str] | tuple[str, ...], expires_at: float) -> Reservation:
+    return Reservation(
+        session_id=offer.session_id,
+        vm=vm.name,
+        description=vm,
+        memory_mib=vm.memory_mib,
+        vcpus=vm.vcpus,
+        expires_at=expires_at,
+        offer=offer,
+        created_disks=tuple(created),
+    )

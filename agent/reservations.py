@@ -3,7 +3,8 @@
 A reservation holds memory and vCPUs for one session. It carries a lease: if
 the migration has not started when the lease ends, the reservation lapses and
 the destination removes what it prepared. Once the incoming domain exists the
-lease is renewed for as long as the migration runs.
+lease is renewed for as long as the migration runs. The book lives in memory;
+agent/destination.py journals each reservation and holds it again after a restart.
 """
 
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,9 @@ class ReservationBook:
 
     def get(self, session_id: str) -> Reservation | None:
         return self._by_session.get(session_id)
+
+    def all(self) -> list[Reservation]:
+        return list(self._by_session.values())
 
     def for_vm(self, vm: str) -> Reservation | None:
         return next((r for r in self._by_session.values() if r.vm == vm), None)

@@ -2,7 +2,12 @@
 monitor that publishes progress and applies the convergence policy
 (agent/steering.py decides, this module acts), obey abort and bandwidth
 changes, and clean up copied local images once the destination confirmed the
-VM runs there."""
+VM runs there.
+
+Every job is journaled (agent/journal.py) before libvirt is asked to start it,
+and its result when it ends. A restarted agent (`recover`) follows a job
+libvirt kept running without it, or judges one that ended unwatched from where
+the VM is; a repeated `migrate` gets the journaled state, never a second job."""
 
 import asyncio
 import time
@@ -21,6 +26,7 @@ from ferry.agent.hypervisor import (
     MigrationPlan,
     VmNotFound,
 )
+from ferry.agent.journal import Journal, JournalEntry
 from ferry.agent.progress import outcome_from_stats, progress_from_stats
 from ferry.agent.steering import Steering
 from ferry.proto import subjects
@@ -30,6 +36,8 @@ from ferry.proto.agent import (
     CommitReply,
     DescribeRequest,
     DirtyRate,
+    JobReport,
+    JobRole,
     MeasureRequest,
     MigrateRequest,
     MigrationState,
@@ -55,10 +63,11 @@ Publish = Callable[[str, bytes], Awaitable[None]]
 @dataclass
 class SourceJob:
     request: MigrateRequest
-    started: float
+    started: float  # monotonic
     bandwidth_mib: int
     # Domain paths of the local disks copied to the destination: removed here after commit.
     copied_paths: list[str]
+    started_at: float = 0.0  # wall time, as journaled
     steering: Steering | None = None
     abort_requested: bool = False
     # Set when the convergence policy (not a person) aborted the job.
@@ -68,6 +77,18 @@ class SourceJob:
     result: SessionResult | None = None
     finished: float = 0.0
     task: asyncio.Task | None = field(default=None, repr=False)
+
+    def journal_entry(self) -> JournalEntry:
+        return JournalEntry(
+            session_id=self.request.session_id,
+            vm=self.request.vm,
+            role=JobRole.SOURCE,
+            request=self.request,
+            copied_paths=list(self.copied_paths),
+            started_at=self.started_at,
+            abort_requested=self.abort_requested,
+            result=self.result,
+        )
 
     def state(self) -> MigrationState:
         return MigrationState(
@@ -84,6 +105,7 @@ class Source:
         config: AgentConfig,
         hypervisor: Hypervisor,
         publish: Publish,
+        journal: Journal,
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -91,6 +113,7 @@ class Source:
         self._config = config
         self._hypervisor = hypervisor
         self._publish = publish
+        self._journal = journal
         self._clock = clock
         self._monotonic = monotonic
         self._jobs: dict[str, SourceJob] = {}
@@ -145,37 +168,96 @@ class Source:
         job = self._jobs.get(request.session_id)
         if job is not None:
             return job.state()  # the same request again: where that job stands
-        self._forget_old_jobs()
+        await self._forget_old_jobs()
         busy = next((j for j in self._jobs.values() if j.result is None and j.request.vm == request.vm), None)
         if busy is not None:
             raise FerryError(
                 ErrorCode.CONFLICT, f"{request.vm} is already migrating in session {busy.request.session_id}"
             )
+        steering = _steering(request)
         vm = await self.describe(DescribeRequest(vm=request.vm))
         if not vm.running:
             raise FerryError(ErrorCode.CONFLICT, f"{request.vm} is not running on {self._config.host}")
-        policy = POLICIES.get(request.options.policy)
-        if policy is None:
+        try:
+            foreign = await self._hypervisor.job_stats(request.vm)
+        except HypervisorUnavailable as exc:
+            raise FerryError(ErrorCode.UNAVAILABLE, str(exc)) from None
+        if foreign is not None:
+            # A job no session here knows of: one started by an agent whose journal
+            # is gone, or by hand (virsh). Never a second migration of the same VM.
             raise FerryError(
-                ErrorCode.BAD_REQUEST,
-                f"no convergence policy named {request.options.policy}; known: {', '.join(POLICIES)}",
+                ErrorCode.CONFLICT,
+                f"libvirt on {self._config.host} already runs a job on {request.vm} that no session of this agent "
+                "started; it is not migrated twice",
             )
         copied = [d.path for d in vm.disks if d.target in request.copy_disks]
         job = SourceJob(
             request=request,
             started=self._monotonic(),
+            started_at=self._clock(),
             bandwidth_mib=request.options.bandwidth_mib,
             copied_paths=copied,
-            steering=Steering(
-                policy,
-                max_downtime_ms=request.options.max_downtime_ms,
-                allow_postcopy=request.options.allow_postcopy,
-                seconds_per_gib=request.options.seconds_per_gib,
-            ),
+            steering=steering,
         )
+        # Held before the journal write: a request for the same session meanwhile
+        # sees this job, not a free slot.
         self._jobs[request.session_id] = job
+        try:
+            await self._journal.write(job.journal_entry())
+        except OSError as exc:
+            # A job the agent could forget is a job a restarted agent might start twice.
+            del self._jobs[request.session_id]
+            raise FerryError(
+                ErrorCode.UNAVAILABLE,
+                f"{self._config.host} cannot journal the migration of {request.vm} ({exc}); it was not started",
+            ) from None
         job.task = asyncio.create_task(self._run(job), name=f"migrate-{request.session_id}")
         return job.state()
+
+    async def recover(self, entries: list[JournalEntry]) -> None:
+        """Once at start, before any verb is served: the jobs of the agent's previous life.
+
+        A finished one is remembered as it ended. One without a result is followed
+        while libvirt still runs it, then judged from where the VM is."""
+        now, mono = self._clock(), self._monotonic()
+        entries = await self._journal.prune(entries, now=now, keep_seconds=KEEP_FINISHED_SECONDS)
+        for entry in entries:
+            if entry.role != JobRole.SOURCE or entry.request is None:
+                continue
+            request = entry.request
+            log = self._log.bind(session_id=request.session_id, vm=request.vm)
+            job = SourceJob(
+                request=request,
+                started=mono - max(0.0, now - entry.started_at),
+                started_at=entry.started_at,
+                bandwidth_mib=request.options.bandwidth_mib,
+                copied_paths=list(entry.copied_paths),
+                abort_requested=entry.abort_requested,
+                result=entry.result,
+            )
+            self._jobs[request.session_id] = job
+            if entry.result is not None:
+                job.finished = mono - max(0.0, now - entry.result.at)
+                job.last_progress = entry.result.last_progress
+                log.info("migration_remembered", ok=entry.result.ok, code=entry.result.code)
+                continue
+            try:
+                # A fresh Steering: what the old one saw is gone. Its stall window and
+                # downtime ramp count from the agent's restart; the completion timeout and
+                # the pause use libvirt's elapsed time, which counts from the job's start.
+                job.steering = _steering(request)
+            except FerryError as exc:
+                log.warning("migration_not_steered", reason=exc.message)  # a policy this version lacks
+            try:
+                running = await self._hypervisor.job_stats(request.vm) is not None
+                state = None if running else await self._hypervisor.vm_state(request.vm)
+            except HypervisorUnavailable:
+                running, state = True, None  # cannot tell yet: follow it until libvirt answers
+            if running:
+                log.warning("migration_followed", reason="the previous agent started it and libvirt still runs it")
+                job.task = asyncio.create_task(self._follow(job), name=f"follow-{request.session_id}")
+            else:
+                await self._judge(job, state, log)
 
     async def _run(self, job: SourceJob) -> None:
         request = job.request
@@ -214,13 +296,67 @@ class Source:
             code, reason = str(SessionCode.INTERNAL), f"the agent on {self._config.host} failed: {exc}"
         finally:
             monitor.cancel()
+        await self._finish(job, ok, code, reason, log)
+
+    async def _follow(self, job: SourceJob) -> None:
+        """A job the previous agent started: monitored and steered as `_run` does,
+        until libvirt no longer runs it; then judged from where the VM is."""
+        log = self._log.bind(session_id=job.request.session_id, vm=job.request.vm, dest=job.request.dest)
+        monitor = asyncio.create_task(self._monitor(job))
+        try:
+            while await self._job_runs(job.request.vm, log):
+                await asyncio.sleep(self._config.migration.progress_interval)
+        finally:
+            monitor.cancel()
+        await self._conclude_unwatched(job, log)
+
+    async def _job_runs(self, vm: str, log) -> bool:
+        try:
+            return await self._hypervisor.job_stats(vm) is not None
+        except HypervisorUnavailable as exc:
+            # libvirtd away (restarting?): the job may still run; ask again next time.
+            log.warning("job_unknown", error=str(exc))
+            return True
+
+    async def _conclude_unwatched(self, job: SourceJob, log) -> None:
+        while True:
+            try:
+                state = await self._hypervisor.vm_state(job.request.vm)
+                break
+            except HypervisorUnavailable as exc:
+                log.warning("vm_state_unknown", error=str(exc))
+                await asyncio.sleep(self._config.migration.progress_interval)
+        await self._judge(job, state, log)
+
+    async def _judge(self, job: SourceJob, state: VmState | None, log) -> None:
+        """The job ended (or never started) while no agent watched: libvirt undefines
+        the source domain on success (UNDEFINE_SOURCE), so a VM still active here
+        means it did not move."""
+        request, host = job.request, self._config.host
+        if state is None or state == VmState.SHUTOFF:
+            await self._finish(job, True, "", "", log)
+            return
+        active = state in (VmState.RUNNING, VmState.PAUSED)
+        where = f"{request.vm} still runs on {host} ({state})" if active else f"{request.vm} is still on {host} ({state})"
+        code, reason = str(SessionCode.MIGRATION_FAILED), (
+            f"the migration ended while the agent on {host} was not watching (it restarted), and {where}"
+        )
+        await self._finish(job, False, code, reason, log)
+
+    async def _finish(self, job: SourceJob, ok: bool, code: str, reason: str, log) -> None:
+        """The result: kept, journaled, published (results are published once;
+        a coordinator that missed it asks `migrate` again and gets it there)."""
+        request = job.request
         elapsed_ms = int((self._monotonic() - job.started) * 1000)
         aborted = not ok and job.abort_requested
         if aborted:
             code, reason = str(SessionCode.CANCELLED), f"aborted on request; {request.vm} keeps running on {self._config.host}"
-        elif not ok and job.policy_abort:
+        elif not ok and job.policy_abort and job.steering is not None:
             code = str(SessionCode.NOT_CONVERGING)
-            reason = f"the {policy.name} policy aborted it: {job.policy_abort}; {request.vm} keeps running on {self._config.host}"
+            reason = (
+                f"the {job.steering.policy.name} policy aborted it: {job.policy_abort}; "
+                f"{request.vm} keeps running on {self._config.host}"
+            )
         job.result = SessionResult(
             session_id=request.session_id,
             vm=request.vm,
@@ -236,7 +372,15 @@ class Source:
         )
         job.finished = self._monotonic()
         (log.info if ok else log.warning)("migration_finished", ok=ok, aborted=aborted, code=code, reason=reason, elapsed_ms=elapsed_ms)
+        await self._record(job, log)
         await self._publish(subjects.host_session(self._config.host, request.session_id), encode(job.result))
+
+    async def _record(self, job: SourceJob, log) -> None:
+        try:
+            await self._journal.write(job.journal_entry())
+        except OSError as exc:
+            # The job itself is not hurt; a restart would judge it again from libvirt.
+            log.error("journal_write_failed", error=str(exc))
 
     async def _monitor(self, job: SourceJob) -> None:
         """Samples the job about twice a second; re-sends an abort that came too early."""
@@ -301,8 +445,11 @@ class Source:
                 session_id=request.session_id, aborted=False, message=f"the migration already ended (ok={job.result.ok})"
             )
         job.abort_requested = True
-        await self._hypervisor.abort_job(request.vm)
-        self._log.info("abort_requested", session_id=request.session_id, vm=request.vm)
+        log = self._log.bind(session_id=request.session_id, vm=job.request.vm)
+        # Journaled first: a job that ends while the agent is down is then judged cancelled.
+        await self._record(job, log)
+        await self._hypervisor.abort_job(job.request.vm)
+        log.info("abort_requested")
         return AbortReply(session_id=request.session_id, aborted=True, message="abort sent to the hypervisor")
 
     async def set_bandwidth(self, request: BandwidthRequest) -> MigrationState:
@@ -325,22 +472,71 @@ class Source:
             )
         job = self._jobs.get(request.session_id)
         removed = []
+        log = self._log.bind(session_id=request.session_id, vm=request.vm)
         if job is not None and job.result is not None and job.result.ok:
             for path in job.copied_paths:
                 if await self._hypervisor.remove_disk(path):
                     removed.append(path)
             job.copied_paths = []
-        self._log.info("source_cleaned_up", session_id=request.session_id, vm=request.vm, removed=removed)
+        if job is not None and job.result is not None:
+            # The session is over on this host; the job stays in memory for repeats.
+            await self._forget_entry(request.session_id, log)
+        log.info("source_cleaned_up", removed=removed)
         return CommitReply(session_id=request.session_id, host=self._config.host, vm_running=False, removed=removed)
 
-    def _forget_old_jobs(self) -> None:
+    async def reports(self, session_ids: list[str]) -> list[JobReport]:
+        """The `jobs` verb's view of this host's outgoing sessions (all, or those named).
+        Raises HypervisorUnavailable."""
+        found = []
+        for sid, job in list(self._jobs.items()):
+            if session_ids and sid not in session_ids:
+                continue
+            found.append(
+                JobReport(
+                    session_id=sid,
+                    vm=job.request.vm,
+                    role=JobRole.SOURCE,
+                    job_running=await self._hypervisor.job_stats(job.request.vm) is not None,
+                    result=job.result,
+                    started=True,  # a job exists only once its request was journaled
+                    last_progress=job.last_progress,
+                )
+            )
+        return found
+
+    async def _forget_old_jobs(self) -> None:
         now = self._monotonic()
         for sid, job in list(self._jobs.items()):
             if job.result is not None and now - job.finished > KEEP_FINISHED_SECONDS:
                 del self._jobs[sid]
+                await self._forget_entry(sid, self._log.bind(session_id=sid, vm=job.request.vm))
+
+    async def _forget_entry(self, session_id: str, log) -> None:
+        try:
+            await self._journal.remove(session_id)
+        except OSError as exc:
+            # Harmless: a restart remembers the finished job until it is pruned.
+            log.warning("journal_remove_failed", error=str(exc))
 
     async def close(self) -> None:
-        """On shutdown running migrations are left to the hypervisor, which finishes them."""
+        """On shutdown running migrations are left to the hypervisor, which finishes them
+        (their journal entries stay: a restarted agent follows those jobs)."""
         for job in self._jobs.values():
             if job.task is not None and not job.task.done():
                 job.task.cancel()
+
+
+def _steering(request: MigrateRequest) -> Steering:
+    """Raises FerryError(bad_request) for a policy this agent does not know."""
+    policy = POLICIES.get(request.options.policy)
+    if policy is None:
+        raise FerryError(
+            ErrorCode.BAD_REQUEST,
+            f"no convergence policy named {request.options.policy}; known: {', '.join(POLICIES)}",
+        )
+    return Steering(
+        policy,
+        max_downtime_ms=request.options.max_downtime_ms,
+        allow_postcopy=request.options.allow_postcopy,
+        seconds_per_gib=request.options.seconds_per_gib,
+    )

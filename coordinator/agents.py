@@ -12,6 +12,8 @@ from ferry.proto.agent import (
     CommitReply,
     DescribeRequest,
     DirtyRate,
+    JobsReply,
+    JobsRequest,
     MeasureRequest,
     MigrateRequest,
     MigrationState,
@@ -33,6 +35,7 @@ _ABORT = ReplyDecoder(AbortReply, "abort")
 _DIRTY_RATE = ReplyDecoder(DirtyRate, "dirty rate")
 _COMMIT = ReplyDecoder(CommitReply, "commit")
 _ROLLBACK = ReplyDecoder(RollbackReply, "rollback")
+_JOBS = ReplyDecoder(JobsReply, "jobs")
 
 
 class AgentClient:
@@ -76,3 +79,7 @@ class AgentClient:
 
     async def rollback(self, host: str, ref: SessionRef) -> RollbackReply:
         return await self._request(host, "rollback", ref, _ROLLBACK)
+
+    async def jobs(self, host: str, request: JobsRequest) -> JobsReply:
+        """What the agent knows of sessions (its journal, libvirt's jobs) and where VMs are."""
+        return await self._request(host, "jobs", request, _JOBS)

@@ -34,6 +34,10 @@ class CoordinatorConfig(msgspec.Struct, frozen=True):
     reconnect_grace: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     # Seconds to wait for an agent's answer to one request (prepare may take longer).
     agent_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    # At start the coordinator listens to one round of heartbeats before it adopts
+    # sessions and schedules (so no session fails for a source not heard yet):
+    # the longest interval hosts announce, but never longer than this.
+    warm_up_max: Annotated[float, msgspec.Meta(ge=0, le=300)] = 10.0
     log_level: str = "info"
     nats: NatsSettings = NatsSettings()
     # The starting limits; `ferry limits` changes them at runtime (kept in KV).

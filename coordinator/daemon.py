@@ -19,6 +19,7 @@ from ferry.coordinator.limits_keeper import LimitsKeeper
 from ferry.coordinator.registry import Registry
 from ferry.coordinator.session_store import SessionStore, VmClaims
 from ferry.coordinator.sessions import SessionManager
+from ferry.coordinator.sessions.ports import Clock
 from ferry.proto import subjects
 from ferry.proto.api import (
     BandwidthChange,
@@ -58,6 +59,9 @@ from ferry.runtime.service import endpoint
 from ferry.runtime.version import VERSION
 
 SWEEP_SECONDS = 0.25
+# Before adopting sessions: one heartbeat round, at least this long, plus a margin.
+MIN_WARM_UP_SECONDS = 1.0
+WARM_UP_MARGIN_SECONDS = 0.5
 
 
 class Coordinator:
@@ -98,8 +102,7 @@ class Coordinator:
                 self._views,
                 self._emit,
                 limits.current,
-                wall=self._wall,
-                monotonic=self._monotonic,
+                clock=Clock(wall=self._wall, monotonic=self._monotonic),
             )
             drains = self._drains = await DrainController.open(
                 js, sessions, self._views, self._emit, self._config.drain, wall=self._wall
@@ -131,11 +134,16 @@ class Coordinator:
                         name=verb,
                         handler=endpoint(Decoder(request_type, f"{verb} request"), handler, log=self._log, verb=verb),
                     )
-                await sessions.adopt_queued()
                 self._log.info("coordinator_started", version=VERSION, limits=msgspec.structs.asdict(limits.current()))
-                loops = [
-                    asyncio.create_task(self._sweep_loop(), name="sweep"),
-                    asyncio.create_task(sessions.run_scheduler(), name="admission"),
+                loops = [asyncio.create_task(self._sweep_loop(), name="sweep")]
+                # Nothing is adopted, admitted or drained before every host had
+                # its chance to report: a session must not fail `source_unreachable`
+                # because the coordinator has not heard its source yet.
+                warm_for = await self._warm_up(stop)
+                adopted = await sessions.adopt()
+                self._log.info("sessions_adopted", adopted=adopted, warm_up_seconds=round(warm_for, 2))
+                loops += [
+                    asyncio.create_task(sessions.run(), name="sessions"),
                     asyncio.create_task(drains.run(), name="drains"),
                 ]
                 await stop.wait()
@@ -145,6 +153,18 @@ class Coordinator:
         finally:
             await disconnect(nc)
             self._log.info("coordinator_stopped")
+
+    async def _warm_up(self, stop: asyncio.Event) -> float:
+        """Listen to heartbeats for one full round: the longest interval a host
+        announced (about 2 s by default) plus a margin, never past `warm_up_max`."""
+        started = self._monotonic()
+        while not stop.is_set():
+            elapsed = self._monotonic() - started
+            round_seconds = max(self._registry.longest_interval(), MIN_WARM_UP_SECONDS) + WARM_UP_MARGIN_SECONDS
+            if elapsed >= min(round_seconds, self._config.warm_up_max):
+                return elapsed
+            await asyncio.sleep(0.1)
+        return self._monotonic() - started
 
     async def _on_status(self, msg: Msg) -> None:
         try:

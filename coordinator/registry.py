@@ -79,6 +79,10 @@ class Registry:
             if record.state == HostState.UP:
                 record.last_seen = max(record.last_seen, now)
 
+    def longest_interval(self) -> float:
+        """The longest heartbeat interval any host announced (0 before the first)."""
+        return max((r.status.interval for r in self._hosts.values()), default=0.0)
+
     def get(self, host: str) -> HostRecord | None:
         return self._hosts.get(host)
 

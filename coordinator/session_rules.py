@@ -94,15 +94,20 @@ def rules_for(session: Session, base: PlacementRules = PlacementRules()) -> Plac
     return base
 
 
-_HOLD_NOTHING = (SessionState.FAILED, SessionState.CANCELLED)
+# A queued session holds nothing: it has not been admitted, and its `dest` is
+# only a wish (a drain's plan, or a host the user named, which judges for itself
+# when admitted). Counting it would make it wait for room that it holds itself.
+_HOLD_NOTHING = (SessionState.QUEUED, SessionState.FAILED, SessionState.CANCELLED)
 
 
 def host_facts(hosts: Iterable[HostView], in_flight: Iterable[Session]) -> list[HostFacts]:
     """Placement's view: each host as reported, minus what sessions heading there hold.
 
-    A session holds its VM's size on its destination until the VM shows up in
-    that host's report (then the report itself counts it). A completed session
-    still holds it until then: the report can lag the completion.
+    An admitted session (preparing, migrating, post-copy) holds its VM's size on
+    its destination until the VM shows up in that host's report (then the report
+    itself counts it). A completed session still holds it until then: the report
+    can lag the completion. A queued session holds nothing, whatever destination
+    it hopes for: admission places it against the room the others leave.
     """
     reserved: dict[str, tuple[int, int]] = {}
     views = list(hosts)

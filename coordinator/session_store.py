@@ -9,7 +9,7 @@ from nats.js import JetStreamContext
 
 from ferry.coordinator.kv import CAS_ATTEMPTS, Bucket, TypedBucket, open_bucket
 from ferry.proto.errors import ErrorCode, FerryError
-from ferry.proto.session import Session
+from ferry.proto.session import Session, SessionCode, SessionState
 
 BUCKET = "ferry_sessions"
 
@@ -99,7 +99,10 @@ class VmClaims:
             session, _ = await self._sessions.get(session_id)
         except FerryError:
             return False
-        return not session.state.terminal
+        # A session that ended not knowing where its VM runs keeps the VM until settled.
+        return not session.state.terminal or (
+            session.state == SessionState.FAILED and session.code == SessionCode.NOT_CONFIRMED
+        )
 
     async def release(self, vm: str, session_id: str) -> None:
         key = claim_key(vm)

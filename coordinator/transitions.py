@@ -3,7 +3,7 @@
 import msgspec
 
 from ferry.proto.errors import ErrorCode, FerryError
-from ferry.proto.session import Session, SessionState, Transition
+from ferry.proto.session import Session, SessionCode, SessionState, Transition
 
 S = SessionState
 
@@ -21,12 +21,18 @@ ALLOWED: dict[SessionState, frozenset[SessionState]] = {
 }
 
 
+# A session that ended `not_confirmed` (nobody could tell where its VM ran) is
+# settled later, once a host can: to `completed`, or `failed` with the real reason.
+SETTLED_FROM_UNCONFIRMED = frozenset({S.COMPLETED, S.FAILED})
+
+
 def can_move(current: SessionState, target: SessionState) -> bool:
     return target in ALLOWED[current]
 
 
 def advance(session: Session, target: SessionState, *, at: float, code: str = "", reason: str = "", **changes) -> Session:
-    if not can_move(session.state, target):
+    settling = session.state == S.FAILED and session.code == SessionCode.NOT_CONFIRMED and target in SETTLED_FROM_UNCONFIRMED
+    if not settling and not can_move(session.state, target):
         raise FerryError(
             ErrorCode.CONFLICT,
             f"session {session.id} is {session.state}; it cannot become {target}",

@@ -66,6 +66,8 @@ heartbeat_interval = {HEARTBEAT_INTERVAL}
 # inside the namespace, and in domain XML, they are under /var/lib/libvirt/images.
 images_dir = {_q(str(host.images_dir))}
 images_dir_in_domain = {_q(str(IMAGES_PATH))}
+# The agent's journal of sessions, per host (the agent creates it).
+state_dir = {_q(str(host.state_dir))}
 
 [nats]
 servers = [{_q(nats_url)}]

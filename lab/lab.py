@@ -14,6 +14,8 @@ Another process finds a running lab with ``Lab.attach(dir)`` (state in DIR/lab.j
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -284,6 +286,41 @@ class Lab:
         ref = ferry_services.start_agent(layout)
         self._record(agent_role(layout), ref)
         failed = ferry_services.settle({agent_role(layout): (ref, layout.agent_log)})
+        if failed:
+            raise LabError(" ".join(failed.values()))
+
+    def kill(self, role: str) -> bool:
+        """kill -9 one of the lab's daemons (a crash, not a stop): nothing it would
+        do on a clean stop happens. Returns whether it was running."""
+        ref = self.process(role)
+        if ref is None:
+            return False
+        os.kill(ref.pid, signal.SIGKILL)
+        if not processes.wait_gone(ref, 5.0):
+            raise LabError(f"{role} (pid {ref.pid}) survived SIGKILL; it may be stuck in the kernel (state D).")
+        self._record(role, None)
+        return True
+
+    def start(self, role: str) -> None:
+        """Start one daemon that is not running, as `up` would: the nats-server on
+        its old port and store, an agent, or the coordinator."""
+        if self.process(role):
+            return
+        if role == NATS_ROLE:
+            report = UpReport()
+            self._up_nats(report)
+            if report.failed:
+                raise LabError(" ".join(report.failed.values()))
+            return
+        if role == COORDINATOR_ROLE:
+            ref, log = ferry_services.start_coordinator(self.layout), self.layout.coordinator_log
+        else:
+            host = next((h for h in self.hosts if agent_role(h) == role), None)
+            if host is None:
+                raise LabError(f"the lab has no daemon called {role}")
+            ref, log = ferry_services.start_agent(host), host.agent_log
+        self._record(role, ref)
+        failed = ferry_services.settle({role: (ref, log)})
         if failed:
             raise LabError(" ".join(failed.values()))
 

@@ -130,6 +130,12 @@ class HostLayout:
         return self.root / "etc" / "ferry" / "probes.d"
 
     @property
+    def state_dir(self) -> Path:
+        """The agent's journal of sessions (its /var/lib/ferry/agent): a plain per-host
+        folder like the probe folder, so a restarted lab agent finds its own."""
+        return self.root / "var" / "lib" / "ferry" / "agent"
+
+    @property
     def agent_config(self) -> Path:
         return self.root / "agent.toml"
 

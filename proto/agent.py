@@ -11,7 +11,7 @@ from typing import Annotated
 import msgspec
 
 from ferry.proto.convergence import PolicyAction
-from ferry.proto.host import Versions
+from ferry.proto.host import Versions, VmState
 from ferry.proto.names import HostName, NonNegative, SessionId, VmName
 from ferry.proto.network import Attachment
 from ferry.proto.session import MiBps, MigrateOptions, Outcome, Progress
@@ -202,3 +202,51 @@ class RollbackReply(msgspec.Struct, frozen=True, tag="rollback"):
     host: HostName
     removed: list[str] = []
     message: str = ""
+
+
+class JobRole(enum.StrEnum):
+    SOURCE = "source"
+    DESTINATION = "destination"
+
+
+class JobsRequest(msgspec.Struct, frozen=True):
+    """What an agent knows of sessions, and where VMs are on its host now.
+
+    `session_ids` empty: every session in its journal. `vms`: VMs whose state
+    on this host the coordinator wants too (a session the agent never heard of
+    still has a VM that is somewhere)."""
+
+    session_ids: list[SessionId] = []
+    vms: list[VmName] = []
+
+
+class JobReport(msgspec.Struct, frozen=True, tag="job"):
+    """One session as this host knows it: from libvirt now and from its journal."""
+
+    session_id: SessionId
+    vm: VmName
+    role: JobRole
+    # libvirt runs a migration job of this VM here now (outgoing on a source,
+    # incoming on a destination).
+    job_running: bool = False
+    # Source: how the migration ended (None while it runs, or if it never started).
+    result: SessionResult | None = None
+    # Source: the migrate request was taken (journaled) and a job started for it.
+    started: bool = False
+    # Destination: the reservation held for the session (None once released).
+    offer: Offer | None = None
+    # Destination: images this session created here (removed only by its rollback).
+    created_images: list[str] = []
+    last_progress: Progress | None = None
+
+
+class VmPlace(msgspec.Struct, frozen=True):
+    vm: VmName
+    # None: no domain of that name on this host.
+    state: VmState | None = None
+
+
+class JobsReply(msgspec.Struct, frozen=True, tag="jobs"):
+    host: HostName
+    jobs: list[JobReport] = []
+    vms: list[VmPlace] = []

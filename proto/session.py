@@ -91,6 +91,8 @@ class SessionCode(enum.StrEnum):
     INTERNAL = "internal"
     # The convergence policy stopped a migration that would not finish in time.
     NOT_CONVERGING = "not_converging"
+    # The session did not leave a state within that state's deadline.
+    TIMED_OUT = "timed_out"
 
 
 class Session(msgspec.Struct, frozen=True):

@@ -2,6 +2,8 @@
 real nats-server, on the simulated hypervisor backend. Real migrations are
 proven in tests/lab; these check the coordinator's decisions."""
 
+import asyncio
+
 import pytest
 
 from ferry.coordinator.session_history import max_overlap
@@ -175,3 +177,61 @@ async def test_the_host_bandwidth_budget_is_shared_and_a_finished_migrations_sha
 
 async def _state(client, session_id, state):
     return (await client.session(session_id)).state == state
+
+
+# Hosts sized for exactly three VMs of 512 MiB: the agent keeps 1024 MiB for
+# itself (SimulatedHost.reserved_mib) and both placement and the destination's
+# prepare want 128 MiB free beyond the VM, so 1024 + 3 * 512 + 128 = 2688 MiB
+# takes the third VM with nothing to spare and never a fourth.
+EXACTLY_THREE_VMS_MIB = 1024 + 3 * 512 + 128
+# A source full enough that the other source cannot send it a VM before its own
+# drain marks it (440 MiB free, 640 needed), yet healthy (14.7 % free, warning below 10 %).
+FULL_SOURCE_MIB = 3000
+
+
+@pytest.mark.parametrize("inbound_per_host", [1, 2])
+async def test_two_drains_into_exactly_enough_room_both_finish(daemons, nats_server, tmp_path, inbound_per_host):
+    # Each drain plans without the other's VMs, so together their plans ask d1 for more than it holds.
+    # Admission sorts that out, as long as a session waiting for room does not
+    # hold room itself (it used to, on its planned host: both drains stalled).
+    daemons.start("coordinator", "ferry-coordinator", limits_toml(nats_server.url, inbound_per_host=inbound_per_host))
+    sources = {"s1": [f"s1g{i}" for i in range(3)], "s2": [f"s2g{i}" for i in range(3)]}
+    for source, names in sources.items():
+        vms = [(name, 1, 512) for name in names]
+        daemons.start(source, "ferry-agent", simulated_agent_toml(
+            source, nats_server.url, tmp_path, memory_mib=FULL_SOURCE_MIB, vms=vms, migration_mib_per_s=512))
+    for dest in ("d1", "d2"):
+        daemons.start(dest, "ferry-agent", simulated_agent_toml(
+            dest, nats_server.url, tmp_path, memory_mib=EXACTLY_THREE_VMS_MIB, migration_mib_per_s=512))
+    async with await connect_client(nats_server) as client:
+        await wait_hosts_up(client, [*sources, "d1", "d2"])
+        replies = await asyncio.gather(*(client.drain(DrainRequest(host=s)) for s in sources))
+        # Each plan alone fits: both see all the room, neither the other's VMs.
+        assert all(i.dest in ("d1", "d2") for r in replies for i in r.drain.items)
+
+        async def both_done():
+            drains = [await client.drains(s) for s in sources]
+            return drains if all(d.state == DrainState.DONE for (d,) in drains) else None
+
+        try:
+            drains = await eventually(both_done, timeout=45, what="both drains done")
+        except AssertionError:
+            stuck = [f"{s.vm} {s.state} dest={s.dest} waiting={s.waiting!r}" for s in await client.sessions()
+                     if not s.state.terminal]
+            raise AssertionError(f"drains stalled; sessions not ended: {stuck}") from None
+        for (drain,) in drains:
+            assert [(i.vm, i.state) for i in drain.items] == [(i.vm, ItemState.MOVED) for i in drain.items], drain.items
+        sessions = await client.sessions()
+        assert all(s.state.terminal for s in sessions), "nothing left waiting"
+        completed = sorted(s.vm for s in sessions if s.state == SessionState.COMPLETED)
+        assert completed == sorted(name for names in sources.values() for name in names), [
+            (s.vm, s.state, s.reason) for s in sessions]
+        overlap = max_overlap(sessions, key=lambda s: s.dest or "")
+        assert overlap["d1"] <= inbound_per_host and overlap["d2"] <= inbound_per_host
+
+        async def placed():
+            on = await vms_by_host(client)
+            return on if on["s1"] == on["s2"] == set() and len(on["d1"]) == len(on["d2"]) == 3 else None
+
+        on = await eventually(placed, timeout=5, what="the six VMs reported on d1 and d2, three each")
+        assert on["d1"] | on["d2"] == {name for names in sources.values() for name in names}

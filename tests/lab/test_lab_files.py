@@ -63,6 +63,7 @@ def test_agent_and_coordinator_configs(layout: LabLayout) -> None:
         "heartbeat_interval": 2.0,
         "images_dir": str(hv2.images_dir),
         "images_dir_in_domain": "/var/lib/libvirt/images",
+        "state_dir": str(hv2.state_dir),
         "nats": {"servers": ["nats://127.0.0.1:4333"]},
         "hypervisor": {
             "backend": "libvirt",

@@ -55,6 +55,7 @@ def write_fleet(
             vms=vms,
             health_interval=health_interval,
             migration_mib_per_s=speed_mib_per_s,
+            state_dir=dir / "state" / host,
         )
         (dir / f"{host}.toml").write_text(toml)
     return names

@@ -89,8 +89,12 @@ def simulated_agent_toml(
     probe_dir: Path | str | None = None,
     probe_timeout: float | None = None,
     nats_extra: str = "",
+    state_dir: Path | str | None = None,
 ) -> str:
     """agent.toml for a simulated host (keys as in agent/config.py).
+
+    `state_dir` (the agent's journal) defaults to a per-host folder in the test's
+    folder, `<images_dir>/agent-state/<host>`: never the system's /var/lib/ferry.
 
     `cpu_model`, `probe_dir` and `probe_timeout` left at None keep the agent's
     own defaults. The default speed (256 MiB/s) is slow enough for a test to
@@ -115,6 +119,7 @@ def simulated_agent_toml(
         f"host = {_quoted(host)}",
         f"heartbeat_interval = {interval}",
         f"images_dir = {_quoted(str(images_dir))}",
+        f"state_dir = {_quoted(str(state_dir if state_dir is not None else Path(images_dir) / 'agent-state' / host))}",
         "[nats]",
         f"servers = {_quoted([nats_url])}",
         "reconnect_wait = 0.2",

@@ -1,6 +1,7 @@
 import msgspec
 import pytest
 
+from ferry.coordinator.admission import Admit, Queued, admit
 from ferry.coordinator.placement import PlacementRules
 from ferry.coordinator.session_rules import (
     check_named_dest,
@@ -14,6 +15,7 @@ from ferry.proto.agent import DiskInfo, VmDescription
 from ferry.proto.api import HostState, HostView
 from ferry.proto.errors import ErrorCode, FerryError
 from ferry.proto.host import Capacity, HealthState, Versions, VmInfo, VmState
+from ferry.proto.limits import Limits
 from ferry.proto.session import Demand, MigrateOptions, Session, SessionState, StorageMode
 
 
@@ -210,6 +212,46 @@ def test_reported_demand_takes_the_size_from_the_source_report():
 def test_a_session_without_a_destination_reserves_nothing():
     assert reserved([view("hv1"), view("hv2")], [session(dest=None, state=SessionState.QUEUED)]) == {
         "hv1": (0, 0), "hv2": (0, 0)}
+
+
+def test_a_queued_session_reserves_nothing_on_the_destination_it_hopes_for():
+    # A drain's plan (or a host the user named) is a wish until admission: the
+    # session queued for it must not hold room against itself.
+    hoping = session(dest="hv2", state=SessionState.QUEUED)
+    named = msgspec.structs.replace(session("g2", dest="hv2", id="sess02", state=SessionState.QUEUED), dest_requested=True)
+    assert reserved([view("hv1", vms=[vm("g1"), vm("g2")]), view("hv2")], [hoping, named])["hv2"] == (0, 0)
+
+
+def room_for_three(name, *arrived: str) -> HostView:
+    """A destination as the simulated agent reports it: 1024 MiB kept for the host,
+    room for exactly three 512 MiB VMs with placement's 128 MiB margin."""
+    total, used = 1024 + 3 * 512 + 128, 512 * len(arrived)
+    capacity = Capacity(cpus=8, memory_total_mib=total, memory_free_mib=total - 1024 - used,
+                        vcpus_used=len(arrived), memory_used_mib=used)
+    return view(name, vms=[vm(v, vcpus=1, memory_mib=512) for v in arrived], capacity=capacity)
+
+
+def test_two_drains_queued_for_exactly_the_room_left_are_admitted_not_held_back():
+    # The first drain's moves are done (s1g0 on d1, s1g1 and s1g2 on d2, reported);
+    # the second drain planned without seeing them: d1, d2, d1. Room is left for
+    # exactly its three VMs, two on d1 and one on d2.
+    s2 = view("s2", vms=[vm(f"s2g{i}", vcpus=1, memory_mib=512) for i in range(3)])
+    hosts = [s2, room_for_three("d1", "s1g0"), room_for_three("d2", "s1g1", "s1g2")]
+    waiting = [
+        session(f"s2g{i}", source="s2", dest=hint, state=SessionState.QUEUED, vcpus=1, memory_mib=512, id=f"q{i}")
+        for i, hint in enumerate(["d1", "d2", "d1"])
+    ]
+    queue = [Queued(s.id, reported_demand(s.vm, s2), created_at=float(i), hint=s.dest) for i, s in enumerate(waiting)]
+    limits = Limits(cluster=5, outbound_per_host=3, inbound_per_host=1)
+    decisions = admit(limits, queue, [], host_facts(hosts, waiting))
+    assert decisions[:2] == [Admit("q0", "d1", alternatives=["d2"]), Admit("q1", "d2")]
+    assert decisions[2].code == "inbound_limit"  # not capacity_held: it only waits its turn
+
+    # Once those two have arrived, the last one still fits on d1.
+    hosts = [s2, room_for_three("d1", "s1g0", "s2g0"), room_for_three("d2", "s1g1", "s1g2", "s2g1")]
+    done = [msgspec.structs.replace(s, state=SessionState.COMPLETED) for s in waiting[:2]]
+    (last,) = admit(limits, queue[2:], [], host_facts(hosts, [*done, waiting[2]]))
+    assert last == Admit("q2", "d1")
 
 
 def test_a_session_towards_a_host_that_never_reported_adds_no_facts():

@@ -1,0 +1,230 @@
+"""A control plane that survives every crash: kill -9 the coordinator, an agent
+or the nats-server in the middle of a real migration (real libvirtd + QEMU
+guests, the real daemons), start it again, and the session still reaches its
+end within its deadline, with the guest in exactly one place, never restarted,
+and movable again at once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from ferry.cli.client import FerryClient
+from ferry.coordinator import session_steps
+from ferry.lab.lab import COORDINATOR_ROLE, NATS_ROLE, Lab, agent_role
+from ferry.proto.api import MigrateRequest
+from ferry.proto.drain import DrainRequest, DrainState, ItemState
+from ferry.proto.limits import LimitsRequest
+from ferry.proto.session import MigrateOptions, Session, SessionState
+from tests.support.guests import assert_moved_intact, client_for
+from tests.support.waiting import eventually, session_end
+
+pytestmark = pytest.mark.lab
+
+S = SessionState
+# A 128 MiB guest rewriting 8 MiB a second, copied at 8 MiB/s: the job runs
+# for well over ten seconds, long enough to crash something in the middle.
+SLOW = MigrateOptions(bandwidth_mib=8)
+
+
+@contextmanager
+def restarted_at_the_end(lab: Lab, *roles: str) -> Iterator[None]:
+    """Whatever the test killed runs again afterwards, for the tests that follow."""
+    try:
+        yield
+    finally:
+        for role in roles:
+            lab.start(role)
+
+
+async def reach(client: FerryClient, session_id: str, *states: SessionState, timeout: float = 60.0) -> Session:
+    async def there():
+        session = await client.session(session_id)
+        return session if session.state in states else None
+
+    return await eventually(there, timeout=timeout, what=f"session {session_id} in {', '.join(states)}")
+
+
+async def migrating_with_progress(client: FerryClient, session_id: str) -> Session:
+    async def moving():
+        session = await client.session(session_id)
+        return session if session.state == S.MIGRATING and session.progress and session.progress.data_processed else None
+
+    return await eventually(moving, timeout=60, what=f"session {session_id} migrating with progress")
+
+
+def within_deadline(session: Session) -> float:
+    """Seconds the session may still take: the deadline of the state it is in, from now."""
+    return max(session_steps.deadline(session) - time.time(), 0.0) + 30.0
+
+
+async def move_back_at_once(client: FerryClient, lab: Lab, guest: str, frm: str, to: str) -> None:
+    """Nothing holds the VM after a crash: the next move is accepted and completes."""
+    again = await client.migrate(MigrateRequest(vm=guest, dest=to))
+    ended = await session_end(client, again.id, timeout=120)
+    assert ended.state == S.COMPLETED, ended.reason
+    assert_moved_intact(lab, guest, to)
+
+
+async def test_coordinator_killed_while_migrating_completes_the_session(lab_with_ferry: Lab, guest_factory) -> None:
+    lab = lab_with_ferry
+    guest = guest_factory(host="hv1", dirty_mb=8, wait_ticks=2)
+    client = await client_for(lab)
+    try:
+        session = await client.migrate(MigrateRequest(vm=guest, dest="hv2", options=SLOW))
+        running = await migrating_with_progress(client, session.id)
+        with restarted_at_the_end(lab, COORDINATOR_ROLE):
+            assert lab.kill(COORDINATOR_ROLE)
+            await asyncio.sleep(2)
+            lab.start(COORDINATOR_ROLE)
+            ended = await session_end(client, session.id, timeout=within_deadline(running))
+        assert ended.state == S.COMPLETED, ended.reason
+        assert_moved_intact(lab, guest, "hv2")
+        await move_back_at_once(client, lab, guest, "hv2", "hv1")
+    finally:
+        await client.close()
+
+
+async def test_coordinator_killed_while_preparing_completes_the_session(lab_with_ferry: Lab, guest_factory) -> None:
+    lab = lab_with_ferry
+    guest = guest_factory(host="hv1", wait_ticks=2)
+    dest_agent = lab.process(agent_role(lab.host("hv2")))
+    assert dest_agent is not None
+    client = await client_for(lab)
+    try:
+        # The destination's agent is frozen: prepare cannot be answered, so the
+        # session is certainly `preparing` when the coordinator dies.
+        os.kill(dest_agent.pid, signal.SIGSTOP)
+        try:
+            session = await client.migrate(MigrateRequest(vm=guest, dest="hv2"))
+            preparing = await reach(client, session.id, S.PREPARING)
+            with restarted_at_the_end(lab, COORDINATOR_ROLE):
+                assert lab.kill(COORDINATOR_ROLE)
+        finally:
+            os.kill(dest_agent.pid, signal.SIGCONT)
+        await asyncio.sleep(1)
+        lab.start(COORDINATOR_ROLE)
+        ended = await session_end(client, session.id, timeout=within_deadline(preparing))
+        assert ended.state == S.COMPLETED, ended.reason
+        assert_moved_intact(lab, guest, "hv2")
+        await move_back_at_once(client, lab, guest, "hv2", "hv1")
+    finally:
+        await client.close()
+
+
+async def test_coordinator_killed_with_a_drain_queued_finishes_the_drain(lab_with_ferry: Lab, guest_factory) -> None:
+    lab = lab_with_ferry
+    guests = [guest_factory(host="hv3", dirty_mb=4, wait_ticks=1) for _ in range(2)]
+    client = await client_for(lab)
+    try:
+        # One migration at a time: while the first moves, the second is queued.
+        await client.limits(LimitsRequest(cluster=1, host_bandwidth_mib=8))
+        await client.drain(DrainRequest(host="hv3"))
+
+        async def one_queued():
+            sessions = [s for s in await client.sessions() if s.drain_host == "hv3" and not s.state.terminal]
+            return sessions if any(s.state == S.QUEUED for s in sessions) and any(s.state == S.MIGRATING for s in sessions) else None
+
+        await eventually(one_queued, timeout=60, what="one drain session migrating and one queued")
+        with restarted_at_the_end(lab, COORDINATOR_ROLE):
+            assert lab.kill(COORDINATOR_ROLE)
+            await asyncio.sleep(2)
+            lab.start(COORDINATOR_ROLE)
+
+            async def drained():
+                (current,) = await client.drains("hv3")
+                return current if current.state != DrainState.RUNNING else None
+
+            done = await eventually(drained, timeout=240, every=0.5, what="the drain of hv3 ended")
+        assert done.state == DrainState.DONE, [(i.vm, i.state, i.reason) for i in done.items]
+        assert all(i.state == ItemState.MOVED for i in done.items)
+        sessions = [s for s in await client.sessions() if s.drain_host == "hv3"]
+        assert sessions and all(s.state.terminal for s in sessions)
+        for guest in guests:
+            (host,) = lab.residency(guest)[guest].running_on
+            assert host != "hv3"
+            assert_moved_intact(lab, guest, host)
+    finally:
+        await client.limits(LimitsRequest(reset=True))
+        await client.undrain("hv3")
+        await client.close()
+
+
+@pytest.mark.parametrize("when", ["after 3 s", "after the job ended"])
+async def test_source_agent_killed_mid_migration_follows_its_job_after_restart(lab_with_ferry: Lab, guest_factory, when) -> None:
+    lab = lab_with_ferry
+    guest = guest_factory(host="hv1", dirty_mb=8, wait_ticks=2)
+    source = agent_role(lab.host("hv1"))
+    client = await client_for(lab)
+    try:
+        session = await client.migrate(MigrateRequest(vm=guest, dest="hv2", options=SLOW))
+        running = await migrating_with_progress(client, session.id)
+        with restarted_at_the_end(lab, source):
+            assert lab.kill(source)
+            if when == "after 3 s":
+                await asyncio.sleep(3)
+            else:
+                # libvirt carries the job on without the agent that started it.
+                await eventually(
+                    lambda: asyncio.to_thread(lambda: lab.residency(guest)[guest].running_on == ("hv2",)),
+                    timeout=120, what=f"{guest} running on hv2 after the job ended",
+                )
+            lab.start(source)
+            ended = await session_end(client, session.id, timeout=within_deadline(running))
+        assert ended.state == S.COMPLETED, ended.reason
+        assert_moved_intact(lab, guest, "hv2")
+        log = lab.host("hv1").agent_log.read_text()
+        assert log.count("\"migration_started\"") <= 1 or log.count(session.id) >= 1
+        assert "is already migrating" not in log
+        await move_back_at_once(client, lab, guest, "hv2", "hv1")
+    finally:
+        await client.close()
+
+
+async def test_destination_agent_killed_across_the_end_of_a_storage_copy(lab_with_ferry: Lab, guest_factory) -> None:
+    lab = lab_with_ferry
+    guest = guest_factory(host="hv1", dirty_mb=4, disk="local", disk_size_mib=32, wait_ticks=2)
+    dest = agent_role(lab.host("hv2"))
+    client = await client_for(lab)
+    try:
+        session = await client.migrate(MigrateRequest(vm=guest, dest="hv2", options=SLOW))
+        running = await migrating_with_progress(client, session.id)
+        assert running.copy_disks, "the local disk is copied along"
+        with restarted_at_the_end(lab, dest):
+            assert lab.kill(dest)
+            await eventually(
+                lambda: asyncio.to_thread(lambda: lab.residency(guest)[guest].running_on == ("hv2",)),
+                timeout=120, what=f"{guest} running on hv2 after the job ended",
+            )
+            await asyncio.sleep(2)
+            lab.start(dest)
+            ended = await session_end(client, session.id, timeout=within_deadline(running))
+        assert ended.state == S.COMPLETED, ended.reason
+        assert_moved_intact(lab, guest, "hv2")
+    finally:
+        await client.close()
+
+
+async def test_nats_server_restarted_mid_migration_loses_nothing(lab_with_ferry: Lab, guest_factory) -> None:
+    lab = lab_with_ferry
+    guest = guest_factory(host="hv1", dirty_mb=8, wait_ticks=2)
+    client = await client_for(lab)
+    try:
+        session = await client.migrate(MigrateRequest(vm=guest, dest="hv2", options=SLOW))
+        running = await migrating_with_progress(client, session.id)
+        with restarted_at_the_end(lab, NATS_ROLE):
+            assert lab.kill(NATS_ROLE)
+            await asyncio.sleep(3)
+            lab.start(NATS_ROLE)
+        ended = await session_end(client, session.id, timeout=within_deadline(running))
+        assert ended.state == S.COMPLETED, ended.reason
+        assert_moved_intact(lab, guest, "hv2")
+        await move_back_at_once(client, lab, guest, "hv2", "hv1")
+    finally:
+        await client.close()

@@ -251,8 +251,10 @@ class Source:
             try:
                 running = await self._hypervisor.job_stats(request.vm) is not None
                 state = None if running else await self._hypervisor.vm_state(request.vm)
-            except HypervisorUnavailable:
-                running, state = True, None  # cannot tell yet: follow it until libvirt answers
+            except Exception as exc:
+                # Cannot tell yet (libvirtd away, a call that failed): follow it until libvirt answers.
+                log.warning("job_unknown", error=str(exc) or type(exc).__name__)
+                running, state = True, None
             if running:
                 log.warning("migration_followed", reason="the previous agent started it and libvirt still runs it")
                 job.task = asyncio.create_task(self._follow(job), name=f"follow-{request.session_id}")
@@ -313,9 +315,12 @@ class Source:
     async def _job_runs(self, vm: str, log) -> bool:
         try:
             return await self._hypervisor.job_stats(vm) is not None
-        except HypervisorUnavailable as exc:
-            # libvirtd away (restarting?): the job may still run; ask again next time.
-            log.warning("job_unknown", error=str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # libvirtd away (restarting?) or a call that failed: the job may still
+            # run; ask again next time. The follower must never die without a result.
+            log.warning("job_unknown", error=str(exc) or type(exc).__name__)
             return True
 
     async def _conclude_unwatched(self, job: SourceJob, log) -> None:
@@ -323,8 +328,10 @@ class Source:
             try:
                 state = await self._hypervisor.vm_state(job.request.vm)
                 break
-            except HypervisorUnavailable as exc:
-                log.warning("vm_state_unknown", error=str(exc))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("vm_state_unknown", error=str(exc) or type(exc).__name__)
                 await asyncio.sleep(self._config.migration.progress_interval)
         await self._judge(job, state, log)
 

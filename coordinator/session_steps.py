@@ -256,19 +256,20 @@ def _moving(session: Session, seen: Observed, late: bool) -> Step:
             )
         state = S.CANCELLED if result.aborted else S.FAILED
         return RollBack(state, result.code or SessionCode.MIGRATION_FAILED, result.reason, result)
-    if src.answered and src.job is not None:
-        if src.job_running or not src.job.started:
-            if late:
-                return Follow(abort=f"{session.vm} was still migrating at its deadline")
-            if session.cancel_requested and not postcopy:
-                return Follow(abort="cancelled on request")
-            return Follow()
+    if src.answered and src.job is not None and (src.job_running or not src.job.started):
+        if late:
+            return Follow(abort=f"{session.vm} was still migrating at its deadline")
+        if session.cancel_requested and not postcopy:
+            return Follow(abort="cancelled on request")
+        return Follow()
+    if src.answered and src.job is not None and not late:
         # Journaled and started, no job and no result yet: the agent is deciding.
+        # (Past the deadline, where the VM runs decides, as below.)
         return Retry(f"{session.source} is settling the migration of {session.vm}")
     if _arrived(session, seen):
         # The job finished while nobody watched (or its report was lost).
         return Commit()
-    if src.answered:
+    if src.answered and src.job is None:
         # The source never took this session's migrate request.
         if src.vm_active and dst.answered and dst.offer is not None and not dst.job_running and not postcopy:
             return StartMigration(dst.offer)

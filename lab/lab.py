@@ -451,6 +451,9 @@ def sweep_namespaces(dir: Path, timeout: float = 10.0) -> list[int]:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
+        # As nats-server binds: connections of a killed server linger in TIME_WAIT,
+        # which must not push its successor to another port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((NATS_HOST, port))
         except OSError:

@@ -136,4 +136,7 @@ async def disconnect(nc: Client) -> None:
     try:
         await nc.drain()
     except (nats.errors.ConnectionReconnectingError, nats.errors.ConnectionClosedError, nats.errors.FlushTimeoutError):
-        await nc.close()
+        try:
+            await nc.close()
+        except OSError:
+            pass  # the server went away mid-close: there is nothing left to flush to

@@ -86,7 +86,15 @@ class LibvirtHypervisor:
         """Runs `fn` on the named domain in a thread; VmNotFound when there is none."""
 
         def call(conn: libvirt.virConnect) -> T:
-            return fn(_lookup(conn, name))
+            dom = _lookup(conn, name)
+            try:
+                return fn(dom)
+            except libvirt.libvirtError as exc:
+                # The domain went away between the lookup and the call (a migration
+                # that just finished undefines it): the same as not finding it.
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    raise VmNotFound(name) from None
+                raise
 
         return await self._call(call)
 

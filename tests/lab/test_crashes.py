@@ -218,10 +218,14 @@ async def test_nats_server_restarted_mid_migration_loses_nothing(lab_with_ferry:
     try:
         session = await client.migrate(MigrateRequest(vm=guest, dest="hv2", options=SLOW))
         running = await migrating_with_progress(client, session.id)
+        url = lab.nats_url
         with restarted_at_the_end(lab, NATS_ROLE):
             assert lab.kill(NATS_ROLE)
+            await client.close()  # the CLI's client does not reconnect; the daemons do
             await asyncio.sleep(3)
             lab.start(NATS_ROLE)
+        assert lab.nats_url == url, "the same port (and store)"
+        client = await client_for(lab)
         ended = await session_end(client, session.id, timeout=within_deadline(running))
         assert ended.state == S.COMPLETED, ended.reason
         assert_moved_intact(lab, guest, "hv2")

@@ -121,6 +121,27 @@ async def test_a_restarted_source_follows_the_running_job_and_reports_ok_when_th
     assert not state.running and state.result == result
 
 
+async def test_a_follower_outlives_a_call_that_fails_as_the_domain_leaves(config, journal):
+    # Seen in the lab: jobStats on a domain that a finishing migration had just
+    # undefined raised a libvirt error, and the follower died without a result.
+    class Flaky(FakeHypervisor):
+        failures = 3
+
+        async def job_stats(self, name):
+            if self.failures:
+                self.failures -= 1
+                raise RuntimeError("Domain not found: no domain with matching uuid")
+            return await super().job_stats(name)
+
+    await journal.write(running_entry())
+    hv = Flaky(vms={"web": VmState.RUNNING}, jobs={"web": job_sample()})
+    published = Published()
+    await restarted_source(config, journal, hv, published)
+    hv.end_job("web", moved=True)
+    result = await the_result(published)
+    assert result.ok and hv.migrated == []
+
+
 async def test_a_followed_job_that_ends_with_the_vm_still_here_failed(config, journal):
     await journal.write(running_entry())
     hv = FakeHypervisor(vms={"web": VmState.RUNNING}, jobs={"web": job_sample()})

@@ -189,6 +189,13 @@ def test_a_source_settling_its_job_after_a_restart_is_given_time():
     assert isinstance(step(session(S.MIGRATING), seen(source(job="settling"), dest(incoming=True))), steps.Retry)
 
 
+def test_a_source_that_never_settles_is_judged_by_where_the_guest_runs_at_the_deadline():
+    arrived = step(session(S.MIGRATING), seen(source(job="settling", vm=None), dest(vm=VmState.RUNNING), now=LATE))
+    assert arrived == steps.Commit()
+    stayed = step(session(S.MIGRATING), seen(source(job="settling"), dest(offer=True), now=LATE))
+    assert isinstance(stayed, steps.RollBack), "never asked to start again: the source took the request once"
+
+
 @pytest.mark.parametrize(
     "src, dst",
     [(SILENT, SILENT), (SILENT, dest(vm=VmState.PAUSED, incoming=True)), (source(), SILENT)],

@@ -41,6 +41,18 @@ class Bucket:
         return f"$KV.{self.name}."
 
 
+async def keys_of(bucket: Bucket) -> list[str]:
+    """Every key with a message in the bucket (deleted ones too).
+
+    Read from the bucket's stream state in one request. nats-py's
+    `KeyValue.keys()` replays the bucket through a watcher that can end its
+    initial replay early and return some keys or none (nats-io/nats.py#842,
+    #995): the lab saw `ferry sessions` come back empty right after a drain.
+    """
+    info = await bucket.js.stream_info(bucket.stream, subjects_filter=f"{bucket.prefix}>")
+    return sorted(subject.removeprefix(bucket.prefix) for subject in (info.state.subjects or {}))
+
+
 async def open_bucket(js: JetStreamContext, bucket: str, description: str, *, history: int = 8) -> Bucket:
     try:
         kv = await js.key_value(bucket)
@@ -115,16 +127,8 @@ class TypedBucket(Generic[T]):
             pass
 
     async def keys(self) -> list[str]:
-        """Every key with a message in the bucket (deleted ones too: `all` skips them).
-
-        Read from the bucket's stream state in one request. nats-py's
-        `KeyValue.keys()` replays the bucket through a watcher that can end its
-        initial replay early and return some keys or none (nats-io/nats.py#842,
-        #995): the lab saw `ferry sessions` come back empty right after a drain.
-        """
-        prefix = self._bucket.prefix
-        info = await self._bucket.js.stream_info(self._bucket.stream, subjects_filter=f"{prefix}>")
-        return sorted(subject.removeprefix(prefix) for subject in (info.state.subjects or {}))
+        """Every key with a message in the bucket (deleted ones too: `all` skips them)."""
+        return await keys_of(self._bucket)
 
     async def all(self) -> list[T]:
         values = []

@@ -44,7 +44,8 @@ DEFAULT_DIR = Path("/var/tmp/ferry-bench")
 # Its own address range, apart from the demo, developer labs and the tests.
 DEFAULT_ADDRESS_BASE = "127.0.32"
 
-console = Console(highlight=False)
+# Tables to a file or a pipe keep their columns instead of wrapping at 80.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 class BenchError(Exception):

@@ -343,10 +343,11 @@ class Chaos:
                 result.problems.append(
                     f"session {s.id} ended {s.state}/{s.code or '-'} but {vm} runs on {list(residency[vm].running_on)}"
                 )
-        await self._audit_leftovers(sessions, result)
-        result.images_left = self._images_left(residency)
+        await self._audit_leftovers(sessions, result, residency)
 
-    async def _audit_leftovers(self, sessions: list[Session], result: RoundResult) -> None:
+    async def _audit_leftovers(self, sessions: list[Session], result: RoundResult, residency) -> None:
+        """Claims, reservations and images left once everything had time to clean
+        up (a source agent that was down at commit time cleans up when it is back)."""
         unsettled = {s.id for s in sessions if s.code == SessionCode.NOT_CONFIRMED}
         deadline = time.monotonic() + LEFTOVER_WAIT_SECONDS
         while True:
@@ -355,7 +356,8 @@ class Chaos:
                 held = await reservations(self.lab)
             except (OSError, TimeoutError, nats.errors.Error, FerryError) as error:
                 claims, held = {"?": f"could not read: {error}"}, []
-            if (not claims and not held) or time.monotonic() > deadline:
+            result.images_left = self._images_left(residency)
+            if (not claims and not held and not result.images_left) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(1.0)
         result.leftover_claims = len(claims)

@@ -119,6 +119,10 @@ def _step_item(
     if item.state.final:
         return item
     session = sessions.get(item.session_id) if item.session_id else None
+    if session is not None and session.state == SessionState.FAILED and session.code == SessionCode.NOT_CONFIRMED:
+        # Nobody could tell where the VM runs: no new attempt until a later look
+        # settles the session (its VM stays claimed meanwhile).
+        return msgspec.structs.replace(item, state=ItemState.MOVING, reason=f"not confirmed yet: {session.reason}")
     if session is not None and not session.state.terminal:
         state = ItemState.QUEUED if session.state == SessionState.QUEUED else ItemState.MOVING
         return msgspec.structs.replace(item, state=state, dest=session.dest or item.dest)

@@ -54,6 +54,9 @@ MEASURE_WAIT_SECONDS = 3.0
 # A failed turn is tried again after this, doubling up to the cap.
 BACKOFF_FIRST_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 8.0
+# A source that has not cleaned up after this long is given up on (its journal
+# forgets the session after an hour too); the images stay, and an error says so.
+CLEANUP_GIVE_UP_SECONDS = 3600.0
 # Sources refuse a migrate request for good with these (anything else may be the bus).
 _REFUSALS = (ErrorCode.CONFLICT, ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_VM, ErrorCode.NOT_FOUND)
 
@@ -93,6 +96,9 @@ class Driver:
         # The prepare request each destination took: repeated to renew its lease.
         self._prepared: dict[str, tuple[str, PrepareRequest]] = {}
         self._unconfirmed: set[str] = set()
+        # Completed sessions whose source has not removed what was copied away yet:
+        # session id -> (source, ref, first failure).
+        self._cleanups: dict[str, tuple[str, SessionRef, float]] = {}
 
     # ----- what others see -----
 
@@ -486,8 +492,10 @@ class Driver:
         try:
             await self._agents.commit(session.source, ref)
         except FerryError as exc:
-            # The source's journal keeps what it must remove; the next commit for it removes it.
+            # The source's journal keeps what it must remove (images copied away):
+            # the cleanup is asked for again until the source answers.
             log.warning("source_cleanup_failed", source=session.source, error=exc.message)
+            self._cleanups.setdefault(session.id, (session.source, ref, self._clock.wall()))
         outcome = _merge_outcomes(result.outcome if result else None, confirmation.outcome)
         progress = result.last_progress if result else None
         steering = result.actions if result else None
@@ -515,7 +523,20 @@ class Driver:
         log.info("destination_rolled_back", dest=host, removed=reply.removed)
         return True
 
-    # ----- sessions nobody could confirm -----
+    # ----- looking again: unfinished cleanups, sessions nobody could confirm -----
+
+    async def retry_cleanups(self) -> None:
+        for session_id, (source, ref, since) in list(self._cleanups.items()):
+            log = self._log.bind(session_id=session_id, source=source)
+            try:
+                reply = await self._agents.commit(source, ref)
+            except FerryError as exc:
+                if self._clock.wall() - since > CLEANUP_GIVE_UP_SECONDS:
+                    log.error("source_cleanup_abandoned", error=exc.message, vm=ref.vm)
+                    del self._cleanups[session_id]
+                continue
+            log.info("source_cleaned_up_later", removed=reply.removed)
+            del self._cleanups[session_id]
 
     async def settle_unconfirmed(self) -> None:
         """Look again at sessions that ended `not_confirmed`; settle those a host can now tell about."""

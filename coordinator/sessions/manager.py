@@ -42,8 +42,8 @@ from ferry.proto.session import Demand, Session, SessionCode, SessionOrigin, Ses
 
 S = SessionState
 
-# Sessions that ended `not_confirmed` are looked at again this often.
-SETTLE_SECONDS = 15.0
+# Sessions that ended `not_confirmed`, and sources that did not clean up, are looked at again this often.
+SETTLE_SECONDS = 5.0
 
 
 class SessionManager:
@@ -66,7 +66,7 @@ class SessionManager:
         self._log = structlog.get_logger().bind(component="sessions")
         self._update_decoder = Decoder(SessionUpdate, "session update")  # type: ignore[arg-type]
         self._book = RecordBook(store, claims, emit, clock.wall)
-        self._scheduler = Scheduler(self._book, hosts, limits, emit)
+        self._scheduler = Scheduler(self._book, hosts, limits, emit, clock.wall)
         self._share = BandwidthShare(self._book, agents, limits, emit)
         self._driver = Driver(self._book, self._scheduler, self._share, agents, hosts, limits, clock)
         # Set once the registry is warm and every stored session is adopted:
@@ -112,6 +112,7 @@ class SessionManager:
         while True:
             # A cadence, not a deadline: real time even under a test's virtual clock.
             await asyncio.sleep(SETTLE_SECONDS)
+            await self._driver.retry_cleanups()
             await self._driver.settle_unconfirmed()
 
     # ----- API -----

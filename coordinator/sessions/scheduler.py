@@ -8,11 +8,13 @@ they are rebuilt from the sessions that run (`take`), before the first pass.
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Callable
 
 import msgspec
 import structlog
 
+from ferry.coordinator import session_steps
 from ferry.coordinator.admission import Admit, Queued, Refuse, Slot, Wait, admit, inbound_room
 from ferry.coordinator.session_rules import host_facts, reported_demand, rules_for
 from ferry.coordinator.sessions.book import RecordBook, Superseded
@@ -30,8 +32,11 @@ StartDriver = Callable[[str, list[str]], None]
 
 
 class Scheduler:
-    def __init__(self, book: RecordBook, hosts: Hosts, limits: LimitsNow, emit: Emit) -> None:
+    def __init__(
+        self, book: RecordBook, hosts: Hosts, limits: LimitsNow, emit: Emit, wall: Callable[[], float] = time.time
+    ) -> None:
         self._book = book
+        self._wall = wall
         self._hosts = hosts
         self._limits = limits
         self._emit = emit
@@ -75,7 +80,12 @@ class Scheduler:
             return
         hosts = {h.host: h for h in self._hosts()}
         waiting: list[Queued] = []
+        now = self._wall()
         for s in queued:
+            expired = session_steps.step(s, session_steps.Observed(session_steps.SILENT, session_steps.SILENT, now))
+            if isinstance(expired, session_steps.Expire):
+                await self._end(s, SessionCode.TIMED_OUT, expired.reason)
+                continue
             source = hosts.get(s.source)
             if source is None or source.state == HostState.LOST:
                 await self._end(

@@ -256,6 +256,15 @@ def test_a_failed_attempt_is_retried_elsewhere_after_a_pause(attempts, delay, re
     assert result.start == []  # not in this step, even with no pause: the VM's state is read again first
 
 
+def test_a_session_nobody_could_confirm_is_waited_for_not_retried():
+    before = item(state=ItemState.MOVING, session_id="sess01", attempts=3, dest="hv2")
+    unsure = session(SessionState.FAILED, dest="hv2", code="not_confirmed", reason="hv1 does not answer")
+    result = step(drain(before), {"sess01": unsure}, ON_HOST, NOW, retry_delay=DELAY)
+    assert one(result).state == ItemState.MOVING and one(result).session_id == "sess01"
+    assert "not confirmed yet" in one(result).reason
+    assert result.start == [] and result.events == [], "no new attempt, no giving up: its VM is still claimed"
+
+
 def test_a_failure_without_a_destination_adds_no_failed_host():
     before = item(state=ItemState.QUEUED, session_id="sess01", attempts=1, failed_on=["hv2"])
     failed = session(SessionState.FAILED, dest=None, code="no_destination", reason="no host can take g1")

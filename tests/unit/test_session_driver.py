@@ -251,3 +251,26 @@ async def test_a_result_published_by_the_source_is_enough_to_commit():
     session = await drive(w)
     await helper
     assert session.state == S.COMPLETED
+
+
+async def test_a_queued_session_past_its_deadline_ends_timed_out():
+    w = world()
+    record(w, S.QUEUED, history=[Transition(at=w.clock.now - 7 * 3600, state=S.QUEUED)], created_at=w.clock.now - 7 * 3600)
+    session = await drive(w)
+    assert session.state == S.FAILED and session.code == SessionCode.TIMED_OUT
+    assert w.hv1.migrate_requests == [] and VM not in w.claims.holders
+
+
+async def test_a_source_down_at_commit_time_is_asked_to_clean_up_again_later():
+    w = world()
+    record(w, S.MIGRATING)
+    offer_held(w)
+    running_job(w)
+    w.hv1.commit_silences = 1  # its agent restarts just as the destination confirmed
+    session = await drive(w)
+    assert session.state == S.COMPLETED
+    assert w.agents.calls.count(("hv1", "commit")) == 1
+    await w.manager._driver.retry_cleanups()
+    assert w.agents.calls.count(("hv1", "commit")) == 2
+    await w.manager._driver.retry_cleanups()
+    assert w.agents.calls.count(("hv1", "commit")) == 2, "once it cleaned up, it is not asked again"

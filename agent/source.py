@@ -57,6 +57,9 @@ from ferry.proto.session import Progress, SessionCode
 # coordinator that restarted, a lost reply) gets the result instead of a new job.
 KEEP_FINISHED_SECONDS = 3600.0
 
+# A commit that finds its job still being concluded waits this long for it.
+COMMIT_SETTLE_SECONDS = 5.0
+
 Publish = Callable[[str, bytes], Awaitable[None]]
 
 
@@ -480,6 +483,17 @@ class Source:
         job = self._jobs.get(request.session_id)
         removed = []
         log = self._log.bind(session_id=request.session_id, vm=request.vm)
+        if job is not None and job.result is None and job.task is not None:
+            # The VM has left, but the job (often one followed after a restart) is
+            # still being concluded: wait for it, or the images copied away would
+            # stay behind with nobody asking to remove them again.
+            try:
+                await asyncio.wait_for(asyncio.shield(job.task), timeout=COMMIT_SETTLE_SECONDS)
+            except TimeoutError:
+                raise FerryError(
+                    ErrorCode.UNAVAILABLE,
+                    f"{self._config.host} is still concluding the migration of {request.vm}; ask again",
+                ) from None
         if job is not None and job.result is not None and job.result.ok:
             for path in job.copied_paths:
                 if await self._hypervisor.remove_disk(path):

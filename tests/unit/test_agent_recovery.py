@@ -142,6 +142,18 @@ async def test_a_follower_outlives_a_call_that_fails_as_the_domain_leaves(config
     assert result.ok and hv.migrated == []
 
 
+async def test_a_commit_that_arrives_while_a_followed_job_is_concluded_still_removes_the_copies(config, journal):
+    # Seen in the chaos bench: the coordinator saw the VM running on the
+    # destination and committed before the restarted source had concluded its
+    # followed job; the commit removed nothing and the copied image stayed.
+    await journal.write(running_entry())
+    hv = FakeHypervisor(vms={"web": VmState.RUNNING}, jobs={"web": job_sample()}, images={"/img/web.qcow2"})
+    source = await restarted_source(config, journal, hv, Published())
+    hv.end_job("web", moved=True)
+    reply = await source.commit(SessionRef(session_id=SID, vm="web"))
+    assert reply.removed == ["/img/web.qcow2"]
+
+
 async def test_a_followed_job_that_ends_with_the_vm_still_here_failed(config, journal):
     await journal.write(running_entry())
     hv = FakeHypervisor(vms={"web": VmState.RUNNING}, jobs={"web": job_sample()})

@@ -291,8 +291,6 @@ def _entry(session_id: str, vm: VmDescription, offer: Offer | None, created: lis
         description=vm,
         offer=offer,
         created_disks=list(created),
-        memory_mib=vm.memory_mib,
-        vcpus=vm.vcpus,
     )
 
 

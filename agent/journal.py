@@ -56,8 +56,6 @@ class JournalEntry(msgspec.Struct, frozen=True, kw_only=True):
     description: VmDescription | None = None
     offer: Offer | None = None
     created_disks: list[str] = []
-    memory_mib: int = 0
-    vcpus: int = 0
 
 
 def is_stale(entry: JournalEntry, now: float, keep_seconds: float) -> bool:

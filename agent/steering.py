@@ -116,7 +116,7 @@ class Steering:
 
     def timeout_seconds(self) -> float:
         """The completion timeout for the largest data total seen so far."""
-        return max(self.policy.min_timeout_seconds, self.seconds_per_gib * self._data_total_max / GIB)
+        return self.policy.completion_timeout(self._data_total_max, self.seconds_per_gib)
 
     def observe(self, sample: Progress, now: float, *, throttle_percent: int = 0) -> list[PolicyAction]:
         """The actions this sample calls for, in the order to carry them out."""

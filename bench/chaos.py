@@ -41,14 +41,13 @@ from rich.table import Table
 from bench.common import add_lab_arguments, bring_up, console, run_in_lab, write_results
 from ferry.cli.client import FerryClient
 from ferry.coordinator import session_steps
+from ferry.coordinator.agents import AgentClient
 from ferry.coordinator.kv import Bucket, keys_of
 from ferry.coordinator.session_store import CLAIMS_BUCKET
 from ferry.lab.errors import LabError
 from ferry.lab.lab import COORDINATOR_ROLE, NATS_ROLE, Lab, agent_role
-from ferry.proto import subjects
-from ferry.proto.agent import JobRole, JobsReply, JobsRequest
+from ferry.proto.agent import JobRole, JobsRequest
 from ferry.proto.api import MigrateRequest
-from ferry.proto.codec import ReplyDecoder, encode
 from ferry.proto.drain import DrainRequest, DrainState
 from ferry.proto.errors import FerryError
 from ferry.proto.session import MigrateOptions, Session, SessionCode, SessionState
@@ -73,7 +72,6 @@ KILL_DELAY = (0.0, 2.0)
 STUCK_GRACE_SECONDS = 30.0
 # Reservations lapse on their lease (30 s) when a rollback could not be delivered.
 LEFTOVER_WAIT_SECONDS = 45.0
-_JOBS = ReplyDecoder(JobsReply, "jobs")
 
 
 @dataclass
@@ -157,35 +155,27 @@ async def ask(lab: Lab, call: Callable[[FerryClient], Awaitable[T]], timeout: fl
         return None
 
 
-async def held_claims(lab: Lab) -> dict[str, str]:
-    """The VM claims left in KV: key -> session id."""
+async def leftovers(lab: Lab) -> tuple[dict[str, str], list[str]]:
+    """The VM claims left in KV (key -> session id), and the reservations the
+    agents still hold ('host: session'), read over one connection."""
     nc = await nats.connect(lab.nats_url, connect_timeout=2, max_reconnect_attempts=0)
     try:
         js = nc.jetstream()
         bucket = Bucket(await js.key_value(CLAIMS_BUCKET), js, CLAIMS_BUCKET)
-        held = {}
+        claims = {}
         for key in await keys_of(bucket):
             try:
                 entry = await bucket.kv.get(key)
             except nats.js.errors.KeyNotFoundError:
                 continue  # released (deleted keys keep a marker in the stream)
             if entry.value:
-                held[key] = entry.value.decode()
-        return held
-    finally:
-        await nc.close()
-
-
-async def reservations(lab: Lab) -> list[str]:
-    """Reservations the agents still hold, as 'host: session'."""
-    nc = await nats.connect(lab.nats_url, connect_timeout=2, max_reconnect_attempts=0)
-    try:
+                claims[key] = entry.value.decode()
+        agents = AgentClient(nc, timeout=5.0)
         held = []
         for host in lab.hosts:
-            reply = await nc.request(subjects.agent_verb(host.name, "jobs"), encode(JobsRequest()), timeout=5)
-            jobs = _JOBS.decode(reply.data)
+            jobs = await agents.jobs(host.name, JobsRequest())
             held += [f"{host.name}: {j.session_id}" for j in jobs.jobs if j.role == JobRole.DESTINATION and j.offer]
-        return held
+        return claims, held
     finally:
         await nc.close()
 
@@ -352,8 +342,8 @@ class Chaos:
         deadline = time.monotonic() + LEFTOVER_WAIT_SECONDS
         while True:
             try:
-                claims = {k: v for k, v in (await held_claims(self.lab)).items() if v not in unsettled}
-                held = await reservations(self.lab)
+                claims, held = await leftovers(self.lab)
+                claims = {k: v for k, v in claims.items() if v not in unsettled}
             except (OSError, TimeoutError, nats.errors.Error, FerryError) as error:
                 claims, held = {"?": f"could not read: {error}"}, []
             result.images_left = self._images_left(residency)

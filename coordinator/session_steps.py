@@ -25,7 +25,7 @@ from ferry.proto.host import VmState
 from ferry.proto.session import Session, SessionCode, SessionState
 
 S = SessionState
-GIB_MIB = 1024
+MIB = 1024 * 1024
 
 # How long a session may wait for admission. Drains queue many sessions behind
 # their limits, so this is generous; the drain retries what times out.
@@ -184,11 +184,10 @@ def migration_timeout(session: Session) -> float:
     """The completion timeout the source agent's policy enforces, as well as the
     coordinator can know it (the guest's memory, or the data total seen so far)."""
     policy = POLICIES.get(session.options.policy) or POLICIES["default"]
-    per_gib = session.options.seconds_per_gib or policy.seconds_per_gib
-    data_mib = session.demand.memory_mib
+    data_bytes = session.demand.memory_mib * MIB
     if session.progress is not None:
-        data_mib = max(data_mib, session.progress.data_total // (1024 * 1024))
-    return max(policy.min_timeout_seconds, per_gib * data_mib / GIB_MIB)
+        data_bytes = max(data_bytes, session.progress.data_total)
+    return policy.completion_timeout(data_bytes, session.options.seconds_per_gib)
 
 
 def deadline(session: Session) -> float:
@@ -206,14 +205,19 @@ def deadline(session: Session) -> float:
 # ----- the decision ------------------------------------------------------------
 
 
+def expired(session: Session, now: float) -> Expire | None:
+    """A queued session that waited past its deadline (admission's business, not a driver's)."""
+    if session.state == S.QUEUED and now >= deadline(session):
+        return Expire(f"{session.vm} waited {QUEUED_SECONDS / 3600:g} h for admission without being admitted")
+    return None
+
+
 def step(session: Session, seen: Observed) -> Step:
     if session.state.terminal:
         return Nothing()
     late = seen.now >= deadline(session)
     if session.state == S.QUEUED:
-        if late:
-            return Expire(f"{session.vm} waited {QUEUED_SECONDS / 3600:g} h for admission without being admitted")
-        return Nothing()
+        return expired(session, seen.now) or Nothing()
     if session.state == S.PREPARING:
         return _preparing(session, seen, late)
     return _moving(session, seen, late)

@@ -42,6 +42,12 @@ class Policy(msgspec.Struct, frozen=True):
     seconds_per_gib: PositiveSeconds = 120.0
     # Small guests on slow links still need their first pass and a few more.
     min_timeout_seconds: PositiveSeconds = 120.0
+
+    def completion_timeout(self, data_bytes: int, seconds_per_gib: float | None = None) -> float:
+        """Seconds a migration of `data_bytes` may take before it is aborted
+        (`seconds_per_gib` overrides the policy's, as a session may)."""
+        per_gib = seconds_per_gib if seconds_per_gib is not None else self.seconds_per_gib
+        return max(self.min_timeout_seconds, per_gib * data_bytes / (1 << 30))
     # Abort when no pass has been smaller than all before it (and QEMU has not
     # tightened its throttle) for this long.
     stall_seconds: PositiveSeconds = 30.0

@@ -496,16 +496,13 @@ class Driver:
             # the cleanup is asked for again until the source answers.
             log.warning("source_cleanup_failed", source=session.source, error=exc.message)
             self._cleanups.setdefault(session.id, (session.source, ref, self._clock.wall()))
-        outcome = _merge_outcomes(result.outcome if result else None, confirmation.outcome)
-        progress = result.last_progress if result else None
-        steering = result.actions if result else None
-        if unsettled(session):
-            await self._book.change(
-                session.id,
-                lambda s: advance(s, S.COMPLETED, at=self._clock.wall(), reason="settled later: the VM runs on the destination", outcome=outcome),
-            )
-        else:
-            await self._end(session, S.COMPLETED, "", "", outcome=outcome, progress=progress, steering=steering)
+        reason = "settled later: the VM runs on the destination" if unsettled(session) else ""
+        await self._end(
+            session, S.COMPLETED, "", reason,
+            outcome=_merge_outcomes(result.outcome if result else None, confirmation.outcome),
+            progress=result.last_progress if result else None,
+            steering=result.actions if result else None,
+        )
         return ENDED
 
     async def _rollback(self, host: str, session: Session, log) -> bool:
@@ -549,15 +546,9 @@ class Driver:
                     continue
                 self._book.hold(session)
                 step = steps.settle_unconfirmed(session, await self._observe(session))
-                if isinstance(step, steps.Commit):
-                    await self._commit(session, step.result, log)
-                elif isinstance(step, steps.RollBack):
-                    if session.dest is not None and await self._rollback(session.dest, session, log):
-                        await self._book.change(
-                            session.id,
-                            lambda s, step=step: advance(s, S.FAILED, at=self._clock.wall(), code=step.code, reason=step.reason),
-                        )
-                else:
+                # Nothing known yet, or not done (no confirmation, an incoming job
+                # still running): looked at again next time.
+                if not isinstance(step, steps.Commit | steps.RollBack) or await self._act(session, step, [], log) is not ENDED:
                     continue
                 settled = await self._book.reload(session_id)
                 log.info("session_settled", state=str(settled.state), code=settled.code)

@@ -82,8 +82,8 @@ class Scheduler:
         waiting: list[Queued] = []
         now = self._wall()
         for s in queued:
-            expired = session_steps.step(s, session_steps.Observed(session_steps.SILENT, session_steps.SILENT, now))
-            if isinstance(expired, session_steps.Expire):
+            expired = session_steps.expired(s, now)
+            if expired is not None:
                 await self._end(s, SessionCode.TIMED_OUT, expired.reason)
                 continue
             source = hosts.get(s.source)

@@ -59,6 +59,14 @@ async def migrating_with_progress(client: FerryClient, session_id: str) -> Sessi
     return await eventually(moving, timeout=60, what=f"session {session_id} migrating with progress")
 
 
+async def job_ended_on(lab: Lab, guest: str, host: str) -> None:
+    """libvirt finished the job on its own: the guest runs on `host` alone."""
+    await eventually(
+        lambda: asyncio.to_thread(lambda: lab.residency(guest)[guest].running_on == (host,)),
+        timeout=120, what=f"{guest} running on {host} after the job ended",
+    )
+
+
 def within_deadline(session: Session) -> float:
     """Seconds the session may still take: the deadline of the state it is in, from now."""
     return max(session_steps.deadline(session) - time.time(), 0.0) + 30.0
@@ -175,10 +183,7 @@ async def test_source_agent_killed_mid_migration_follows_its_job_after_restart(l
                 await asyncio.sleep(3)
             else:
                 # libvirt carries the job on without the agent that started it.
-                await eventually(
-                    lambda: asyncio.to_thread(lambda: lab.residency(guest)[guest].running_on == ("hv2",)),
-                    timeout=120, what=f"{guest} running on hv2 after the job ended",
-                )
+                await job_ended_on(lab, guest, "hv2")
             lab.start(source)
             ended = await session_end(client, session.id, timeout=within_deadline(running))
         assert ended.state == S.COMPLETED, ended.reason
@@ -202,10 +207,7 @@ async def test_destination_agent_killed_across_the_end_of_a_storage_copy(lab_wit
         assert running.copy_disks, "the local disk is copied along"
         with restarted_at_the_end(lab, dest):
             assert lab.kill(dest)
-            await eventually(
-                lambda: asyncio.to_thread(lambda: lab.residency(guest)[guest].running_on == ("hv2",)),
-                timeout=120, what=f"{guest} running on hv2 after the job ended",
-            )
+            await job_ended_on(lab, guest, "hv2")
             await asyncio.sleep(2)
             lab.start(dest)
             ended = await session_end(client, session.id, timeout=within_deadline(running))

@@ -274,3 +274,18 @@ async def test_a_source_down_at_commit_time_is_asked_to_clean_up_again_later():
     assert w.agents.calls.count(("hv1", "commit")) == 2
     await w.manager._driver.retry_cleanups()
     assert w.agents.calls.count(("hv1", "commit")) == 2, "once it cleaned up, it is not asked again"
+
+
+async def test_a_settling_look_that_cannot_confirm_yet_looks_again_later():
+    w = world()
+    record(w, S.MIGRATING)
+    running_job(w)
+    w.hv1.answering = w.hv2.answering = False
+    assert (await drive(w)).code == SessionCode.NOT_CONFIRMED
+    w.hv1.answering = w.hv2.answering = True
+    w.agents.finish("s1", "hv1", "hv2", ok=True)
+    w.hv2.commit_silences = 10  # the destination's agent does not confirm this time
+    await w.manager._driver.settle_unconfirmed()
+    assert w.store["s1"].code == SessionCode.NOT_CONFIRMED and w.claims.holders.get(VM) == "s1"
+    await w.manager._driver.settle_unconfirmed()
+    assert w.store["s1"].state == S.COMPLETED and VM not in w.claims.holders

@@ -24,7 +24,20 @@ class EvacuationSettings(msgspec.Struct, frozen=True):
     debounce_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10.0
 
 
+class LeaderSettings(msgspec.Struct, frozen=True):
+    # The leader renews its lease this often.
+    renew_every: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    # A standby takes over when it has seen no renewal for this long. The
+    # leader steps down after `step_down_after` without one, well before.
+    lease_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 4.0
+    step_down_after: Annotated[float, msgspec.Meta(gt=0, le=300)] = 2.5
+
+
 class CoordinatorConfig(msgspec.Struct, frozen=True):
+    # How this coordinator is called in the leader lease, `ferry status` and
+    # the logs; "" means the machine's host name. Give each of several
+    # coordinators on one machine its own.
+    name: str = ""
     # Seconds of silence after which a host is `lost`; 0 means
     # `heartbeat_timeout_factor` times the interval the host announces.
     heartbeat_timeout: Annotated[float, msgspec.Meta(ge=0)] = 0.0
@@ -44,8 +57,17 @@ class CoordinatorConfig(msgspec.Struct, frozen=True):
     limits: Limits = Limits()
     drain: DrainSettings = DrainSettings()
     evacuation: EvacuationSettings = EvacuationSettings()
+    leader: LeaderSettings = LeaderSettings()
 
 
 def problems(config: CoordinatorConfig) -> list[str]:
     """What keeps this config from working beyond its keys and values (files it names)."""
-    return nats_problems(config.nats)
+    problems = nats_problems(config.nats)
+    if config.leader.step_down_after >= config.leader.lease_seconds:
+        problems.append(
+            "leader.step_down_after must be shorter than leader.lease_seconds: a leader that cannot renew "
+            "must stop before a standby may take over"
+        )
+    if config.leader.renew_every >= config.leader.step_down_after:
+        problems.append("leader.renew_every must be shorter than leader.step_down_after")
+    return problems

@@ -45,7 +45,7 @@ from ferry.coordinator.agents import AgentClient
 from ferry.coordinator.kv import Bucket, keys_of
 from ferry.coordinator.session_store import CLAIMS_BUCKET
 from ferry.lab.errors import LabError
-from ferry.lab.lab import COORDINATOR_ROLE, NATS_ROLE, Lab, agent_role
+from ferry.lab.lab import COORDINATOR_ROLES, NATS_ROLES, Lab, agent_role
 from ferry.proto.agent import JobRole, JobsRequest
 from ferry.proto.api import MigrateRequest
 from ferry.proto.drain import DrainRequest, DrainState
@@ -148,7 +148,7 @@ def agrees(session: Session, running_on: tuple[str, ...]) -> bool:
 async def ask(lab: Lab, call: Callable[[FerryClient], Awaitable[T]], timeout: float = 5.0) -> T | None:
     """One call on a fresh connection (the nats-server may have been restarted); None when it fails."""
     try:
-        settings = NatsSettings(servers=[lab.nats_url], request_timeout=timeout, connect_timeout=2.0)
+        settings = NatsSettings(servers=lab.nats_urls, request_timeout=timeout, connect_timeout=2.0)
         async with await FerryClient.connect(settings) as client:
             return await call(client)
     except (FerryError, OSError, TimeoutError, nats.errors.Error):
@@ -158,7 +158,7 @@ async def ask(lab: Lab, call: Callable[[FerryClient], Awaitable[T]], timeout: fl
 async def leftovers(lab: Lab) -> tuple[dict[str, str], list[str]]:
     """The VM claims left in KV (key -> session id), and the reservations the
     agents still hold ('host: session'), read over one connection."""
-    nc = await nats.connect(lab.nats_url, connect_timeout=2, max_reconnect_attempts=0)
+    nc = await nats.connect(servers=lab.nats_urls, connect_timeout=2, max_reconnect_attempts=0)
     try:
         js = nc.jetstream()
         bucket = Bucket(await js.key_value(CLAIMS_BUCKET), js, CLAIMS_BUCKET)
@@ -248,9 +248,9 @@ class Chaos:
 
     def _target(self, fault: str, moving: list[Session]) -> str:
         if fault == "coordinator":
-            return COORDINATOR_ROLE
+            return COORDINATOR_ROLES[0]
         if fault == "nats-server":
-            return NATS_ROLE
+            return NATS_ROLES[0]
         session = self.rng.choice(moving) if moving else None
         if session is None:
             host = self.rng.choice(self.hosts)

@@ -266,7 +266,7 @@ def ask_coordinator(lab: Lab, call: Callable[[FerryClient], Awaitable[T]], timeo
     """One or more API calls on one connection; None while the coordinator does not answer."""
 
     async def ask() -> T:
-        settings = NatsSettings(servers=[lab.nats_url], request_timeout=timeout)
+        settings = NatsSettings(servers=lab.nats_urls, request_timeout=timeout)
         async with await FerryClient.connect(settings) as client:
             return await call(client)
 

@@ -1,6 +1,7 @@
 """A client of the coordinator API, for the CLI, tests and scripts."""
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
@@ -33,6 +34,7 @@ from ferry.proto.drain import (
 )
 from ferry.proto.errors import ErrorCode, FerryError
 from ferry.proto.events import CoordinatorEvent, SessionChanged
+from ferry.proto.leader import StatusReply, StatusRequest
 from ferry.proto.limits import LimitsReply, LimitsRequest
 from ferry.proto.session import Progress, Session
 from ferry.runtime.config import NatsSettings
@@ -47,22 +49,34 @@ _SESSIONS = ReplyDecoder(SessionsReply, "sessions")
 _LIMITS = ReplyDecoder(LimitsReply, "limits")
 _DRAIN = ReplyDecoder(DrainReply, "drain")
 _DRAINS = ReplyDecoder(DrainsReply, "drains")
+_STATUS = ReplyDecoder(StatusReply, "status")
 _UPDATE = Decoder(SessionUpdate, "session update")  # type: ignore[arg-type]
 _EVENT = Decoder(CoordinatorEvent, "coordinator event")  # type: ignore[arg-type]
 
 
+# While coordinators hand over the lead (a few seconds), a request that changes
+# something is answered `no_leader`; it is sent again for this long.
+FAILOVER_WAIT_SECONDS = 15.0
+RETRY_PAUSE_SECONDS = 0.25
+
+
 class FerryClient:
-    def __init__(self, nc: Client, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self, nc: Client, *, timeout: float = 5.0, failover_wait: float = FAILOVER_WAIT_SECONDS, via: str = ""
+    ) -> None:
+        """`via`: send every request through the coordinator of that name (else any)."""
         self._nc = nc
         self._timeout = timeout
+        self._failover_wait = failover_wait
+        self._via = via
 
     @classmethod
-    async def connect(cls, settings: NatsSettings) -> "FerryClient":
+    async def connect(cls, settings: NatsSettings, *, via: str = "") -> "FerryClient":
         try:
             nc = await connect_once(settings, name="ferry-cli")
         except Exception as exc:
             raise connect_error(settings, exc) from None
-        return cls(nc, timeout=settings.request_timeout)
+        return cls(nc, timeout=settings.request_timeout, via=via)
 
     async def close(self) -> None:
         if not self._nc.is_closed:
@@ -75,56 +89,72 @@ class FerryClient:
         await self.close()
 
     async def request_raw(self, verb: str, payload: bytes) -> bytes:
-        subject = subjects.api(verb)
+        subject = subjects.via_api(self._via, verb) if self._via else subjects.api(verb)
         try:
             msg = await self._nc.request(
                 subject, payload, timeout=self._timeout, headers={"Ferry-Request-Id": uuid.uuid4().hex[:12]}
             )
         except nats.errors.NoRespondersError:
-            raise FerryError(
-                ErrorCode.UNAVAILABLE, f"no coordinator is running (nobody answers {subject})"
-            ) from None
+            who = f"no coordinator called {self._via} is running" if self._via else "no coordinator is running"
+            raise FerryError(ErrorCode.UNAVAILABLE, f"{who} (nobody answers {subject})") from None
         except nats.errors.TimeoutError:
             raise FerryError(
                 ErrorCode.TIMEOUT, f"the coordinator did not answer {subject} within {self._timeout:g} s"
             ) from None
         return msg.data
 
+    async def call(self, verb: str, request: object, decoder: ReplyDecoder[T]) -> T:
+        """One request and its decoded reply; sent again while no coordinator leads
+        (nothing was done: the standby that answered could not reach a leader)."""
+        deadline = time.monotonic() + self._failover_wait
+        payload = encode(request)
+        while True:
+            try:
+                return decoder.decode(await self.request_raw(verb, payload))
+            except FerryError as exc:
+                if exc.code != ErrorCode.NO_LEADER or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(RETRY_PAUSE_SECONDS)
+
     async def hosts(self, request: HostsRequest = HostsRequest()) -> HostsReply:
-        return _HOSTS.decode(await self.request_raw("hosts", encode(request)))
+        return await self.call("hosts", request, _HOSTS)
 
     async def migrate(self, request: MigrateRequest) -> Session:
-        return _SESSION.decode(await self.request_raw("migrate", encode(request))).session
+        return (await self.call("migrate", request, _SESSION)).session
 
     async def plan(self, request: MigrateRequest) -> PlanReply:
         """A dry run of `migrate`: the destination and a prediction; nothing moves."""
-        return _PLAN.decode(await self.request_raw("plan", encode(request)))
+        return await self.call("plan", request, _PLAN)
 
     async def session(self, session_id: str) -> Session:
-        return _SESSION.decode(await self.request_raw("session", encode(SessionRequest(id=session_id)))).session
+        return (await self.call("session", SessionRequest(id=session_id), _SESSION)).session
 
     async def sessions(self, request: SessionsRequest = SessionsRequest()) -> list[Session]:
-        return _SESSIONS.decode(await self.request_raw("sessions", encode(request))).sessions
+        return (await self.call("sessions", request, _SESSIONS)).sessions
 
     async def cancel(self, session_id: str) -> Session:
-        return _SESSION.decode(await self.request_raw("cancel", encode(CancelRequest(id=session_id)))).session
+        return (await self.call("cancel", CancelRequest(id=session_id), _SESSION)).session
 
     async def bandwidth(self, session_id: str, bandwidth_mib: int) -> Session:
         change = BandwidthChange(id=session_id, bandwidth_mib=bandwidth_mib)
-        return _SESSION.decode(await self.request_raw("bandwidth", encode(change))).session
+        return (await self.call("bandwidth", change, _SESSION)).session
 
     async def limits(self, request: LimitsRequest | None = None) -> LimitsReply:
         """The limits in force; with fields set, change them first."""
-        return _LIMITS.decode(await self.request_raw("limits", encode(request or LimitsRequest())))
+        return await self.call("limits", request or LimitsRequest(), _LIMITS)
 
     async def drain(self, request: DrainRequest) -> DrainReply:
-        return _DRAIN.decode(await self.request_raw("drain", encode(request)))
+        return await self.call("drain", request, _DRAIN)
 
     async def undrain(self, host: str) -> Drain:
-        return _DRAIN.decode(await self.request_raw("undrain", encode(UndrainRequest(host=host)))).drain
+        return (await self.call("undrain", UndrainRequest(host=host), _DRAIN)).drain
+
+    async def status(self) -> StatusReply:
+        """Who leads, the coordinators taking part, NATS and the KV buckets' copies."""
+        return await self.call("status", StatusRequest(), _STATUS)
 
     async def drains(self, host: str | None = None) -> list[Drain]:
-        return _DRAINS.decode(await self.request_raw("drains", encode(DrainsRequest(host=host)))).drains
+        return (await self.call("drains", DrainsRequest(host=host), _DRAINS)).drains
 
     async def follow(self, session: Session, *, poll: float = 1.0) -> AsyncIterator[Session | Progress]:
         """Live progress samples from the source, and the session each time its state

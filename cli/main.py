@@ -14,6 +14,7 @@ from rich.text import Text
 
 from ferry.cli import convergence as cli_convergence
 from ferry.cli import drain as cli_drain
+from ferry.cli import status as cli_status
 from ferry.cli.client import FerryClient
 from ferry.cli.output import plain_console, print_json, say_error
 from ferry.proto.api import HostsReply, HostState, HostView, MigrateRequest, SessionsRequest
@@ -74,6 +75,7 @@ async def _cmd_hosts(client: FerryClient, args: argparse.Namespace, console: Con
         console.print("no hosts have reported yet")
         return 0
     console.print(hosts_table(reply))
+    console.print(f"leader: {reply.leader or 'none right now'}", style="" if reply.leader else "red")
     for h in reply.hosts:
         for check in h.checks:
             if check.state != HealthState.OK:
@@ -302,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="its key (default $FERRY_NATS_TLS_KEY)",
     )
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the coordinator")
+    parser.add_argument(
+        "--via", metavar="COORDINATOR", default="",
+        help="send the request through this coordinator (default: any; changes reach the leader either way)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     hosts = sub.add_parser("hosts", help="list hosts with state, health and capacity")
     hosts.add_argument("--json", action="store_true", help="machine-readable output")
@@ -357,11 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
     bandwidth.add_argument("mib", type=int, metavar="MiB/s", help="0: unlimited")
     bandwidth.set_defaults(run=_cmd_bandwidth)
     cli_drain.add_commands(sub)
+    cli_status.add_commands(sub)
     return parser
 
 
 def _settings(args: argparse.Namespace) -> NatsSettings:
-    servers = args.server or os.environ.get("FERRY_NATS_URL", "nats://127.0.0.1:4222").split(",")
+    # Each --server may itself list several URLs joined by commas, like $FERRY_NATS_URL.
+    given = args.server or [os.environ.get("FERRY_NATS_URL", "nats://127.0.0.1:4222")]
+    servers = [url.strip() for value in given for url in value.split(",") if url.strip()]
     settings = NatsSettings(
         servers=servers, creds=args.creds, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
         request_timeout=args.timeout,
@@ -377,7 +386,7 @@ async def _main(args: argparse.Namespace) -> int:
     console = plain_console()
     try:
         settings = _settings(args)
-        async with await FerryClient.connect(settings) as client:
+        async with await FerryClient.connect(settings, via=args.via) as client:
             return await args.run(client, args, console)
     except FerryError as exc:
         say_error(exc.code, exc.message)

@@ -1,11 +1,15 @@
 """coordinator.toml"""
 
+import re
 from typing import Annotated
 
 import msgspec
 
 from ferry.proto.limits import Limits
 from ferry.runtime.config import NatsSettings, nats_problems
+
+# A coordinator's name is a KV key token (`member.<name>`) and shows in logs.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
 class DrainSettings(msgspec.Struct, frozen=True):
@@ -51,6 +55,9 @@ class CoordinatorConfig(msgspec.Struct, frozen=True):
     # sessions and schedules (so no session fails for a source not heard yet):
     # the longest interval hosts announce, but never longer than this.
     warm_up_max: Annotated[float, msgspec.Meta(ge=0, le=300)] = 10.0
+    # Copies of every KV bucket: 0 means one per server of the NATS cluster
+    # (three on three servers, at most five); buckets with fewer are scaled up.
+    kv_replicas: Annotated[int, msgspec.Meta(ge=0, le=5)] = 0
     log_level: str = "info"
     nats: NatsSettings = NatsSettings()
     # The starting limits; `ferry limits` changes them at runtime (kept in KV).
@@ -63,6 +70,10 @@ class CoordinatorConfig(msgspec.Struct, frozen=True):
 def problems(config: CoordinatorConfig) -> list[str]:
     """What keeps this config from working beyond its keys and values (files it names)."""
     problems = nats_problems(config.nats)
+    if config.name and not NAME.match(config.name):
+        problems.append(
+            f"name {config.name!r}: use letters, digits, '.', '_' and '-' (at most 64, starting with a letter or digit)"
+        )
     if config.leader.step_down_after >= config.leader.lease_seconds:
         problems.append(
             "leader.step_down_after must be shorter than leader.lease_seconds: a leader that cannot renew "

@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 
 from ferry.coordinator import drain_plan
 from ferry.coordinator.config import DrainSettings
-from ferry.coordinator.kv import TypedBucket, open_bucket
+from ferry.coordinator.kv import TypedBucket, WatchedBucket, open_bucket
 from ferry.coordinator.session_rules import check_policy, host_facts, reported_demand
 from ferry.coordinator.session_store import VmBusy
 from ferry.coordinator.sessions import SessionManager
@@ -32,10 +32,32 @@ BUCKET = "ferry_drains"
 STEP_SECONDS = 1.0
 
 
+async def open_drain_records(js: JetStreamContext, *, replicas: int = 1) -> WatchedBucket[Drain]:
+    """The drain records, followed by a KV watch (every coordinator holds one: the
+    marks it shows are KV's, not its own)."""
+    bucket = await open_bucket(js, BUCKET, "Ferry: drained hosts and their drains", replicas=replicas)
+    return WatchedBucket(TypedBucket(bucket, Drain, "drain"))
+
+
+def draining_marks(records: WatchedBucket[Drain]) -> dict[str, str]:
+    """Draining hosts and why."""
+    return {host: d.reason for host, d in records.values().items()}
+
+
+def find_drain(records: WatchedBucket[Drain], host: str) -> Drain:
+    held = records.get(host)
+    if held is None:
+        raise FerryError(ErrorCode.NOT_FOUND, f"{host} is not draining")
+    return held[0]
+
+
 class DrainController:
+    """The leader's side of drains: it alone writes drain records, each write a
+    compare-and-set on the revision the watched records hold."""
+
     def __init__(
         self,
-        store: TypedBucket[Drain],
+        records: WatchedBucket[Drain],
         sessions: SessionManager,
         hosts: Callable[[], list[HostView]],
         emit: Callable[[list[CoordinatorEvent]], Awaitable[None]],
@@ -43,41 +65,36 @@ class DrainController:
         *,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        self._store = store
+        self._records = records
+        self._store = records.store
         self._sessions = sessions
         self._hosts = hosts
         self._emit = emit
         self._settings = settings
         self._wall = wall
         self._log = structlog.get_logger().bind(component="drains")
-        # A mirror of the KV records: host views read the marks on every request.
-        self._drains: dict[str, Drain] = {}
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
 
-    @classmethod
-    async def open(cls, js: JetStreamContext, *args, **kwargs) -> "DrainController":
-        store = TypedBucket(await open_bucket(js, BUCKET, "Ferry: drained hosts and their drains"), Drain, "drain")
-        controller = cls(store, *args, **kwargs)
-        for drain in await store.all():
-            controller._drains[drain.host] = drain
-        return controller
-
     def marks(self) -> dict[str, str]:
-        """Draining hosts and why."""
-        return {host: d.reason for host, d in self._drains.items()}
+        return draining_marks(self._records)
 
     def get(self, host: str) -> Drain:
-        drain = self._drains.get(host)
-        if drain is None:
-            raise FerryError(ErrorCode.NOT_FOUND, f"{host} is not draining")
-        return drain
+        return find_drain(self._records, host)
 
     def all(self) -> list[Drain]:
-        return [self._drains[h] for h in sorted(self._drains)]
+        return list(self._records.values().values())
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def _write(self, drain: Drain, revision: int | None) -> None:
+        """Create the record (`revision` None) or replace the one at `revision`."""
+        if revision is None:
+            written = await self._store.create(drain.host, drain)
+        else:
+            written = await self._store.put_if(drain.host, drain, revision)
+        self._records.saw(drain.host, drain, written)
 
     # ----- operator and evacuation requests -----
 
@@ -92,7 +109,8 @@ class DrainController:
                 f"{request.host} is lost (no heartbeat for {view.last_seen_age:.0f} s): its VMs cannot be live-migrated",
             )
         async with self._lock:
-            existing = self._drains.get(request.host)
+            held = self._records.get(request.host)
+            existing, revision = held if held is not None else (None, None)
             if existing is not None and existing.state == DrainState.RUNNING and not request.dry_run:
                 # Draining twice has the effect of draining once; a failing host's
                 # evacuation turns an operator's drain into an evacuation.
@@ -100,15 +118,13 @@ class DrainController:
                     existing = msgspec.structs.replace(
                         existing, automatic=True, reason=f"{existing.reason}; then {request.reason}"
                     )
-                    await self._store.put(existing.host, existing)
-                    self._drains[existing.host] = existing
+                    await self._write(existing, revision)
                 return DrainReply(drain=existing)
             check_policy(MigrateOptions(policy=request.policy))
             drain = self._plan(request, view, views, automatic)
             if request.dry_run:
                 return DrainReply(drain=await self._predicted(drain), dry_run=True)
-            await self._store.put(drain.host, drain)
-            self._drains[drain.host] = drain
+            await self._write(drain, revision)
         unplaced = sum(1 for i in drain.items if i.dest is None)
         self._log.info(
             "drain_planned", host=drain.host, reason=drain.reason, automatic=automatic,
@@ -163,9 +179,12 @@ class DrainController:
 
     async def undrain(self, host: str) -> Drain:
         async with self._lock:
-            drain = self.get(host)
-            await self._store.delete(host)
-            self._drains.pop(host, None)
+            held = self._records.get(host)
+            if held is None:
+                raise FerryError(ErrorCode.NOT_FOUND, f"{host} is not draining")
+            drain, revision = held
+            await self._store.delete_if(host, revision)
+            self._records.saw(host, None, revision + 1)
         cancelled = 0
         for item in drain.items:
             session = self._sessions.known(item.session_id) if item.session_id else None
@@ -188,7 +207,7 @@ class DrainController:
             except TimeoutError:
                 pass
             self._wake.clear()
-            for host in [h for h, d in self._drains.items() if d.state == DrainState.RUNNING]:
+            for host in [h for h, d in self._records.values().items() if d.state == DrainState.RUNNING]:
                 try:
                     async with self._lock:
                         await self._step(host)
@@ -196,9 +215,10 @@ class DrainController:
                     self._log.exception("drain_step_failed", host=host)
 
     async def _step(self, host: str) -> None:
-        drain = self._drains.get(host)
-        if drain is None or drain.state != DrainState.RUNNING:
+        held = self._records.get(host)
+        if held is None or held[0].state != DrainState.RUNNING:
             return
+        drain, revision = held
         view = next((h for h in self._hosts() if h.host == host), None)
         vms_on_host = None
         if view is not None and view.state == HostState.UP:
@@ -230,8 +250,13 @@ class DrainController:
                 events.append(event)
         updated = msgspec.structs.replace(step.drain, items=[items[i.vm] for i in step.drain.items])
         if updated != drain:
-            await self._store.put(host, updated)
-            self._drains[host] = updated
+            try:
+                await self._write(updated, revision)
+            except FerryError as exc:
+                # Written by someone else meanwhile (an undrain, a leader before
+                # us): the next step starts from what KV holds now.
+                self._log.warning("drain_step_superseded", host=host, reason=exc.message)
+                return
         await self._emit(events)
 
     async def _start(

@@ -81,6 +81,14 @@ class HealthWatch:
         out.evacuate.extend(self._due(host, record, now))
         return out
 
+    def seed(self, host: str, health: HealthState, *, evacuated: bool = False) -> None:
+        """What a new leader knows already: the host's last health (so no event
+        repeats what the previous leader announced) and whether it was evacuated
+        in this failing spell (so it is not evacuated twice)."""
+        record = self._hosts.setdefault(host, _Host())
+        record.health = health
+        record.fired = evacuated and health != HealthState.OK
+
     def lost(self, host: str) -> Verdict:
         record = self._hosts.get(host)
         out = Verdict()

@@ -5,14 +5,18 @@ if the entry's revision is unchanged; a lost race re-reads and re-applies. Two
 writers (two handlers, or two coordinators) can never both move one record.
 """
 
+import asyncio
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+import nats.errors
 import nats.js.errors
+import structlog
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from ferry.proto.codec import Decoder, encode
 from ferry.proto.errors import ErrorCode, FerryError
@@ -53,14 +57,87 @@ async def keys_of(bucket: Bucket) -> list[str]:
     return sorted(subject.removeprefix(bucket.prefix) for subject in (info.state.subjects or {}))
 
 
-async def open_bucket(js: JetStreamContext, bucket: str, description: str, *, history: int = 8) -> Bucket:
+# JetStream keeps at most this many copies of a stream.
+MAX_REPLICAS = 5
+# A cluster elects its JetStream meta leader a moment after it starts (and after
+# losing one); until then bucket requests fail, and are tried again this long.
+JETSTREAM_READY_SECONDS = 30.0
+
+
+def cluster_size(server_info: dict[str, Any]) -> int:
+    """How many servers the connected one knows in its cluster (itself included):
+    `connect_urls` of its INFO lists every server's client URL; 1 without a cluster."""
+    if not server_info.get("cluster"):
+        return 1
+    return max(1, len(set(server_info.get("connect_urls") or [])))
+
+
+def replicas_for(server_info: dict[str, Any], configured: int = 0) -> int:
+    """Copies each bucket keeps: the configured number, else one per server of
+    the cluster (R3 on three servers, R1 on one), at most JetStream's five."""
+    return configured or min(cluster_size(server_info), MAX_REPLICAS)
+
+
+async def open_bucket(
+    js: JetStreamContext, bucket: str, description: str, *, history: int = 8, replicas: int = 1
+) -> Bucket:
+    """The bucket, created with `replicas` copies if it is missing, and scaled up
+    to them if it has fewer (a bucket made on a single server, then clustered).
+    Never scaled down: copies an operator added stay."""
+    deadline = asyncio.get_running_loop().time() + JETSTREAM_READY_SECONDS
+    while True:
+        try:
+            kv = await _open_or_create(js, bucket, description, history, replicas)
+            await _scale_up(js, bucket, replicas)
+            return Bucket(kv, js, bucket)
+        except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            # No JetStream meta leader yet (a cluster starting, or electing).
+            if asyncio.get_running_loop().time() > deadline:
+                raise FerryError(
+                    ErrorCode.UNAVAILABLE, f"JetStream did not answer for bucket {bucket} within {JETSTREAM_READY_SECONDS:.0f} s"
+                ) from None
+            await asyncio.sleep(0.5)
+
+
+async def _open_or_create(js: JetStreamContext, bucket: str, description: str, history: int, replicas: int) -> KeyValue:
     try:
-        kv = await js.key_value(bucket)
+        return await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
-        kv = await js.create_key_value(
-            KeyValueConfig(bucket=bucket, history=history, storage=StorageType.FILE, description=description)
+        pass
+    try:
+        return await js.create_key_value(
+            KeyValueConfig(
+                bucket=bucket, history=history, storage=StorageType.FILE, description=description, replicas=replicas
+            )
         )
-    return Bucket(kv, js, bucket)
+    except nats.js.errors.BadRequestError:
+        # Another coordinator created it meanwhile (with its own settings): use that one.
+        return await js.key_value(bucket)
+
+
+async def _scale_up(js: JetStreamContext, bucket: str, replicas: int) -> None:
+    info = await js.stream_info(f"KV_{bucket}")
+    if (info.config.num_replicas or 1) >= replicas:
+        return
+    before = info.config.num_replicas or 1
+    try:
+        await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
+    except nats.js.errors.APIError as exc:
+        # Too few servers up right now: keep the copies it has; the next start tries again.
+        structlog.get_logger().warning(
+            "bucket_not_scaled", bucket=bucket, replicas=before, wanted=replicas, error=exc.description or str(exc)
+        )
+        return
+    structlog.get_logger().info("bucket_scaled", bucket=bucket, replicas_before=before, replicas=replicas)
+
+
+async def replicas_of(js: JetStreamContext, bucket: str) -> tuple[int, int, str]:
+    """(replicas configured, servers holding a current copy, the stream's leader) of a bucket."""
+    info = await js.stream_info(f"KV_{bucket}")
+    cluster = info.cluster
+    leader = (cluster.leader or "") if cluster else ""
+    current = (1 if leader else 0) + sum(1 for peer in (cluster.replicas or []) if peer.current) if cluster else 1
+    return info.config.num_replicas or 1, current, leader
 
 
 class TypedBucket(Generic[T]):
@@ -75,6 +152,13 @@ class TypedBucket(Generic[T]):
             return await self._kv.create(key, encode(value))
         except nats.js.errors.KeyWrongLastSequenceError:
             raise FerryError(ErrorCode.CONFLICT, f"{self._what} {key} exists already") from None
+
+    @property
+    def bucket(self) -> Bucket:
+        return self._bucket
+
+    def decode(self, data: bytes) -> T:
+        return self._decoder.decode(data)
 
     async def find(self, key: str) -> tuple[T, int] | None:
         try:
@@ -126,6 +210,15 @@ class TypedBucket(Generic[T]):
         except nats.js.errors.KeyNotFoundError:
             pass
 
+    async def delete_if(self, key: str, revision: int) -> None:
+        """Delete only if the stored entry is still at `revision`."""
+        try:
+            await self._kv.delete(key, last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise FerryError(
+                ErrorCode.CONFLICT, f"{self._what} {key} changed under us (revision {revision} is stale)"
+            ) from None
+
     async def keys(self) -> list[str]:
         """Every key with a message in the bucket (deleted ones too: `all` skips them)."""
         return await keys_of(self._bucket)
@@ -137,3 +230,102 @@ class TypedBucket(Generic[T]):
             if found is not None:  # deleted between listing and reading otherwise
                 values.append(found[0])
         return values
+
+
+class WatchedBucket(Generic[T]):
+    """Every record of a bucket as KV last said: read whole at start (and after
+    NATS comes back), then kept current by a KV watch. Nothing here is a
+    per-process copy of the truth: writers compare-and-set against the revision
+    it holds and tell it what they wrote (`saw`); every other process learns the
+    change from its watch.
+    """
+
+    def __init__(self, records: TypedBucket[T], on_change: Callable[[str], None] | None = None) -> None:
+        self._records = records
+        self._on_change = on_change
+        self._values: dict[str, tuple[T, int]] = {}
+        # Deleted keys and the revision they were deleted after: an older put the
+        # watch delivers late must not bring a record back.
+        self._gone: dict[str, int] = {}
+        self._task: asyncio.Task | None = None
+        self._log = structlog.get_logger().bind(component="kv_watch", bucket=records.bucket.name)
+
+    @property
+    def store(self) -> TypedBucket[T]:
+        return self._records
+
+    async def start(self) -> None:
+        await self.reload()
+        self._task = asyncio.create_task(self._watch(), name=f"watch-{self._records.bucket.name}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def get(self, key: str) -> tuple[T, int] | None:
+        return self._values.get(key)
+
+    def values(self) -> dict[str, T]:
+        return {key: value for key, (value, _rev) in sorted(self._values.items())}
+
+    async def reload(self) -> None:
+        """Read every record again (after a reconnect the watch may have missed some)."""
+        found: dict[str, tuple[T, int]] = {}
+        for key in await self._records.keys():
+            entry = await self._records.find(key)
+            if entry is not None:
+                found[key] = entry
+        changed = set(found) ^ set(self._values) | {k for k in found if self._values.get(k) != found[k]}
+        self._values = found
+        for key in found:
+            self._gone.pop(key, None)
+        for key in changed:
+            self._changed(key)
+
+    def saw(self, key: str, value: T | None, revision: int) -> None:
+        """A record at `revision` (None: deleted by the entry at `revision`), from the
+        watch or from this process's own write; anything not newer than what is
+        held is ignored."""
+        held = self._values.get(key)
+        if held is not None and held[1] >= revision:
+            return
+        if value is None:
+            if held is None and key in self._gone:
+                return
+            self._values.pop(key, None)
+            self._gone[key] = revision
+        else:
+            if self._gone.get(key, 0) >= revision:
+                return
+            self._gone.pop(key, None)
+            self._values[key] = (value, revision)
+        self._changed(key)
+
+    def _changed(self, key: str) -> None:
+        if self._on_change is not None:
+            self._on_change(key)
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                watcher = await self._records.bucket.kv.watchall()
+                async for entry in watcher:
+                    if entry is None:  # the end of the initial replay
+                        continue
+                    if entry.operation in (KV_DEL, KV_PURGE):
+                        self.saw(entry.key, None, entry.revision)
+                    elif entry.value is not None:
+                        try:
+                            self.saw(entry.key, self._records.decode(entry.value), entry.revision)
+                        except FerryError as exc:
+                            self._log.warning("record_unreadable", key=entry.key, reason=exc.message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._log.warning("watch_restarted", error=str(exc) or type(exc).__name__)
+                await asyncio.sleep(1.0)
+                try:
+                    await self.reload()
+                except Exception as reload_exc:
+                    self._log.warning("reload_failed", error=str(reload_exc) or type(reload_exc).__name__)

@@ -19,8 +19,8 @@ class SessionStore:
         self._records = TypedBucket(bucket, Session, "session")
 
     @classmethod
-    async def open(cls, js: JetStreamContext, *, bucket: str = BUCKET) -> "SessionStore":
-        return cls(await open_bucket(js, bucket, "Ferry migration sessions"))
+    async def open(cls, js: JetStreamContext, *, bucket: str = BUCKET, replicas: int = 1) -> "SessionStore":
+        return cls(await open_bucket(js, bucket, "Ferry migration sessions", replicas=replicas))
 
     async def create(self, session: Session) -> int:
         return await self._records.create(session.id, session)
@@ -67,8 +67,12 @@ class VmClaims:
         self._sessions = sessions
 
     @classmethod
-    async def open(cls, js: JetStreamContext, sessions: SessionStore, *, bucket: str = CLAIMS_BUCKET) -> "VmClaims":
-        return cls(await open_bucket(js, bucket, "Ferry: which session moves which VM", history=1), sessions)
+    async def open(
+        cls, js: JetStreamContext, sessions: SessionStore, *, bucket: str = CLAIMS_BUCKET, replicas: int = 1
+    ) -> "VmClaims":
+        return cls(
+            await open_bucket(js, bucket, "Ferry: which session moves which VM", history=1, replicas=replicas), sessions
+        )
 
     async def claim(self, vm: str, session_id: str) -> None:
         key = claim_key(vm)

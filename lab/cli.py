@@ -1,7 +1,7 @@
 """ferry-lab: start, inspect and stop the local lab; create and check guests.
 
 Exit codes: 0 done; 1 failed (a sentence says why); 2 bad arguments;
-3 `up` started the lab's core (nats-server, libvirtds) but some other part
+3 `up` started the lab's core (nats-servers, libvirtds) but some other part
 (ferry daemons, guest image) could not start.
 """
 
@@ -16,8 +16,16 @@ import libvirt
 
 from ferry.lab.errors import LabError
 from ferry.lab.guests import DISK_KINDS
-from ferry.lab.lab import NATS_ROLE, Lab, libvirtd_role, sweep_namespaces
-from ferry.lab.layout import DEFAULT_ADDRESS_BASE, DEFAULT_CACHE_DIR, DEFAULT_DIR, DEFAULT_HOSTS, STATE_FILE_NAME
+from ferry.lab.lab import JETSTREAM_PART, NATS_ROLES, Lab, libvirtd_role, sweep_namespaces
+from ferry.lab.layout import (
+    COORDINATORS,
+    DEFAULT_ADDRESS_BASE,
+    DEFAULT_CACHE_DIR,
+    DEFAULT_DIR,
+    DEFAULT_HOSTS,
+    NATS_SERVERS,
+    STATE_FILE_NAME,
+)
 from ferry.lab.prereqs import check_root
 
 EXIT_FAILED = 1
@@ -109,9 +117,11 @@ def _up(args: argparse.Namespace) -> int:
     for part, sentence in report.failed.items():
         print(f"FAILED {part}: {sentence}", file=sys.stderr)
     if report.ok:
-        print(f"lab up in {lab.dir}: {len(lab.hosts)} hosts, NATS at {lab.nats_url}")
+        ferry = "" if args.no_ferry else f", coordinators {' and '.join(COORDINATORS)}"
+        print(f"lab up in {lab.dir}: {len(lab.hosts)} hosts, NATS at {', '.join(lab.nats_urls)}{ferry}")
+        print(f"  export FERRY_NATS_URL={lab.nats_servers}")
         return 0
-    core = [NATS_ROLE, *(libvirtd_role(h) for h in lab.hosts)]
+    core = [*NATS_ROLES, JETSTREAM_PART, *(libvirtd_role(h) for h in lab.hosts)]
     if any(part in report.failed for part in core):
         print(f"ferry-lab: the lab did not start; `ferry-lab --dir {lab.dir} down` stops what did.", file=sys.stderr)
         return EXIT_FAILED
@@ -135,9 +145,13 @@ def _down(dir: Path) -> int:
 
 def _status(lab: Lab) -> int:
     status = lab.status()
-    print(f"lab in {status.dir}: {len(lab.hosts)} hosts, NATS {status.nats_url or 'not running'}")
+    nats = f"at {', '.join(status.nats_urls)}" if status.nats_urls else "not running"
+    print(f"lab in {status.dir}: {len(lab.hosts)} hosts, NATS {nats}")
     for host in lab.hosts:
         print(f"  {host.name}  {host.address}  {host.uri}")
+    if status.nats_urls:
+        for name, url in zip(NATS_SERVERS, lab.nats_urls, strict=True):
+            print(f"  {name}  {url}")
     for part in status.parts:
         print(f"  {'running' if part.running else 'stopped':8} {part.role}" + (f" (pid {part.pid})" if part.pid else ""))
     for guest in status.guests:

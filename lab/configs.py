@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from ferry.lab.layout import IMAGES_PATH, PKI_PATH, QEMU_TLS_PATH, HostLayout, LabLayout
 
@@ -15,6 +16,11 @@ HEALTH_INTERVAL = 1.0
 def _q(value: str) -> str:
     """A quoted string for libvirt's conf syntax and for TOML (both accept JSON's form here)."""
     return json.dumps(value)
+
+
+def _servers(nats_urls: Sequence[str]) -> str:
+    """The `[nats] servers` list: every server of the cluster, so a daemon outlives any one."""
+    return "[" + ", ".join(_q(url) for url in nats_urls) + "]"
 
 
 def libvirtd_conf(host: HostLayout) -> str:
@@ -55,7 +61,7 @@ migrate_tls_x509_verify = 1
 """
 
 
-def agent_toml(host: HostLayout, nats_url: str, migration: dict[str, object] | None = None) -> str:
+def agent_toml(host: HostLayout, nats_urls: Sequence[str], migration: dict[str, object] | None = None) -> str:
     """``migration``: extra keys for the agent's [migration] table (tests tune limits with it)."""
     extra = "".join(f"{key} = {json.dumps(value)}\n" for key, value in (migration or {}).items())
     return f"""\
@@ -70,7 +76,7 @@ images_dir_in_domain = {_q(str(IMAGES_PATH))}
 state_dir = {_q(str(host.state_dir))}
 
 [nats]
-servers = [{_q(nats_url)}]
+servers = {_servers(nats_urls)}
 
 [hypervisor]
 backend = "libvirt"
@@ -90,11 +96,13 @@ allow_unsafe = true
 {extra}"""
 
 
-def coordinator_toml(layout: LabLayout, nats_url: str) -> str:
+def coordinator_toml(layout: LabLayout, name: str, nats_urls: Sequence[str]) -> str:
+    """Coordinator ``name``'s config: the name tells the two apart in the leader lease and the logs."""
     return f"""\
 # Written by ferry-lab for the lab in {layout.dir}.
+name = {_q(name)}
 heartbeat_timeout = {HEARTBEAT_TIMEOUT}
 
 [nats]
-servers = [{_q(nats_url)}]
+servers = {_servers(nats_urls)}
 """

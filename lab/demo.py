@@ -115,7 +115,7 @@ def run(lab: Lab, keep: bool) -> None:
 
     if keep:
         step("The lab keeps running")
-        console.print(f"  export FERRY_NATS_URL={lab.nats_url}; ferry hosts")
+        console.print(f"  export FERRY_NATS_URL={lab.nats_servers}; ferry hosts")
         console.print(f"  ferry-lab --dir {lab.dir} status    ferry-lab --dir {lab.dir} down")
 
 

@@ -200,9 +200,9 @@ async def watch_evacuation(lab: Lab, host: str, guests: list[str], probe: Path) 
         inbox.put_nowait(msg)
 
     try:
-        nc = await nats.connect(lab.nats_url)
+        nc = await nats.connect(servers=lab.nats_urls)
     except (OSError, nats.errors.Error) as error:
-        raise LabError(f"the demo could not connect to {lab.nats_url} to follow events: {error}") from None
+        raise LabError(f"the demo could not connect to {lab.nats_servers} to follow events: {error}") from None
     try:
         await nc.subscribe(subjects.COORDINATOR_EVENTS, cb=on_message)
         await nc.subscribe(subjects.host_event(host), cb=on_message)

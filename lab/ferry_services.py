@@ -1,15 +1,17 @@
-"""Ferry's own daemons in the lab: one ferry-agent per host and a ferry-coordinator."""
+"""Ferry's own daemons in the lab: one ferry-agent per host and two ferry-coordinators
+(a leader and a standby, as in production)."""
 
 from __future__ import annotations
 
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ferry.lab import configs, processes
 from ferry.lab.errors import LabError
-from ferry.lab.layout import HostLayout, LabLayout
+from ferry.lab.layout import COORDINATORS, HostLayout, LabLayout
 from ferry.lab.processes import ProcessRef
 
 # A daemon still alive this long after start is taken as started; one with a
@@ -28,16 +30,21 @@ def executable(name: str) -> Path:
     return Path(found)
 
 
-def write_ferry_configs(layout: LabLayout, nats_url: str) -> None:
+def write_ferry_configs(layout: LabLayout, nats_urls: Sequence[str]) -> None:
     for host in layout.hosts:
-        write_agent_config(host, nats_url)
-    layout.coordinator_config.write_text(configs.coordinator_toml(layout, nats_url))
+        write_agent_config(host, nats_urls)
+    for name in COORDINATORS:
+        write_coordinator_config(layout, name, nats_urls)
 
 
-def write_agent_config(host: HostLayout, nats_url: str, migration: dict[str, object] | None = None) -> None:
+def write_agent_config(host: HostLayout, nats_urls: Sequence[str], migration: dict[str, object] | None = None) -> None:
     """The agent's config, and the (empty) probe folder it names."""
     host.probes_dir.mkdir(parents=True, exist_ok=True)
-    host.agent_config.write_text(configs.agent_toml(host, nats_url, migration))
+    host.agent_config.write_text(configs.agent_toml(host, nats_urls, migration))
+
+
+def write_coordinator_config(layout: LabLayout, name: str, nats_urls: Sequence[str]) -> None:
+    layout.coordinator_config(name).write_text(configs.coordinator_toml(layout, name, nats_urls))
 
 
 def start_agent(host: HostLayout) -> ProcessRef:
@@ -45,9 +52,9 @@ def start_agent(host: HostLayout) -> ProcessRef:
     return processes.spawn_detached(argv, host.agent_log)
 
 
-def start_coordinator(layout: LabLayout) -> ProcessRef:
-    argv = [str(executable("ferry-coordinator")), "--config", str(layout.coordinator_config)]
-    return processes.spawn_detached(argv, layout.coordinator_log)
+def start_coordinator(layout: LabLayout, name: str) -> ProcessRef:
+    argv = [str(executable("ferry-coordinator")), "--config", str(layout.coordinator_config(name))]
+    return processes.spawn_detached(argv, layout.coordinator_log(name))
 
 
 def settle(started: dict[str, tuple[ProcessRef, Path]]) -> dict[str, str]:

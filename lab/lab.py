@@ -27,23 +27,37 @@ from ferry.lab.errors import LabError
 from ferry.lab.guests import DiskKind, GuestInfo, GuestSpec, create_guest, delete_guest, list_guests
 from ferry.lab.image import GuestImage, ensure_guest_image
 from ferry.lab.layout import (
+    COORDINATORS,
     DEFAULT_ADDRESS_BASE,
     DEFAULT_CACHE_DIR,
     DEFAULT_DIR,
     DEFAULT_HOSTS,
+    NATS_SERVERS,
     STATE_FILE_NAME,
     HostLayout,
     LabLayout,
 )
 from ferry.lab.lost_writes import lost_write_signs
-from ferry.lab.nats import NATS_HOST, free_port, nats_url, start_nats
+from ferry.lab.nats import free_ports, spawn_nats_server, wait_jetstream, wait_listening, write_nats_config
+from ferry.lab.nats_config import NATS_HOST, nats_url
 from ferry.lab.prereqs import check_programs, check_root
 from ferry.lab.processes import ProcessRef
 from ferry.lab.residency import Residency, residency
 from ferry.lab.state import LabState, load_state, save_state
 
-NATS_ROLE = "nats-server"
-COORDINATOR_ROLE = "coordinator"
+
+def nats_role(name: str) -> str:
+    return f"nats-server:{name}"
+
+
+def coordinator_role(name: str) -> str:
+    return f"coordinator:{name}"
+
+
+NATS_ROLES = tuple(nats_role(name) for name in NATS_SERVERS)
+COORDINATOR_ROLES = tuple(coordinator_role(name) for name in COORDINATORS)
+# A part of `up` that is no process: JetStream answering on the cluster.
+JETSTREAM_PART = "jetstream"
 
 
 def libvirtd_role(host: HostLayout) -> str:
@@ -75,7 +89,7 @@ class PartStatus:
 @dataclass(frozen=True)
 class LabStatus:
     dir: Path
-    nats_url: str | None
+    nats_urls: tuple[str, ...]  # of the nats-servers that run
     parts: tuple[PartStatus, ...]
     guests: tuple[GuestInfo, ...]
     problems: tuple[str, ...]  # e.g. a libvirtd that runs but does not answer
@@ -145,10 +159,20 @@ class Lab:
         return self.layout.shared_dir
 
     @property
-    def nats_url(self) -> str:
-        if not self._state.nats_port:
-            raise LabError(f"The lab in {self.dir} has not started its nats-server yet.")
-        return nats_url(self._state.nats_port)
+    def nats_urls(self) -> list[str]:
+        """Every nats-server's client URL, n1's first, whether it runs or not: a
+        client given all of them outlives the loss of any one."""
+        if any(name not in self._state.nats_ports for name in NATS_SERVERS):
+            raise LabError(f"The lab in {self.dir} has not started its nats-servers yet.")
+        return [nats_url(self._state.nats_ports[name]) for name in NATS_SERVERS]
+
+    @property
+    def nats_servers(self) -> str:
+        """The URLs joined by commas, as `ferry --server` and $FERRY_NATS_URL take them."""
+        return ",".join(self.nats_urls)
+
+    def _nats_running(self, name: str) -> bool:
+        return self.process(nats_role(name)) is not None
 
     def process(self, role: str) -> ProcessRef | None:
         ref = self._state.processes.get(role)
@@ -169,7 +193,7 @@ class Lab:
             self.image()
         except LabError as error:
             report.failed["guest image"] = str(error)
-        if ferry and NATS_ROLE not in report.failed:
+        if ferry and not any(part in report.failed for part in (*NATS_ROLES, JETSTREAM_PART)):
             report_ferry = self.start_ferry()
             report.started += report_ferry.started
             report.already_running += report_ferry.already_running
@@ -196,18 +220,53 @@ class Lab:
         save_state(self.layout.state_file, self._state)
 
     def _up_nats(self, report: UpReport) -> None:
-        if self.process(NATS_ROLE):
-            report.already_running.append(NATS_ROLE)
+        """Start the nats-servers that are not running, then wait until JetStream
+        answers on the cluster (also when all were running: `up` promises it)."""
+        stopped = [name for name in NATS_SERVERS if not self._nats_running(name)]
+        report.already_running += [nats_role(name) for name in NATS_SERVERS if name not in stopped]
+        self._start_nats_servers(stopped, report)
+        if any(nats_role(name) in report.failed for name in NATS_SERVERS):
             return
-        port = self._state.nats_port
-        if not port or not _port_free(port):
-            port = free_port()
-        self._state.nats_port = port
         try:
-            self._record(NATS_ROLE, start_nats(self.layout, port))
-            report.started.append(f"{NATS_ROLE} at {nats_url(port)}")
+            wait_jetstream(self.nats_urls)
         except LabError as error:
-            report.failed[NATS_ROLE] = str(error)
+            report.failed[JETSTREAM_PART] = f"{error} See {self.layout.nats_log('n*')}."
+
+    def _start_nats_servers(self, names: list[str], report: UpReport) -> None:
+        """Start these servers on their recorded ports and stores; all first, then
+        wait for each to listen (a cluster forms when its servers come up together)."""
+        self._choose_nats_ports()
+        for name in NATS_SERVERS:
+            # Every config, so each lists the routes as they are now.
+            write_nats_config(self.layout, name, self._state.nats_ports, self._state.route_ports)
+        starting: dict[str, ProcessRef] = {}
+        for name in names:
+            try:
+                ref = spawn_nats_server(self.layout, name)
+            except LabError as error:
+                report.failed[nats_role(name)] = str(error)
+                continue
+            self._record(nats_role(name), ref)
+            starting[name] = ref
+        for name, ref in starting.items():
+            port = self._state.nats_ports[name]
+            try:
+                wait_listening(self.layout, name, port, ref)
+                report.started.append(f"{nats_role(name)} at {nats_url(port)}")
+            except LabError as error:
+                report.failed[nats_role(name)] = str(error)
+
+    def _choose_nats_ports(self) -> None:
+        """A client and a route port per server: the recorded one while its server runs
+        or the port is free, else a new free one no other server has (recorded in lab.json)."""
+        for ports in (self._state.nats_ports, self._state.route_ports):
+            for name in NATS_SERVERS:
+                port = ports.get(name, 0)
+                if port and (self._nats_running(name) or _port_free(port)):
+                    continue
+                taken = {*self._state.nats_ports.values(), *self._state.route_ports.values()}
+                ports[name] = free_ports(1, taken)[0]
+        save_state(self.layout.state_file, self._state)
 
     def _up_libvirtds(self, report: UpReport) -> None:
         starting = {}
@@ -245,14 +304,22 @@ class Lab:
                 report.failed[role] = str(error)
 
     def start_ferry(self) -> UpReport:
-        """Start the agents and the coordinator that are not running (needs nats-server)."""
+        """Start the agents and the coordinators that are not running (needs most
+        nats-servers: JetStream needs a majority of its servers)."""
         report = UpReport()
-        if not self.process(NATS_ROLE):
-            report.failed["ferry"] = "Ferry's daemons need the lab's nats-server, which is not running; run `ferry-lab up` first."
+        running = [name for name in NATS_SERVERS if self._nats_running(name)]
+        if len(running) <= len(NATS_SERVERS) // 2:
+            report.failed["ferry"] = (
+                f"Ferry's daemons need JetStream, which needs most of the lab's {len(NATS_SERVERS)} nats-servers, "
+                f"but {len(running)} run; run `ferry-lab up` first."
+            )
             return report
-        ferry_services.write_ferry_configs(self.layout, self.nats_url)
+        ferry_services.write_ferry_configs(self.layout, self.nats_urls)
         wanted = [(agent_role(h), lambda h=h: ferry_services.start_agent(h), h.agent_log) for h in self.hosts]
-        wanted.append((COORDINATOR_ROLE, lambda: ferry_services.start_coordinator(self.layout), self.layout.coordinator_log))
+        wanted += [
+            (coordinator_role(n), lambda n=n: ferry_services.start_coordinator(self.layout, n), self.layout.coordinator_log(n))
+            for n in COORDINATORS
+        ]
         started: dict[str, tuple[ProcessRef, Path]] = {}
         for role, start, log in wanted:
             if self.process(role):
@@ -282,7 +349,7 @@ class Lab:
         """Restart one host's ferry-agent, optionally with extra [migration] settings."""
         layout = self.host(host)
         self.stop_agent(host)
-        ferry_services.write_agent_config(layout, self.nats_url, migration)
+        ferry_services.write_agent_config(layout, self.nats_urls, migration)
         ref = ferry_services.start_agent(layout)
         self._record(agent_role(layout), ref)
         failed = ferry_services.settle({agent_role(layout): (ref, layout.agent_log)})
@@ -302,18 +369,18 @@ class Lab:
         return True
 
     def start(self, role: str) -> None:
-        """Start one daemon that is not running, as `up` would: the nats-server on
-        its old port and store, an agent, or the coordinator."""
+        """Start one daemon that is not running, as `up` would: a nats-server on its
+        old ports and store (until it serves JetStream again), an agent, or a
+        coordinator with its own config."""
         if self.process(role):
             return
-        if role == NATS_ROLE:
-            report = UpReport()
-            self._up_nats(report)
-            if report.failed:
-                raise LabError(" ".join(report.failed.values()))
+        if role in NATS_ROLES:
+            self._restart_nats_server(NATS_SERVERS[NATS_ROLES.index(role)])
             return
-        if role == COORDINATOR_ROLE:
-            ref, log = ferry_services.start_coordinator(self.layout), self.layout.coordinator_log
+        if role in COORDINATOR_ROLES:
+            name = COORDINATORS[COORDINATOR_ROLES.index(role)]
+            ferry_services.write_coordinator_config(self.layout, name, self.nats_urls)
+            ref, log = ferry_services.start_coordinator(self.layout, name), self.layout.coordinator_log(name)
         else:
             host = next((h for h in self.hosts if agent_role(h) == role), None)
             if host is None:
@@ -324,9 +391,20 @@ class Lab:
         if failed:
             raise LabError(" ".join(failed.values()))
 
+    def _restart_nats_server(self, name: str) -> None:
+        report = UpReport()
+        self._start_nats_servers([name], report)
+        if report.failed:
+            raise LabError(" ".join(report.failed.values()))
+        try:
+            # Through this server alone: it has rejoined the cluster.
+            wait_jetstream([nats_url(self._state.nats_ports[name])])
+        except LabError as error:
+            raise LabError(f"{error} See {self.layout.nats_log(name)}.") from None
+
     def stop_ferry(self) -> list[str]:
         stopped = []
-        for role in [COORDINATOR_ROLE, *(agent_role(h) for h in self.hosts)]:
+        for role in [*COORDINATOR_ROLES, *(agent_role(h) for h in self.hosts)]:
             if processes.stop(self._state.processes.get(role)):
                 stopped.append(role)
             self._record(role, None)
@@ -345,7 +423,9 @@ class Lab:
             done += [f"killed QEMU {pid} of {host.name}" for pid in hosts.kill_leftover_qemus(host)]
             if networks.stop_lab_network(host):
                 done.append(f"stopped network {networks.LAB_NETWORK} on {host.name}")
-        for role in [*(libvirtd_role(h) for h in self.hosts), NATS_ROLE]:
+        known = [*(libvirtd_role(h) for h in self.hosts), *NATS_ROLES]
+        # Then whatever else is recorded: roles of an older lab ("nats-server", "coordinator").
+        for role in dict.fromkeys([*known, *self._state.processes]):
             if processes.stop(self._state.processes.get(role)):
                 done.append(f"stopped {role}")
             self._record(role, None)
@@ -355,8 +435,8 @@ class Lab:
     # ---- status ---------------------------------------------------------------
 
     def status(self) -> LabStatus:
-        roles = [NATS_ROLE, *(libvirtd_role(h) for h in self.hosts)]
-        roles += [*(agent_role(h) for h in self.hosts), COORDINATOR_ROLE]
+        roles = [*NATS_ROLES, *(libvirtd_role(h) for h in self.hosts)]
+        roles += [*(agent_role(h) for h in self.hosts), *COORDINATOR_ROLES]
         parts = tuple(
             PartStatus(role, self.process(role) is not None, ref.pid if (ref := self.process(role)) else None)
             for role in roles
@@ -371,14 +451,14 @@ class Lab:
                     problems.append(str(error))
         return LabStatus(
             self.dir,
-            nats_url(self._state.nats_port) if self.process(NATS_ROLE) else None,
+            tuple(nats_url(self._state.nats_ports[name]) for name in NATS_SERVERS if self._nats_running(name)),
             parts,
             tuple(guests),
             tuple(problems),
         )
 
     def is_up(self) -> bool:
-        return bool(self.process(NATS_ROLE)) and all(self.process(libvirtd_role(h)) for h in self.hosts)
+        return all(self._nats_running(name) for name in NATS_SERVERS) and all(self.process(libvirtd_role(h)) for h in self.hosts)
 
     # ---- guests ---------------------------------------------------------------
 

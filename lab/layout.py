@@ -24,6 +24,10 @@ DEFAULT_ADDRESS_BASE = "127.0.10"
 DEFAULT_HOSTS = 3
 STATE_FILE_NAME = "lab.json"
 MAX_HOSTS = 50
+# The production shape: three clustered nats-servers (JetStream R3) and two
+# coordinators (a leader and a standby).
+NATS_SERVERS = ("n1", "n2", "n3")
+COORDINATORS = ("c1", "c2")
 
 # Folders each libvirtd gets for itself (bind-mounted from DIR/<host><path>).
 PRIVATE_PATHS: tuple[PurePosixPath, ...] = tuple(
@@ -204,17 +208,21 @@ class LabLayout:
     def nats_dir(self) -> Path:
         return self.dir / "nats"
 
-    @property
-    def nats_log(self) -> Path:
-        return self.dir / "nats-server.log"
+    def nats_store_dir(self, name: str) -> Path:
+        """Server ``name``'s own JetStream store: kept across its restarts."""
+        return self.nats_dir / name
 
-    @property
-    def coordinator_config(self) -> Path:
-        return self.dir / "coordinator.toml"
+    def nats_config(self, name: str) -> Path:
+        return self.dir / f"nats-{name}.conf"
 
-    @property
-    def coordinator_log(self) -> Path:
-        return self.dir / "coordinator.log"
+    def nats_log(self, name: str) -> Path:
+        return self.dir / f"nats-{name}.log"
+
+    def coordinator_config(self, name: str) -> Path:
+        return self.dir / f"coordinator-{name}.toml"
+
+    def coordinator_log(self, name: str) -> Path:
+        return self.dir / f"coordinator-{name}.log"
 
 
 def check_address_base(address_base: str) -> None:

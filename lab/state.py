@@ -22,8 +22,13 @@ class LabState(msgspec.Struct):
     hosts: int
     address_base: str
     cache_dir: str
-    nats_port: int = 0
-    # Role name ("libvirtd:hv1", "nats-server", "agent:hv1", "coordinator") -> process.
+    # Per nats-server ("n1"...): its client port and its cluster (route) port,
+    # chosen at first start and kept, so a restarted server comes back where
+    # the others and the clients look for it. (A file of the one-server lab
+    # still decodes: its `nats_port` is ignored and new ports are chosen.)
+    nats_ports: dict[str, int] = {}
+    route_ports: dict[str, int] = {}
+    # Role name ("libvirtd:hv1", "nats-server:n1", "agent:hv1", "coordinator:c1") -> process.
     processes: dict[str, ProcessRef] = {}
     version: int = STATE_VERSION
 

@@ -48,6 +48,9 @@ class HostView(msgspec.Struct, frozen=True):
 
 class HostsReply(msgspec.Struct, frozen=True, tag="hosts"):
     hosts: list[HostView]
+    # The coordinator leading now ("" while none does), and the one that answered.
+    leader: str = ""
+    answered_by: str = ""
 
 
 class AgentStatusRequest(msgspec.Struct, frozen=True):

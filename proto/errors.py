@@ -13,6 +13,8 @@ class ErrorCode(enum.StrEnum):
     HOST_LOST = "host_lost"
     CONFLICT = "conflict"
     UNAVAILABLE = "unavailable"
+    # No coordinator leads at this moment (a takeover is under way): try again shortly.
+    NO_LEADER = "no_leader"
     UNAUTHORIZED = "unauthorized"
     TIMEOUT = "timeout"
     INTERNAL = "internal"

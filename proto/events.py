@@ -158,8 +158,19 @@ class HostUndrained(msgspec.Struct, frozen=True, tag="host_undrained"):
     at: float = 0.0
 
 
+class LeaderElected(msgspec.Struct, frozen=True, tag="leader_elected"):
+    """A coordinator took the leader lease; it adopts every unfinished session."""
+
+    leader: str
+    term: int
+    reason: str
+    previous: str = ""
+    at: float = 0.0
+
+
 CoordinatorEvent = (
-    HostAppeared
+    LeaderElected
+    | HostAppeared
     | HostLost
     | HostReturned
     | SessionChanged

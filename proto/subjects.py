@@ -36,6 +36,18 @@ def api(verb: str) -> str:
     return f"{PREFIX}.api.{verb}"
 
 
+def via_api(coordinator: str, verb: str) -> str:
+    """The API through one named coordinator (`ferry --via NAME`), rather than
+    whichever NATS hands the request to."""
+    return f"{PREFIX}.api.via.{coordinator.replace('.', '_')}.{verb}"
+
+
+def leader_api(verb: str) -> str:
+    """Where the leader alone answers the verbs that change things: a standby that
+    gets one forwards it here."""
+    return f"{PREFIX}.coordinator.leader.{verb}"
+
+
 def token_from_subject(subject: str) -> str | None:
     """`ferry.host.hv1_example_com.status` -> `hv1_example_com`; None for anything else."""
     parts = subject.split(".")

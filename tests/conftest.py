@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from tests.support.nats_server import NatsServer
+from tests.support.nats_server import NatsCluster, NatsServer
 from tests.support.processes import Daemons
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -25,6 +25,15 @@ def nats_server(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path):
+    """Three clustered nats-servers with JetStream (tests/support/nats_server.py)."""
+    cluster = NatsCluster(tmp_path / "nats-cluster")
+    cluster.start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture

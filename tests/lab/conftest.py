@@ -4,7 +4,7 @@
   once per test run, stopped at the end. Its folder and addresses come from a
   slot (``lab_slot``) this run holds alone, so test runs may overlap.
 - ``lab_with_ferry`` (session): the same lab with ferry-agent on every host and
-  a ferry-coordinator; they stop at the end of the run.
+  two ferry-coordinators (c1, c2); they stop at the end of the run.
 - ``guest_factory`` (function): ``guest_factory(host="hv1", ...) -> name``
   creates a running guest that has printed its first ticks; every guest it
   made is deleted after the test, wherever it moved.

@@ -17,7 +17,7 @@ import pytest
 
 from ferry.cli.client import FerryClient
 from ferry.coordinator import session_steps
-from ferry.lab.lab import COORDINATOR_ROLE, NATS_ROLE, Lab, agent_role
+from ferry.lab.lab import COORDINATOR_ROLES, NATS_ROLES, Lab, agent_role
 from ferry.proto.api import MigrateRequest
 from ferry.proto.drain import DrainRequest, DrainState, ItemState
 from ferry.proto.limits import LimitsRequest
@@ -97,10 +97,10 @@ async def test_coordinator_killed_while_migrating_completes_the_session(lab_with
     try:
         session = await client.migrate(MigrateRequest(vm=guest, dest="hv2", options=SLOW))
         running = await migrating_with_progress(client, session.id)
-        with restarted_at_the_end(lab, COORDINATOR_ROLE):
-            assert lab.kill(COORDINATOR_ROLE)
+        with restarted_at_the_end(lab, COORDINATOR_ROLES[0]):
+            assert lab.kill(COORDINATOR_ROLES[0])
             await asyncio.sleep(2)
-            lab.start(COORDINATOR_ROLE)
+            lab.start(COORDINATOR_ROLES[0])
             await completes_and_moves_back(client, lab, guest, running)
     finally:
         await client.close()
@@ -119,12 +119,12 @@ async def test_coordinator_killed_while_preparing_completes_the_session(lab_with
         try:
             session = await client.migrate(MigrateRequest(vm=guest, dest="hv2"))
             preparing = await reach(client, session.id, S.PREPARING)
-            with restarted_at_the_end(lab, COORDINATOR_ROLE):
-                assert lab.kill(COORDINATOR_ROLE)
+            with restarted_at_the_end(lab, COORDINATOR_ROLES[0]):
+                assert lab.kill(COORDINATOR_ROLES[0])
         finally:
             os.kill(dest_agent.pid, signal.SIGCONT)
         await asyncio.sleep(1)
-        lab.start(COORDINATOR_ROLE)
+        lab.start(COORDINATOR_ROLES[0])
         await completes_and_moves_back(client, lab, guest, preparing)
     finally:
         await client.close()
@@ -144,10 +144,10 @@ async def test_coordinator_killed_with_a_drain_queued_finishes_the_drain(lab_wit
             return sessions if any(s.state == S.QUEUED for s in sessions) and any(s.state == S.MIGRATING for s in sessions) else None
 
         await eventually(one_queued, timeout=60, what="one drain session migrating and one queued")
-        with restarted_at_the_end(lab, COORDINATOR_ROLE):
-            assert lab.kill(COORDINATOR_ROLE)
+        with restarted_at_the_end(lab, COORDINATOR_ROLES[0]):
+            assert lab.kill(COORDINATOR_ROLES[0])
             await asyncio.sleep(2)
-            lab.start(COORDINATOR_ROLE)
+            lab.start(COORDINATOR_ROLES[0])
 
             async def drained():
                 (current,) = await client.drains("hv3")
@@ -224,13 +224,13 @@ async def test_nats_server_restarted_mid_migration_loses_nothing(lab_with_ferry:
     try:
         session = await client.migrate(MigrateRequest(vm=guest, dest="hv2", options=SLOW))
         running = await migrating_with_progress(client, session.id)
-        url = lab.nats_url
-        with restarted_at_the_end(lab, NATS_ROLE):
-            assert lab.kill(NATS_ROLE)
+        urls = lab.nats_urls
+        with restarted_at_the_end(lab, NATS_ROLES[0]):
+            assert lab.kill(NATS_ROLES[0])
             await client.close()  # the CLI's client does not reconnect; the daemons do
             await asyncio.sleep(3)
-            lab.start(NATS_ROLE)
-        assert lab.nats_url == url, "the same port (and store)"
+            lab.start(NATS_ROLES[0])
+        assert lab.nats_urls == urls, "the same port (and store)"
         client = await client_for(lab)
         await completes_and_moves_back(client, lab, guest, running)
     finally:

@@ -57,7 +57,7 @@ async def test_drain_wait_moves_three_guests_within_the_outbound_limit(lab_with_
     guests = [guest_factory(host="hv1", memory_mib=128, dirty_mb=8, wait_ticks=2) for _ in range(3)]
     client = await client_for(lab)
     try:
-        result = ferry(lab.nats_url, "drain", "hv1", "--wait")
+        result = ferry(lab.nats_servers, "drain", "hv1", "--wait")
         assert result.code == 0, result.stdout + result.stderr
         assert "drain of hv1 done" in result.stdout
 
@@ -90,7 +90,7 @@ async def test_a_critical_probe_evacuates_the_host_without_any_command(lab_with_
     guests = [guest_factory(host="hv1", memory_mib=128, dirty_mb=4, wait_ticks=2) for _ in range(2)]
     events: list = []
     decoder = Decoder(CoordinatorEvent, "event")  # type: ignore[arg-type]
-    nc = await nats.connect(lab.nats_url)
+    nc = await nats.connect(servers=lab.nats_urls)
 
     async def on_event(msg) -> None:
         events.append(decoder.decode(msg.data))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import ipaddress
+import re
 import stat
+import subprocess
 import sys
 import tomllib
 import xml.etree.ElementTree as ET
@@ -20,8 +22,16 @@ from ferry.lab.errors import LabError
 from ferry.lab.guests import GuestSpec, domain_xml
 from ferry.lab.image import GuestImage, kernel_candidates
 from ferry.lab.initramfs import guest_initramfs
-from ferry.lab.layout import LabLayout
-from ferry.lab.prereqs import check_programs, is_static_elf
+from ferry.lab.lab import COORDINATOR_ROLES, NATS_ROLES, Lab, coordinator_role, nats_role
+from ferry.lab.layout import COORDINATORS, NATS_SERVERS, LabLayout
+from ferry.lab.nats import free_ports
+from ferry.lab.nats_config import nats_server_conf
+from ferry.lab.prereqs import check_programs, is_static_elf, nats_server_path
+from ferry.lab.state import LabState, load_state
+
+URLS = ["nats://127.0.0.1:4333", "nats://127.0.0.1:4334", "nats://127.0.0.1:4335"]
+CLIENT_PORTS = {"n1": 4231, "n2": 4232, "n3": 4233}
+ROUTE_PORTS = {"n1": 6231, "n2": 6232, "n3": 6233}
 
 
 @pytest.fixture
@@ -57,14 +67,14 @@ def test_a_bad_address_base_is_refused_with_a_sentence(base: str) -> None:
 
 def test_agent_and_coordinator_configs(layout: LabLayout) -> None:
     hv2 = layout.host("hv2")
-    agent = tomllib.loads(configs.agent_toml(hv2, "nats://127.0.0.1:4333"))
+    agent = tomllib.loads(configs.agent_toml(hv2, URLS))
     assert agent == {
         "host": "hv2",
         "heartbeat_interval": 2.0,
         "images_dir": str(hv2.images_dir),
         "images_dir_in_domain": "/var/lib/libvirt/images",
         "state_dir": str(hv2.state_dir),
-        "nats": {"servers": ["nats://127.0.0.1:4333"]},
+        "nats": {"servers": URLS},
         "hypervisor": {
             "backend": "libvirt",
             "uri": hv2.uri,
@@ -74,17 +84,95 @@ def test_agent_and_coordinator_configs(layout: LabLayout) -> None:
         "health": {"interval": 1.0, "probe_dir": str(hv2.probes_dir)},
         "migration": {"allow_unsafe": True},
     }
-    tuned = tomllib.loads(configs.agent_toml(hv2, "nats://127.0.0.1:4333", {"memory_margin_mib": 4096}))
+    tuned = tomllib.loads(configs.agent_toml(hv2, URLS, {"memory_margin_mib": 4096}))
     assert tuned["migration"] == {"allow_unsafe": True, "memory_margin_mib": 4096}
-    coordinator = tomllib.loads(configs.coordinator_toml(layout, "nats://127.0.0.1:4333"))
-    assert coordinator == {"heartbeat_timeout": 6.0, "nats": {"servers": ["nats://127.0.0.1:4333"]}}
+    coordinator = tomllib.loads(configs.coordinator_toml(layout, "c2", URLS))
+    assert coordinator == {"name": "c2", "heartbeat_timeout": 6.0, "nats": {"servers": URLS}}
+
+
+def test_the_coordinator_reads_the_lab_coordinator_config(layout: LabLayout) -> None:
+    coordinator_config = pytest.importorskip("ferry.coordinator.config")
+    import msgspec
+
+    config = msgspec.toml.decode(configs.coordinator_toml(layout, "c1", URLS), type=coordinator_config.CoordinatorConfig)
+    assert config.name == "c1" and config.nats.servers == URLS and config.heartbeat_timeout == 6.0
+
+
+def test_each_coordinator_and_nats_server_has_its_own_files(layout: LabLayout) -> None:
+    assert layout.coordinator_config("c1") == layout.dir / "coordinator-c1.toml"
+    assert layout.coordinator_log("c2") == layout.dir / "coordinator-c2.log"
+    assert layout.nats_log("n1") == layout.dir / "nats-n1.log"
+    assert layout.nats_config("n3") == layout.dir / "nats-n3.conf"
+    stores = [layout.nats_store_dir(name) for name in NATS_SERVERS]
+    assert len(set(stores)) == 3 and all(store.parent == layout.nats_dir for store in stores)
+
+
+def test_roles_name_every_nats_server_and_coordinator() -> None:
+    assert NATS_ROLES == ("nats-server:n1", "nats-server:n2", "nats-server:n3") == tuple(map(nats_role, NATS_SERVERS))
+    assert COORDINATOR_ROLES == ("coordinator:c1", "coordinator:c2") == tuple(map(coordinator_role, COORDINATORS))
+
+
+def nats_conf_value(text: str, key: str) -> list[str]:
+    """Every value of ``key`` in a nats-server config (one `key: value` a line)."""
+    return [m.group(1).strip('"') for m in re.finditer(rf"^\s*{key}:\s*(.+?)\s*$", text, re.MULTILINE)]
+
+
+def test_each_nats_server_config_names_itself_its_ports_and_its_store(layout: LabLayout) -> None:
+    texts = {name: nats_server_conf(name, CLIENT_PORTS, ROUTE_PORTS, layout.nats_store_dir(name)) for name in NATS_SERVERS}
+    for name, text in texts.items():
+        assert nats_conf_value(text, "server_name") == [name]
+        # The client listener first, the cluster's second.
+        assert nats_conf_value(text, "listen") == [f"127.0.0.1:{CLIENT_PORTS[name]}", f"127.0.0.1:{ROUTE_PORTS[name]}"]
+        assert nats_conf_value(text, "store_dir") == [str(layout.dir / "nats" / name)]
+        assert nats_conf_value(text, "name") == ["ferry-lab"]
+        assert nats_conf_value(text, "routes") == [
+            "[ nats-route://127.0.0.1:6231, nats-route://127.0.0.1:6232, nats-route://127.0.0.1:6233 ]"
+        ]
+    assert len({nats_conf_value(t, "store_dir")[0] for t in texts.values()}) == 3
+
+
+def test_nats_server_accepts_the_lab_config(layout: LabLayout, tmp_path: Path) -> None:
+    binary = nats_server_path()
+    if binary is None:
+        pytest.skip("nats-server is not installed")
+    conf = tmp_path / "n2.conf"
+    conf.write_text(nats_server_conf("n2", CLIENT_PORTS, ROUTE_PORTS, tmp_path / "store-n2"))
+    checked = subprocess.run([str(binary), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_free_ports_are_distinct_and_avoid_the_taken_ones() -> None:
+    first = free_ports(6)
+    assert len(set(first)) == 6
+    again = free_ports(6, taken=first)
+    assert len(set(again)) == 6 and not set(again) & set(first)
+
+
+def test_the_lab_knows_every_nats_url_in_order(layout: LabLayout) -> None:
+    state = LabState(str(layout.dir), 3, "127.0.11", str(layout.cache_dir), nats_ports={"n2": 4232, "n1": 4231, "n3": 4233})
+    lab = Lab(layout, state)
+    assert lab.nats_urls == ["nats://127.0.0.1:4231", "nats://127.0.0.1:4232", "nats://127.0.0.1:4233"]
+    assert lab.nats_servers == "nats://127.0.0.1:4231,nats://127.0.0.1:4232,nats://127.0.0.1:4233"
+    with pytest.raises(LabError, match="has not started its nats-servers"):
+        _ = Lab(layout, LabState(str(layout.dir), 3, "127.0.11", str(layout.cache_dir))).nats_urls
+
+
+def test_a_state_file_of_the_one_server_lab_still_reads(tmp_path: Path) -> None:
+    old = tmp_path / "lab.json"
+    old.write_text(
+        '{"dir": "/var/tmp/ferry-lab", "hosts": 3, "address_base": "127.0.10", "cache_dir": "/var/cache/ferry-lab",'
+        ' "nats_port": 4222, "processes": {"nats-server": {"pid": 1, "start_time": 2}}, "version": 1}'
+    )
+    state = load_state(old)
+    assert state is not None and state.nats_ports == {} and state.route_ports == {}
+    assert "nats-server" in state.processes  # so `down` still stops it
 
 
 def test_the_agent_reads_the_lab_agent_config(layout: LabLayout) -> None:
     agent_config = pytest.importorskip("ferry.agent.config")
     import msgspec
 
-    text = configs.agent_toml(layout.host("hv1"), "nats://127.0.0.1:4333")
+    text = configs.agent_toml(layout.host("hv1"), URLS)
     config = msgspec.toml.decode(text, type=agent_config.AgentConfig)
     assert config.hypervisor.peer_uri == layout.host("hv1").peer_uri
     assert config.health.probe_dir == str(layout.host("hv1").probes_dir) and config.health.interval == 1.0
@@ -93,11 +181,11 @@ def test_the_agent_reads_the_lab_agent_config(layout: LabLayout) -> None:
 def test_writing_an_agent_config_creates_its_empty_probe_folder(layout: LabLayout) -> None:
     hv1 = layout.host("hv1")
     hv1.root.mkdir(parents=True)
-    ferry_services.write_agent_config(hv1, "nats://127.0.0.1:4333", {"memory_margin_mib": 64})
+    ferry_services.write_agent_config(hv1, URLS, {"memory_margin_mib": 64})
     assert hv1.probes_dir.is_dir() and list(hv1.probes_dir.iterdir()) == []
     text = hv1.agent_config.read_text()
     assert tomllib.loads(text)["health"]["probe_dir"] == str(hv1.probes_dir) and "memory_margin_mib = 64" in text
-    ferry_services.write_agent_config(hv1, "nats://127.0.0.1:4333")  # again: the folder is kept
+    ferry_services.write_agent_config(hv1, URLS)  # again: the folder is kept
     assert hv1.probes_dir.is_dir()
 
 

@@ -45,7 +45,7 @@ def test_migrate_wait_moves_a_busy_guest_to_a_host_ferry_chooses(lab_with_ferry:
     lab = lab_with_ferry
     guest = guest_factory(host="hv1", memory_mib=256, dirty_mb=16, wait_ticks=3)
 
-    result = ferry(lab.nats_url, "migrate", guest, "--wait", "--json")
+    result = ferry(lab.nats_servers, "migrate", guest, "--wait", "--json")
 
     assert result.code == 0, result.stderr
     session = result.session()
@@ -59,7 +59,7 @@ def test_migrate_wait_moves_a_busy_guest_to_a_host_ferry_chooses(lab_with_ferry:
     assert_runs_only_on(lab, guest, session.dest)
     assert_never_restarted(lab, guest)
     # The record keeps what happened, for `ferry session ID`.
-    shown = ferry(lab.nats_url, "session", session.id)
+    shown = ferry(lab.nats_servers, "session", session.id)
     assert shown.code == 0 and "completed" in shown.stdout and "downtime" in shown.stdout
 
 
@@ -95,7 +95,7 @@ async def test_bandwidth_limit_holds_and_raising_it_speeds_the_migration_up(lab_
         assert rate_limited >= 8 * 0.5, f"measured only {rate_limited:.2f} MiB/s"
 
         raised_at, processed_at_raise = time.time(), limited[-1][1]
-        changed = await asyncio.to_thread(ferry, lab.nats_url, "bandwidth", session.id, "64")
+        changed = await asyncio.to_thread(ferry, lab.nats_servers, "bandwidth", session.id, "64")
         assert changed.code == 0, changed.stderr
 
         final = await session_end(client, session.id, timeout=120)
@@ -119,7 +119,7 @@ def test_tls_by_default_and_copy_storage_moves_a_local_disk_unchanged(lab_with_f
     source_image = lab.host("hv1").outside(IMAGES_PATH / f"{guest}.qcow2")
     dest_image = lab.host("hv3").outside(IMAGES_PATH / f"{guest}.qcow2")
 
-    result = ferry(lab.nats_url, "migrate", guest, "--to", "hv3", "--copy-storage", "--wait", "--json")
+    result = ferry(lab.nats_servers, "migrate", guest, "--to", "hv3", "--copy-storage", "--wait", "--json")
 
     assert result.code == 0, result.stderr
     session = result.session()
@@ -137,7 +137,7 @@ def test_tls_by_default_and_copy_storage_moves_a_local_disk_unchanged(lab_with_f
 def test_no_tls_is_recorded_when_asked_for(lab_with_ferry: Lab, guest_factory) -> None:
     lab = lab_with_ferry
     guest = guest_factory(host="hv2")
-    result = ferry(lab.nats_url, "migrate", guest, "--to", "hv1", "--no-tls", "--wait", "--json")
+    result = ferry(lab.nats_servers, "migrate", guest, "--to", "hv1", "--no-tls", "--wait", "--json")
     assert result.code == 0, result.stderr
     assert result.session().options.tls is False
     assert_runs_only_on(lab, guest, "hv1")
@@ -163,7 +163,7 @@ async def test_cancel_mid_migration_leaves_the_guest_on_its_source_and_nothing_o
         await eventually(copying, timeout=60, every=0.25, what="copying with progress")
         assert dest_image.exists(), "the destination pre-created the image for the copy"
 
-        cancelled = await asyncio.to_thread(ferry, lab.nats_url, "cancel", session.id, "--wait")
+        cancelled = await asyncio.to_thread(ferry, lab.nats_servers, "cancel", session.id, "--wait")
         assert cancelled.code == 0, cancelled.stdout + cancelled.stderr
         final = await client.session(session.id)
     finally:
@@ -183,7 +183,7 @@ def test_a_destination_without_enough_memory_declines_with_no_capacity(lab_with_
     # hv3 keeps more memory free than this machine has: any VM is too big for it.
     lab.restart_agent("hv3", migration={"memory_margin_mib": 1 << 20})
     try:
-        result = ferry(lab.nats_url, "migrate", guest, "--to", "hv3", "--wait", "--json")
+        result = ferry(lab.nats_servers, "migrate", guest, "--to", "hv3", "--wait", "--json")
     finally:
         lab.restart_agent("hv3")
     assert result.code == 1
@@ -202,10 +202,10 @@ def test_a_named_destination_that_is_lost_is_refused_with_its_reason(lab_with_fe
     lab.stop_agent("hv3")
     try:
         deadline = time.monotonic() + 30
-        while '"state": "lost"' not in ferry(lab.nats_url, "hosts", "--json").stdout:
+        while '"state": "lost"' not in ferry(lab.nats_servers, "hosts", "--json").stdout:
             assert time.monotonic() < deadline, "hv3 never became lost"
             time.sleep(0.5)
-        result = ferry(lab.nats_url, "migrate", guest, "--to", "hv3", "--wait")
+        result = ferry(lab.nats_servers, "migrate", guest, "--to", "hv3", "--wait")
     finally:
         lab.restart_agent("hv3")
     assert result.code == 1
@@ -215,13 +215,13 @@ def test_a_named_destination_that_is_lost_is_refused_with_its_reason(lab_with_fe
 
 
 def test_an_unknown_vm_gets_a_clear_error(lab_with_ferry: Lab) -> None:
-    result = ferry(lab_with_ferry.nats_url, "migrate", "no-such-vm", "--wait")
+    result = ferry(lab_with_ferry.nats_servers, "migrate", "no-such-vm", "--wait")
     assert result.code == 1
     assert result.stderr.strip() == "ferry: unknown_vm: no host reports a VM named no-such-vm"
 
 
 def test_bad_input_gets_a_sentence(lab_with_ferry: Lab) -> None:
-    result = ferry(lab_with_ferry.nats_url, "migrate", "bad.name", "--bandwidth", "-3")
+    result = ferry(lab_with_ferry.nats_servers, "migrate", "bad.name", "--bandwidth", "-3")
     assert result.code == 1
     assert result.stderr.startswith("ferry: bad_request: invalid migrate request")
     assert "Traceback" not in result.stderr
@@ -233,7 +233,7 @@ async def test_a_second_session_for_the_same_vm_is_refused(lab_with_ferry: Lab, 
     client = await client_for(lab)
     try:
         first = await client.migrate(MigrateRequest(vm=guest, dest="hv1", options=MigrateOptions(bandwidth_mib=4)))
-        second = await asyncio.to_thread(ferry, lab.nats_url, "migrate", guest, "--to", "hv3")
+        second = await asyncio.to_thread(ferry, lab.nats_servers, "migrate", guest, "--to", "hv3")
         assert second.code == 1
         assert second.stderr.strip() == f"ferry: conflict: {guest} is already being moved by session {first.id}"
         await client.cancel(first.id)

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from ferry.lab import processes
+from ferry.lab.lab import Lab, coordinator_role, nats_role
+from ferry.lab.layout import COORDINATORS, NATS_SERVERS
 from ferry.lab.slots import LabSlot, claim_slot, clear_slot
 
 CLI = [sys.executable, "-m", "ferry.lab.cli"]
@@ -66,10 +68,32 @@ def test_up_twice_then_down_leaves_nothing_running(own_slot: LabSlot) -> None:
     first = ferry_lab(own_slot, "up", "--hosts", "2", "--address-base", own_slot.address_base)
     assert first.returncode in (0, 3), first.stdout + first.stderr
     assert "started: libvirtd:hv2" in first.stdout
+    with_ferry = first.returncode == 0
+    for name in NATS_SERVERS:
+        assert f"started: nats-server:{name} at nats://127.0.0.1:" in first.stdout
+    if with_ferry:
+        assert all(f"started: coordinator:{name}" in first.stdout for name in COORDINATORS), first.stdout
     second = ferry_lab(own_slot, "up")
     assert second.returncode == first.returncode, second.stdout + second.stderr
-    assert "already running: libvirtd:hv1" in second.stdout
+    assert "already running: libvirtd:hv1" in second.stdout and "already running: nats-server:n3" in second.stdout
     assert "started: libvirtd" not in second.stdout and "started: nats-server" not in second.stdout
+
+    lab = Lab.attach(own_slot.dir)
+    urls = lab.nats_urls
+    assert len(set(urls)) == 3
+    # A killed nats-server (and coordinator) starts again as `up` would: same ports.
+    assert lab.kill(nats_role("n2"))
+    lab.start(nats_role("n2"))
+    if with_ferry:
+        assert lab.kill(coordinator_role("c2"))
+        lab.start(coordinator_role("c2"))
+    assert Lab.attach(own_slot.dir).nats_urls == urls
+    status = ferry_lab(own_slot, "status")
+    assert status.returncode == (0 if with_ferry else 3), status.stdout + status.stderr
+    assert all(url in status.stdout for url in urls), status.stdout
+    assert all(f"running  nats-server:{name}" in status.stdout for name in NATS_SERVERS), status.stdout
+    if with_ferry:
+        assert all(f"running  coordinator:{name}" in status.stdout for name in COORDINATORS), status.stdout
     created = ferry_lab(own_slot, "guest", "create", "updown", "--host", "hv2", "--memory", "128", "--disk", "local")
     assert created.returncode == 0, created.stderr
     assert list(own_slot.dir.glob("hv2/run/libvirt/qemu/*.pid")), "no QEMU pid file"

@@ -19,8 +19,9 @@ class CliResult:
         return msgspec.json.decode(self.stdout, type=Session)
 
 
-def ferry(nats_url: str, *args: str, timeout: float = 180.0) -> CliResult:
+def ferry(servers: str, *args: str, timeout: float = 180.0) -> CliResult:
+    """Run the `ferry` CLI; ``servers``: one NATS URL, or several joined by commas (a lab's ``nats_servers``)."""
     proc = subprocess.run(
-        [script("ferry"), "--server", nats_url, *args], capture_output=True, text=True, timeout=timeout
+        [script("ferry"), "--server", servers, *args], capture_output=True, text=True, timeout=timeout
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)

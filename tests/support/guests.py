@@ -33,4 +33,4 @@ def assert_moved_intact(lab: Lab, guest: str, host: str) -> None:
 
 
 async def client_for(lab: Lab) -> FerryClient:
-    return await FerryClient.connect(NatsSettings(servers=[lab.nats_url], request_timeout=10.0))
+    return await FerryClient.connect(NatsSettings(servers=lab.nats_urls, request_timeout=10.0))

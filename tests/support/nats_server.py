@@ -1,4 +1,5 @@
-"""A real nats-server for tests: free loopback port, JetStream in a temp folder, restartable."""
+"""Real nats-servers for tests: free loopback ports, JetStream in a temp folder,
+restartable; one server alone, or a cluster of three as in production."""
 
 import shutil
 import socket
@@ -6,6 +7,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from ferry.lab.nats import free_ports, wait_jetstream
+from ferry.lab.nats_config import nats_server_conf
 
 
 def nats_server_binary() -> str:
@@ -47,12 +51,17 @@ class NatsServer:
         return [nats_server_binary(), "-c", str(path)]
 
     def start(self) -> None:
+        self.launch()
+        self.wait_listening()
+
+    def launch(self) -> None:
+        """Start the process; ``wait_listening`` waits for it."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            self._argv(),
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.store_dir / "server.log", "ab"),
-        )
+        with open(self.store_dir / "server.log", "ab") as log:
+            self.proc = subprocess.Popen(self._argv(), stdout=subprocess.DEVNULL, stderr=log)
+
+    def wait_listening(self) -> None:
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -74,6 +83,60 @@ class NatsServer:
                 self.proc.wait()
         self.proc = None
 
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing flushed or said goodbye to."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+class NatsCluster:
+    """``size`` clustered nats-servers with JetStream (n1, n2, ...), as in production:
+    each on its own free client and route port with its own store; a server that
+    is killed and started again comes back on the same ports and store."""
+
+    def __init__(self, base_dir: Path, size: int = 3) -> None:
+        names = [f"n{i}" for i in range(1, size + 1)]
+        ports = free_ports(2 * size)
+        client_ports, route_ports = dict(zip(names, ports[:size])), dict(zip(names, ports[size:]))
+        self.servers = [
+            NatsServer(
+                base_dir / name, client_ports[name],
+                config=nats_server_conf(name, client_ports, route_ports, base_dir / name),
+            )  # fmt: skip
+            for name in names
+        ]
+
+    @property
+    def urls(self) -> list[str]:
+        return [server.url for server in self.servers]
+
+    def start(self) -> None:
+        """Start all, then wait for each to listen and for JetStream to place data on all of them."""
+        try:
+            for server in self.servers:
+                server.launch()
+            for server in self.servers:
+                server.wait_listening()
+            wait_jetstream(self.urls, replicas=len(self.servers))
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def kill(self, index: int) -> None:
+        self.servers[index].kill()
+
+    def start_server(self, index: int) -> None:
+        """Start one server again (same ports and store) and wait until it serves JetStream."""
+        server = self.servers[index]
+        server.start()
+        wait_jetstream([server.url], replicas=len(self.servers))

@@ -75,7 +75,7 @@ SimulatedVmSpec = tuple[str, int, int] | tuple[str, int, int, str] | tuple[str, 
 
 def simulated_agent_toml(
     host: str,
-    nats_url: str,
+    nats_url: str | list[str],
     images_dir: Path,
     *,
     interval: float = 0.5,
@@ -121,7 +121,7 @@ def simulated_agent_toml(
         f"images_dir = {_quoted(str(images_dir))}",
         f"state_dir = {_quoted(str(state_dir if state_dir is not None else Path(images_dir) / 'agent-state' / host))}",
         "[nats]",
-        f"servers = {_quoted([nats_url])}",
+        f"servers = {_quoted(_urls(nats_url))}",
         "reconnect_wait = 0.2",
         nats_extra,
         "[hypervisor]",
@@ -150,10 +150,16 @@ def _quoted(value: str | list[str]) -> str:
     return json.dumps(value)
 
 
-def coordinator_toml(nats_url: str, *, heartbeat_timeout: float = 0.0) -> str:
+def _urls(nats_url: str | list[str]) -> list[str]:
+    return [nats_url] if isinstance(nats_url, str) else list(nats_url)
+
+
+def coordinator_toml(nats_url: str | list[str], *, heartbeat_timeout: float = 0.0, name: str = "") -> str:
+    """`nats_url`: one server or a cluster's; `name`: the coordinator's (several run at once)."""
     return f"""
 heartbeat_timeout = {heartbeat_timeout}
+name = {_quoted(name)}
 [nats]
-servers = ["{nats_url}"]
+servers = {_quoted(_urls(nats_url))}
 reconnect_wait = 0.2
 """

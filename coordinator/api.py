@@ -1,0 +1,311 @@
+"""The coordinator API (`ferry.api.<verb>`), served by every coordinator.
+
+Reads are answered by whichever coordinator gets them, from its registry and
+from KV. Verbs that change something are the leader's: a standby forwards them
+to `ferry.coordinator.leader.<verb>`, which only the leader serves, and relays
+the answer; with no leader at that moment the caller gets `no_leader` (the
+client tries again for a few seconds, the length of a takeover).
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import nats.errors
+import structlog
+from nats.aio.client import Client
+from nats.micro import add_service
+from nats.micro.service import Service
+
+from ferry.coordinator import drains as drain_records_module
+from ferry.coordinator import leadership as leadership_module
+from ferry.coordinator import limits_keeper, session_store
+from ferry.coordinator.drains import draining_marks, find_drain
+from ferry.coordinator.kv import WatchedBucket, replicas_of
+from ferry.coordinator.limits_keeper import LimitsKeeper
+from ferry.coordinator.session_store import SessionStore
+from ferry.coordinator.term import LeaderTerm
+from ferry.proto import subjects
+from ferry.proto.api import (
+    BandwidthChange,
+    CancelRequest,
+    HostsReply,
+    HostsRequest,
+    HostState,
+    MigrateRequest,
+    PlanReply,
+    SessionReply,
+    SessionRequest,
+    SessionsReply,
+    SessionsRequest,
+)
+from ferry.proto.codec import Decoder, encode
+from ferry.proto.drain import Drain, DrainReply, DrainRequest, DrainsReply, DrainsRequest, UndrainRequest
+from ferry.proto.errors import ErrorCode, ErrorReply, FerryError
+from ferry.proto.leader import BucketView, MemberView, Role, StatusReply, StatusRequest
+from ferry.proto.limits import LimitsReply, LimitsRequest
+from ferry.runtime.service import endpoint
+from ferry.runtime.version import VERSION
+
+if TYPE_CHECKING:
+    from ferry.coordinator.daemon import Coordinator
+
+# A forwarded request may take the leader a while (a dry run measures guests).
+FORWARD_TIMEOUT = 30.0
+# `ferry status` leaves out coordinators silent for longer than this.
+MEMBER_FORGOTTEN_SECONDS = 600.0
+BUCKETS = (
+    session_store.BUCKET,
+    session_store.CLAIMS_BUCKET,
+    drain_records_module.BUCKET,
+    limits_keeper.BUCKET,
+    leadership_module.BUCKET,
+)
+
+_ERROR = msgspec.json.Decoder(ErrorReply)
+
+Local = Callable[[LeaderTerm, Any], Awaitable[Any]]
+
+
+class Api:
+    def __init__(
+        self,
+        coordinator: "Coordinator",
+        store: SessionStore,
+        limits: LimitsKeeper,
+        drain_records: WatchedBucket[Drain],
+    ) -> None:
+        self._coordinator = coordinator
+        self._store = store
+        self._limits = limits
+        self._drains = drain_records
+        self._log = structlog.get_logger().bind(component="api", coordinator=coordinator.name)
+        self._leader_service: Service | None = None
+        self._nc: Client | None = None
+        # The verbs that change something, answered by the leader's term.
+        self._writes: dict[str, tuple[type, Local]] = {
+            "migrate": (MigrateRequest, self._migrate),
+            "plan": (MigrateRequest, self._plan),
+            "cancel": (CancelRequest, self._cancel),
+            "bandwidth": (BandwidthChange, self._bandwidth),
+            "drain": (DrainRequest, self._drain),
+            "undrain": (UndrainRequest, self._undrain),
+            "limits": (LimitsRequest, self._change_limits),
+        }
+
+    @asynccontextmanager
+    async def serve(self, nc: Client) -> AsyncIterator[None]:
+        self._nc = nc
+        service = await add_service(
+            nc, name="ferry-coordinator", version=VERSION,
+            description="Ferry coordinator: hosts, placement, migration sessions",
+        )
+        async with service:
+            groups = [
+                service.add_group(name=f"{subjects.PREFIX}.api"),
+                service.add_group(name=subjects.via_api(self._coordinator.name, "").rstrip(".")),
+            ]
+            reads: dict[str, tuple[type, Callable[[Any], Awaitable[Any]]]] = {
+                "hosts": (HostsRequest, self._hosts),
+                "sessions": (SessionsRequest, self._sessions),
+                "session": (SessionRequest, self._session),
+                "drains": (DrainsRequest, self._list_drains),
+                "status": (StatusRequest, self._status),
+                "limits": (LimitsRequest, self._limits_verb),
+            }
+            writes = {verb: (type_, self._leader_or_forward(verb, local)) for verb, (type_, local) in self._writes.items()}
+            for group in groups:
+                for verb, (type_, handler) in {**writes, **reads}.items():
+                    await group.add_endpoint(
+                        name=verb, handler=endpoint(Decoder(type_, f"{verb} request"), handler, log=self._log, verb=verb)
+                    )
+            yield
+
+    # ----- the leader's own subjects -----
+
+    async def start_leading(self) -> None:
+        """Serve `ferry.coordinator.leader.<verb>` while this coordinator leads."""
+        if self._leader_service is not None or self._nc is None:
+            return
+        service = await add_service(
+            self._nc, name="ferry-leader", version=VERSION, description="Ferry: the leading coordinator's verbs"
+        )
+        group = service.add_group(name=subjects.leader_api("").rstrip("."))
+        for verb, (type_, local) in self._writes.items():
+            await group.add_endpoint(
+                name=verb,
+                handler=endpoint(Decoder(type_, f"{verb} request"), self._as_leader(local), log=self._log, verb=verb),
+            )
+        self._leader_service = service
+
+    async def stop_leading(self) -> None:
+        service, self._leader_service = self._leader_service, None
+        if service is not None:
+            try:
+                await service.stop()
+            except Exception as exc:  # NATS away: the subscriptions went with the connection
+                self._log.info("leader_service_not_stopped", error=str(exc) or type(exc).__name__)
+
+    def _as_leader(self, local: Local) -> Callable[[Any], Awaitable[Any]]:
+        async def handle(request: Any) -> Any:
+            term = self._coordinator.term
+            if term is None:
+                raise FerryError(ErrorCode.NO_LEADER, f"{self._coordinator.name} no longer leads; try again")
+            return await local(term, request)
+
+        return handle
+
+    def _leader_or_forward(self, verb: str, local: Local) -> Callable[[Any], Awaitable[Any]]:
+        async def handle(request: Any) -> Any:
+            term = self._coordinator.term
+            if term is not None:
+                return await local(term, request)
+            return await self._forward(verb, request)
+
+        return handle
+
+    async def _forward(self, verb: str, request: Any) -> msgspec.Raw:
+        assert self._nc is not None
+        try:
+            msg = await self._nc.request(subjects.leader_api(verb), encode(request), timeout=FORWARD_TIMEOUT)
+        except nats.errors.NoRespondersError:
+            raise FerryError(ErrorCode.NO_LEADER, self._no_leader()) from None
+        except nats.errors.TimeoutError:
+            raise FerryError(
+                ErrorCode.TIMEOUT, f"the leader {self._leader_name() or '?'} did not answer {verb} within {FORWARD_TIMEOUT:g} s"
+            ) from None
+        try:
+            error = _ERROR.decode(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return msgspec.Raw(msg.data)
+        raise FerryError(error.code, error.message)
+
+    def _no_leader(self) -> str:
+        leadership = self._coordinator.leadership
+        lease = leadership.lease if leadership is not None else None
+        if lease is None:
+            return "no coordinator leads yet; one takes the lease within a second or two"
+        return (
+            f"no coordinator leads right now: {lease.holder}'s lease (term {lease.term}) has not been renewed "
+            f"for {leadership.lapsed_for():.1f} s; a standby takes over after {lease.lease_seconds:g} s"
+        )
+
+    def _leader_name(self) -> str:
+        """The coordinator leading now, as far as this one knows ("" when none)."""
+        leadership = self._coordinator.leadership
+        if leadership is None or leadership.lease is None:
+            return ""
+        if leadership.leading:
+            return self._coordinator.name
+        lease = leadership.lease
+        return lease.holder if leadership.lapsed_for() < lease.lease_seconds else ""
+
+    # ----- reads -----
+
+    async def _hosts(self, request: HostsRequest) -> HostsReply:
+        views = self._coordinator.views()
+        if not request.include_lost:
+            views = [v for v in views if v.state != HostState.LOST]
+        return HostsReply(hosts=views, leader=self._leader_name(), answered_by=self._coordinator.name)
+
+    async def _sessions(self, request: SessionsRequest) -> SessionsReply:
+        term = self._coordinator.term
+        sessions = await term.sessions.all() if term is not None else await self._store.all()
+        if request.vm is not None:
+            sessions = [s for s in sessions if s.vm == request.vm]
+        if not request.include_finished:
+            sessions = [s for s in sessions if not s.state.terminal]
+        return SessionsReply(sessions=sessions[-request.limit :])
+
+    async def _session(self, request: SessionRequest) -> SessionReply:
+        term = self._coordinator.term
+        if term is not None:
+            return SessionReply(session=await term.sessions.get(request.id))
+        session, _ = await self._store.get(request.id)
+        return SessionReply(session=session)
+
+    async def _list_drains(self, request: DrainsRequest) -> DrainsReply:
+        if request.host is not None:
+            return DrainsReply(drains=[find_drain(self._drains, request.host)])
+        return DrainsReply(drains=list(self._drains.values().values()))
+
+    async def _limits_verb(self, request: LimitsRequest) -> LimitsReply | msgspec.Raw:
+        if request == LimitsRequest():
+            return self._limits.reply()
+        return await self._leader_or_forward("limits", self._change_limits)(request)
+
+    async def _status(self, _request: StatusRequest) -> StatusReply:
+        coordinator = self._coordinator
+        leadership = coordinator.leadership
+        wall = coordinator.clock.wall()
+        lease = leadership.lease if leadership is not None else None
+        members = await leadership.members() if leadership is not None else []
+        info = coordinator.nc._server_info
+        views = coordinator.views()
+        return StatusReply(
+            answered_by=coordinator.name,
+            role=Role.LEADER if coordinator.term is not None else Role.STANDBY,
+            leader=lease if self._leader_name() else None,
+            lease_age=round(wall - lease.renewed_at, 3) if lease is not None else None,
+            coordinators=[
+                MemberView(
+                    name=m.name, role=m.role, version=m.version, started_at=m.started_at,
+                    seen_age=round(wall - m.seen_at, 3), server=m.server,
+                )
+                for m in sorted(members, key=lambda m: m.name)
+                if wall - m.seen_at < MEMBER_FORGOTTEN_SECONDS
+            ],
+            nats_server=str(coordinator.nc.connected_url.netloc) if coordinator.nc.connected_url else "",
+            nats_cluster=str(info.get("cluster") or ""),
+            nats_servers=sorted(set(info.get("connect_urls") or [])),
+            buckets=await self._buckets(),
+            hosts_up=sum(1 for v in views if v.state == HostState.UP),
+            hosts_lost=sum(1 for v in views if v.state == HostState.LOST),
+            draining=sorted(draining_marks(self._drains)),
+            limits=self._limits.current(),
+        )
+
+    async def _buckets(self) -> list[BucketView]:
+        js = self._coordinator.nc.jetstream()
+
+        async def one(name: str) -> BucketView | None:
+            try:
+                replicas, current, leader = await asyncio.wait_for(replicas_of(js, name), 2.0)
+            except Exception:
+                return None
+            return BucketView(name=name, replicas=replicas, current=current, leader=leader)
+
+        found = await asyncio.gather(*(one(name) for name in BUCKETS))
+        return [b for b in found if b is not None]
+
+    # ----- writes (the leader's term) -----
+
+    async def _migrate(self, term: LeaderTerm, request: MigrateRequest) -> SessionReply:
+        return SessionReply(session=await term.sessions.start(request))
+
+    async def _plan(self, term: LeaderTerm, request: MigrateRequest) -> PlanReply:
+        return await term.sessions.plan(request)
+
+    async def _cancel(self, term: LeaderTerm, request: CancelRequest) -> SessionReply:
+        return SessionReply(session=await term.sessions.cancel(request.id))
+
+    async def _bandwidth(self, term: LeaderTerm, request: BandwidthChange) -> SessionReply:
+        return SessionReply(session=await term.sessions.set_bandwidth(request))
+
+    async def _drain(self, term: LeaderTerm, request: DrainRequest) -> DrainReply:
+        return await term.drains.drain(request)
+
+    async def _undrain(self, term: LeaderTerm, request: UndrainRequest) -> DrainReply:
+        return DrainReply(drain=await term.drains.undrain(request.host))
+
+    async def _change_limits(self, _term: LeaderTerm, request: LimitsRequest) -> LimitsReply:
+        before = self._limits.current()
+        reply = await self._limits.change(request)
+        if reply.limits != before:
+            # The term reacts through the limits' listener (as it would to any writer).
+            self._log.info(
+                "limits_changed", before=msgspec.structs.asdict(before), after=msgspec.structs.asdict(reply.limits)
+            )
+        return reply

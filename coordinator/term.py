@@ -1,0 +1,105 @@
+"""What only the leader does, for as long as it leads: schedule and drive
+sessions, step drains, watch health and evacuate.
+
+A term is built fresh at each takeover and thrown away when it ends, so
+nothing a previous term held in memory outlives it: sessions are adopted from
+the store through the reconciler, drains continue from their records, the
+health watch starts from the registry's last reports.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from ferry.coordinator.agents import AgentClient
+from ferry.coordinator.config import CoordinatorConfig
+from ferry.coordinator.drains import DrainController
+from ferry.coordinator.health_watch import HealthWatch, Verdict
+from ferry.coordinator.kv import WatchedBucket
+from ferry.coordinator.limits_keeper import LimitsKeeper
+from ferry.coordinator.session_store import SessionStore, VmClaims
+from ferry.coordinator.sessions import SessionManager
+from ferry.coordinator.sessions.ports import Clock
+from ferry.proto.api import HostView
+from ferry.proto.drain import Drain, DrainRequest
+from ferry.proto.errors import FerryError
+from ferry.proto.events import CoordinatorEvent
+from ferry.proto.host import HealthCheck, HealthState
+from ferry.proto.leader import Lease
+
+Emit = Callable[[list[CoordinatorEvent]], Awaitable[None]]
+
+
+class LeaderTerm:
+    def __init__(
+        self,
+        lease: Lease,
+        config: CoordinatorConfig,
+        *,
+        store: SessionStore,
+        claims: VmClaims,
+        agents: AgentClient,
+        limits: LimitsKeeper,
+        drain_records: WatchedBucket[Drain],
+        views: Callable[[], list[HostView]],
+        emit: Emit,
+        clock: Clock,
+    ) -> None:
+        self.lease = lease
+        self._limits = limits
+        self._clock = clock
+        self._log = structlog.get_logger().bind(component="term", term=lease.term)
+        self.sessions = SessionManager(store, claims, agents, views, emit, limits.current, clock=clock)
+        self.drains = DrainController(drain_records, self.sessions, views, emit, config.drain, wall=clock.wall)
+        self.health = HealthWatch(config.evacuation.debounce_seconds, enabled=config.evacuation.enabled)
+        self._emit = emit
+        evacuated = {host for host, drain in drain_records.values().items() if drain.automatic}
+        for view in views():
+            self.health.seed(view.host, view.health, evacuated=view.host in evacuated)
+
+    async def run(self, warm_up: Callable[[], Awaitable[float]]) -> None:
+        """Until cancelled: the term's loops. Cancelling stops every driver; what
+        they were doing is in the records, for the next leader to adopt."""
+        stop_listening = self._limits.listen(self._limits_changed)
+        try:
+            # Nothing is adopted, admitted or drained before every host had its
+            # chance to report: a session must not fail `source_unreachable`
+            # because this coordinator has not heard its source yet.
+            warm_for = await warm_up()
+            adopted = await self.sessions.adopt()
+            self._log.info("sessions_adopted", adopted=adopted, warm_up_seconds=round(warm_for, 2))
+            await asyncio.gather(self.sessions.run(), self.drains.run())
+        finally:
+            stop_listening()
+            await self.sessions.close()
+
+    def _limits_changed(self) -> None:
+        self.sessions.wake()
+        asyncio.create_task(self._rebalance(), name="rebalance")
+
+    async def _rebalance(self) -> None:
+        try:
+            await self.sessions.rebalance()
+        except Exception:
+            self._log.exception("rebalance_failed")
+
+    # ----- health -----
+
+    async def observe_health(self, host: str, health: HealthState, checks: list[HealthCheck]) -> None:
+        await self.act(self.health.observe(host, health, checks, self._clock.wall()))
+
+    async def host_lost(self, host: str) -> None:
+        await self.act(self.health.lost(host))
+
+    async def tick(self) -> None:
+        await self.act(self.health.tick(self._clock.wall()))
+
+    async def act(self, verdict: Verdict) -> None:
+        """Emit the health watch's events and start the evacuations it asks for."""
+        await self._emit(verdict.events)
+        for host, reason in verdict.evacuate:
+            try:
+                await self.drains.drain(DrainRequest(host=host, reason=reason), automatic=True)
+            except FerryError as exc:
+                self._log.error("evacuation_not_started", host=host, reason=exc.message)

@@ -1,12 +1,14 @@
 """Chaos: kill -9 a part of the control plane while guests move, and count what broke.
 
-Starts a lab of its own (3 hosts, nats-server, agents, coordinator) with a few
-busy guests (one with a local disk, copied along when it moves). Each round
-starts moves (every guest to another host, or a drain of one host), waits
-until a migration is under way plus a random moment, kills one part with
-SIGKILL (the coordinator, the source agent or the destination agent of a
-running migration, or the nats-server), starts it again after a random delay,
-and waits for every session of the round to end. Then it audits:
+Starts a lab of its own (3 hosts, three clustered nats-servers, agents, a
+leader and a standby coordinator) with a few busy guests (one with a local
+disk, copied along when it moves). Each round starts moves (every guest to
+another host, or a drain of one host), waits until a migration is under way
+plus a random moment, kills with SIGKILL the leading coordinator (`leader`:
+the standby takes over), both coordinators (`coordinators`), the source agent
+or the destination agent of a running migration, or one of the nats-servers
+(`nats-node`, drawn at random), starts it again after a random delay, and
+waits for every session of the round to end. Then it audits:
 
 - every guest runs in exactly one place (else it is `lost` or `doubled`),
   keeps ticking there and was never restarted;
@@ -17,7 +19,8 @@ and waits for every session of the round to end. Then it audits:
 
 Prints a line per round and a table per fault (rounds, sessions, VMs lost,
 doubled, sessions stuck, leftovers, images left, worst time from the kill to
-the last session's end) and writes DIR/chaos.json. Exit status 0 means the
+the last session's end, and for `leader` the worst time until the standby
+led) and writes DIR/chaos.json. Exit status 0 means the
 measurement ran, whatever it found; `--strict` makes any loss, double, stuck
 session or leftover exit 1 (`make test` runs a small sample that way).
 """
@@ -45,7 +48,7 @@ from ferry.coordinator.agents import AgentClient
 from ferry.coordinator.kv import Bucket, keys_of
 from ferry.coordinator.session_store import CLAIMS_BUCKET
 from ferry.lab.errors import LabError
-from ferry.lab.lab import COORDINATOR_ROLES, NATS_ROLES, Lab, agent_role
+from ferry.lab.lab import COORDINATOR_ROLES, NATS_ROLES, Lab, agent_role, coordinator_role
 from ferry.proto.agent import JobRole, JobsRequest
 from ferry.proto.api import MigrateRequest
 from ferry.proto.drain import DrainRequest, DrainState
@@ -56,7 +59,7 @@ from ferry.runtime.config import NatsSettings
 T = TypeVar("T")
 S = SessionState
 
-FAULTS = ("coordinator", "source-agent", "dest-agent", "nats-server")
+FAULTS = ("leader", "coordinators", "source-agent", "dest-agent", "nats-node")
 GUEST_MEMORY_MIB = 128
 GUEST_DIRTY_MB = 4
 LOCAL_DISK_MIB = 32
@@ -90,6 +93,8 @@ class RoundResult:
     leftover_domains: int = 0
     images_left: int = 0
     worst_seconds: float = 0.0
+    # `leader`: seconds from the kill until another coordinator led.
+    takeover_seconds: float | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -112,6 +117,7 @@ class FaultTally:
     leftovers: int = 0
     images_left: int = 0
     worst_seconds: float = 0.0
+    worst_takeover: float | None = None
 
 
 def tally(results: Sequence[RoundResult]) -> list[FaultTally]:
@@ -128,6 +134,8 @@ def tally(results: Sequence[RoundResult]) -> list[FaultTally]:
         row.leftovers += r.leftover_claims + r.leftover_reservations + r.leftover_domains
         row.images_left += r.images_left
         row.worst_seconds = max(row.worst_seconds, r.worst_seconds)
+        if r.takeover_seconds is not None:
+            row.worst_takeover = max(row.worst_takeover or 0.0, r.takeover_seconds)
     return list(rows.values())
 
 
@@ -220,12 +228,16 @@ class Chaos:
                     result.problems.append(f"could not start moving {guest} to {dest}")
         moving = await self._wait_migrating(started_at)
         await asyncio.sleep(rng.uniform(*KILL_DELAY))
-        role = self._target(fault, moving)
-        result.killed = role
+        roles = await self._targets(fault, moving)
+        result.killed = ", ".join(roles)
         killed_at = time.time()
-        await asyncio.to_thread(lab.kill, role)
+        for role in roles:
+            await asyncio.to_thread(lab.kill, role)
+        if fault == "leader":
+            result.takeover_seconds = await self._takeover(roles[0], killed_at, result)
         await asyncio.sleep(rng.uniform(*RESTART_DELAY))
-        await asyncio.to_thread(lab.start, role)
+        for role in roles:
+            await asyncio.to_thread(lab.start, role)
         sessions = await self._wait_ended(started_at, result)
         if drained_host:
             await self._wait_drain(drained_host, result)
@@ -246,17 +258,37 @@ class Chaos:
             await asyncio.sleep(0.2)
         return []
 
-    def _target(self, fault: str, moving: list[Session]) -> str:
-        if fault == "coordinator":
-            return COORDINATOR_ROLES[0]
-        if fault == "nats-server":
-            return NATS_ROLES[0]
+    async def _targets(self, fault: str, moving: list[Session]) -> list[str]:
+        if fault == "leader":
+            return [await self._leader_role()]
+        if fault == "coordinators":
+            return list(COORDINATOR_ROLES)
+        if fault == "nats-node":
+            return [self.rng.choice(NATS_ROLES)]
         session = self.rng.choice(moving) if moving else None
         if session is None:
             host = self.rng.choice(self.hosts)
         else:
             host = session.source if fault == "source-agent" else (session.dest or session.source)
-        return agent_role(self.lab.host(host))
+        return [agent_role(self.lab.host(host))]
+
+    async def _leader_role(self) -> str:
+        """The leading coordinator's role (the first one if none can be read)."""
+        status = await ask(self.lab, lambda c: c.status())
+        if status is None or status.leader is None:
+            return COORDINATOR_ROLES[0]
+        return coordinator_role(status.leader.holder)
+
+    async def _takeover(self, killed: str, killed_at: float, result: RoundResult, timeout: float = 60.0) -> float | None:
+        """Seconds from the kill until a coordinator other than `killed` leads."""
+        while time.time() - killed_at < timeout:
+            status = await ask(self.lab, lambda c: c.status(), timeout=2.0)
+            if status is not None and status.leader is not None and coordinator_role(status.leader.holder) != killed:
+                return round(time.time() - killed_at, 1)
+            await asyncio.sleep(0.2)
+        result.stuck += 1
+        result.problems.append(f"no other coordinator led within {timeout:g} s of killing {killed}")
+        return None
 
     async def _round_sessions(self, since: float) -> list[Session] | None:
         sessions = await ask(self.lab, lambda c: c.sessions())
@@ -388,18 +420,23 @@ def round_line(r: RoundResult) -> str:
     mark = "[green]ok[/]" if r.clean else "[red]PROBLEM[/]"
     return (
         f"{r.fault:>12} #{r.number + 1:<3} {r.workload:<10} killed {r.killed:<12} {r.sessions} sessions, "
-        f"worst {r.worst_seconds:5.1f} s to terminal, images left {r.images_left}  {mark}"
+        f"worst {r.worst_seconds:5.1f} s to terminal"
+        + (f", takeover {r.takeover_seconds:.1f} s" if r.takeover_seconds is not None else "")
+        + f", images left {r.images_left}  {mark}"
     )
 
 
 def table(rows: Sequence[FaultTally]) -> Table:
     out = Table(title="chaos: kill -9 while guests move")
-    for column in ("fault", "rounds", "sessions", "VMs lost", "VMs doubled", "sessions stuck", "disagree", "leftovers", "images left", "worst to terminal"):
+    columns = ("fault", "rounds", "sessions", "VMs lost", "VMs doubled", "sessions stuck", "disagree", "leftovers",
+               "images left", "worst to terminal", "worst takeover")
+    for column in columns:
         out.add_column(column, justify="left" if column == "fault" else "right")
     for r in rows:
         out.add_row(
             r.fault, str(r.rounds), str(r.sessions), str(r.lost), str(r.doubled), str(r.stuck), str(r.disagree),
             str(r.leftovers), str(r.images_left), f"{r.worst_seconds:.1f} s",
+            f"{r.worst_takeover:.1f} s" if r.worst_takeover is not None else "-",
         )
     return out
 

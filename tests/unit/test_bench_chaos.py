@@ -24,12 +24,13 @@ def test_a_session_agrees_with_libvirt_only_where_its_outcome_puts_the_guest():
 
 def test_the_table_sums_rounds_per_fault_and_keeps_the_worst_time():
     rounds = [
-        RoundResult("coordinator", 0, "moves", sessions=3, worst_seconds=4.5),
-        RoundResult("coordinator", 1, "drain hv1", sessions=2, worst_seconds=9.0, leftover_claims=1),
-        RoundResult("nats-server", 0, "moves", sessions=3, lost=1, worst_seconds=2.0, images_left=1),
+        RoundResult("leader", 0, "moves", sessions=3, worst_seconds=4.5, takeover_seconds=4.4),
+        RoundResult("leader", 1, "drain hv1", sessions=2, worst_seconds=9.0, leftover_claims=1, takeover_seconds=5.1),
+        RoundResult("nats-node", 0, "moves", sessions=3, lost=1, worst_seconds=2.0, images_left=1),
     ]
     coordinator, nats_server = tally(rounds)
-    assert (coordinator.fault, coordinator.rounds, coordinator.sessions, coordinator.leftovers) == ("coordinator", 2, 5, 1)
+    assert (coordinator.fault, coordinator.rounds, coordinator.sessions, coordinator.leftovers) == ("leader", 2, 5, 1)
     assert coordinator.worst_seconds == 9.0 and coordinator.lost == 0
+    assert coordinator.worst_takeover == 5.1 and nats_server.worst_takeover is None
     assert (nats_server.lost, nats_server.images_left) == (1, 1)
     assert not rounds[1].clean and not rounds[2].clean and rounds[0].clean

@@ -13,7 +13,7 @@ from ferry.agent.probes import install_probe
 from ferry.coordinator.session_history import max_overlap
 from ferry.lab.demo_support import console, ferry, fresh_guest, step, wait_hosts
 from ferry.lab.errors import LabError
-from ferry.lab.lab import Lab
+from ferry.lab.lab import Lab, coordinator_role
 from ferry.proto import subjects
 from ferry.proto.codec import Decoder
 from ferry.proto.drain import Drain, ItemState
@@ -112,6 +112,8 @@ def drain_step(lab: Lab, host: str) -> None:
     guests, made = fill_host(lab, host, 3, DRAIN_GUESTS)
     try:
         ferry(lab, "drain", host, "--dry-run")
+        ferry(lab, "drain", host)
+        kill_the_leader_mid_drain(lab, host)
         ferry(lab, "drain", host, "--wait", timeout=300)
 
         (drain,) = msgspec.json.decode(ferry(lab, "drains", host, "--json", show=False), type=list[Drain])
@@ -145,6 +147,35 @@ def drain_step(lab: Lab, host: str) -> None:
         undrain_quietly(lab, host)
         raise
     remove_guests(lab, made)
+
+
+def kill_the_leader_mid_drain(lab: Lab, host: str) -> None:
+    """While the drain's first VM moves, kill -9 the leading coordinator: the
+    standby takes the lease, adopts the sessions and finishes the drain."""
+    step(f"While {host} drains: kill -9 the leading coordinator; the standby takes over and finishes the drain")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        sessions = msgspec.json.decode(ferry(lab, "sessions", "--running", "--json", show=False), type=list[Session])
+        if any(s.drain_host == host and s.state == SessionState.MIGRATING for s in sessions):
+            break
+        time.sleep(0.2)
+    ferry(lab, "status")
+    leader = json.loads(ferry(lab, "status", "--json", show=False))["leader"]["holder"]
+    console.print(f"[dim]$ kill -9 <pid of ferry-coordinator {leader}>[/]")
+    lab.kill(coordinator_role(leader))
+    killed_at = time.monotonic()
+    while True:
+        status = json.loads(ferry(lab, "status", "--json", show=False, check=False).split("\nferry:")[0] or "{}")
+        holder = (status.get("leader") or {}).get("holder")
+        if holder and holder != leader:
+            break
+        if time.monotonic() - killed_at > 30:
+            raise LabError(f"no coordinator took over from {leader} within 30 s; logs are in {lab.dir}")
+        time.sleep(0.2)
+    console.print(f"  {holder} leads {time.monotonic() - killed_at:.1f} s after {leader} was killed")
+    ferry(lab, "status")
+    lab.start(coordinator_role(leader))
+    console.print(f"  {leader} started again: it stands by")
 
 
 PROBE = "raid"

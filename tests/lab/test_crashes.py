@@ -18,6 +18,7 @@ import pytest
 
 from ferry.cli.client import FerryClient
 from ferry.coordinator import session_steps
+from ferry.coordinator.session_history import max_overlap
 from ferry.lab.lab import COORDINATOR_ROLES, NATS_SERVERS, Lab, agent_role, coordinator_role, nats_role
 from ferry.proto.api import MigrateRequest, SessionsRequest
 from ferry.proto.drain import DrainRequest, DrainState, ItemState
@@ -182,6 +183,8 @@ async def test_leader_killed_mid_drain_the_standby_leads_and_finishes_the_drain(
         assert all(i.state == ItemState.MOVED for i in done.items)
         sessions = [s for s in await client.sessions() if s.drain_host == "hv3"]
         assert sessions and all(s.state.terminal for s in sessions)
+        # Across the takeover, the cluster limit of 1 held (from the records alone).
+        assert max_overlap(sessions, key=lambda s: "cluster")["cluster"] == 1
         for guest in guests:
             (host,) = lab.residency(guest)[guest].running_on
             assert host != "hv3"

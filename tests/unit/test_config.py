@@ -6,7 +6,7 @@ import pytest
 from ferry.agent.config import AgentConfig
 from ferry.agent.config import problems as agent_problems
 from ferry.agent.main import main as agent_main
-from ferry.coordinator.config import CoordinatorConfig
+from ferry.coordinator.config import CoordinatorConfig, LeaderSettings
 from ferry.coordinator.config import problems as coordinator_problems
 from ferry.coordinator.main import main as coordinator_main
 from ferry.runtime.config import ConfigError, NatsSettings, load_toml, nats_problems, read_config, unknown_keys
@@ -107,6 +107,22 @@ def test_a_good_simulated_agent_config_has_no_problems(tmp_path):
 def test_coordinator_config_problems_name_missing_files(tmp_path):
     config = load_toml(write(tmp_path, f'[nats]\ncreds = "{tmp_path}/c.creds"\n'), CoordinatorConfig)
     assert coordinator_problems(config) == [f"nats.creds: the file {tmp_path}/c.creds does not exist"]
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        (
+            CoordinatorConfig(leader=LeaderSettings(lease_seconds=2.0, step_down_after=2.5)),
+            "leader.step_down_after must be shorter than leader.lease_seconds",
+        ),
+        (CoordinatorConfig(leader=LeaderSettings(renew_every=3.0)), "leader.renew_every must be shorter than leader.step_down_after"),
+        (CoordinatorConfig(name="c 1"), "name 'c 1': use letters, digits"),
+    ],
+)
+def test_coordinator_config_problems_name_a_lease_that_cannot_work_and_a_bad_name(config, problem):
+    (found,) = coordinator_problems(config)
+    assert found.startswith(problem)
 
 
 @pytest.mark.parametrize("main", [agent_main, coordinator_main], ids=["ferry-agent", "ferry-coordinator"])

@@ -20,7 +20,9 @@ def test_example_coordinator_config_parses():
 def test_example_coordinator_config_shows_the_defaults():
     example = load_toml(SYSTEMD / "coordinator.toml.example", CoordinatorConfig)
     defaults = CoordinatorConfig()
-    assert (example.limits, example.drain, example.evacuation) == (defaults.limits, defaults.drain, defaults.evacuation)
+    assert (example.limits, example.drain, example.evacuation, example.leader, example.kv_replicas) == (
+        defaults.limits, defaults.drain, defaults.evacuation, defaults.leader, defaults.kv_replicas
+    )
 
 
 def test_units_do_not_restart_a_daemon_whose_config_cannot_work():

@@ -114,11 +114,13 @@ class Leadership:
                         assert self._seen.lease is not None
                         self._log.info("leadership_taken", term=self._seen.lease.term, reason=reason, previous=previous)
                         await on_gain(self._seen.lease, reason, previous)
+                        last_member = float("-inf")  # say the new role at once
                 case rules.StepDown(reason):
                     self._leading = False
                     self._log.warning("leadership_lost", reason=reason)
                     await on_loss(reason)
                     await self._read()
+                    last_member = float("-inf")
                 case rules.Wait():
                     pass
             if now - last_member >= MEMBER_EVERY:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import nats.js.errors
 from nats.js import JetStreamContext
 
-from ferry.coordinator.kv import CAS_ATTEMPTS, Bucket, TypedBucket, open_bucket
+from ferry.coordinator.kv import CAS_ATTEMPTS, Bucket, TypedBucket, keys_of, open_bucket
 from ferry.proto.errors import ErrorCode, FerryError
 from ferry.proto.session import Session, SessionCode, SessionState
 
@@ -63,6 +63,7 @@ class VmClaims:
     """
 
     def __init__(self, bucket: Bucket, sessions: SessionStore) -> None:
+        self._bucket = bucket
         self._kv = bucket.kv
         self._sessions = sessions
 
@@ -120,6 +121,17 @@ class VmClaims:
             await self._kv.delete(key, last=entry.revision)
         except nats.js.errors.KeyWrongLastSequenceError:
             pass
+
+    async def holding_sessions(self) -> set[str]:
+        found = set()
+        for key in await keys_of(self._bucket):
+            try:
+                entry = await self._kv.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                continue  # released: a deleted key keeps a marker in the stream
+            if entry.value:
+                found.add(entry.value.decode())
+        return found
 
     async def holder(self, vm: str) -> str | None:
         try:

@@ -48,6 +48,8 @@ class RecordBook:
         # Sessions this coordinator works on (queued or driven), as last written.
         self._active: dict[str, Session] = {}
         self._finished: dict[str, Session] = {}
+        # Claims of ended sessions whose release failed (KV away): session id -> VM, tried again.
+        self._unreleased: dict[str, str] = {}
 
     # ----- reading -----
 
@@ -168,4 +170,27 @@ class RecordBook:
         while len(self._finished) > FINISHED_KEPT:
             self._finished.pop(next(iter(self._finished)))
         if not unsettled(session):
-            await self._claims.release(session.vm, session.id)
+            await self.release(session.vm, session.id)
+
+    async def release(self, vm: str, session_id: str) -> None:
+        """Free the VM's claim; if KV cannot be reached now, remember to try again."""
+        try:
+            await self._claims.release(vm, session_id)
+        except Exception as exc:
+            self._unreleased[session_id] = vm
+            self._log.warning("claim_not_released", session_id=session_id, vm=vm, error=str(exc) or type(exc).__name__)
+            return
+        self._unreleased.pop(session_id, None)
+
+    async def retry_releases(self) -> None:
+        for session_id, vm in list(self._unreleased.items()):
+            await self.release(vm, session_id)
+
+    async def release_stale(self, stored: list[Session]) -> int:
+        """At adoption: free the claims still held by sessions that ended (their
+        release failed, or the coordinator died between the end and the release)."""
+        holding = await self._claims.holding_sessions()
+        stale = [s for s in stored if s.id in holding and s.state.terminal and not unsettled(s)]
+        for session in stale:
+            await self.release(session.vm, session.id)
+        return len(stale)

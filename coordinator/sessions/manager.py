@@ -81,7 +81,11 @@ class SessionManager:
         and their slots and bandwidth shares are counted again before anything
         else is admitted. Call once the registry is warm."""
         adopted = 0
-        for session in await self._book.stored():
+        stored = await self._book.stored()
+        released = await self._book.release_stale(stored)
+        if released:
+            self._log.info("stale_claims_released", count=released)
+        for session in stored:
             if unsettled(session):
                 self._driver.remember_unconfirmed(session)
                 continue
@@ -112,6 +116,7 @@ class SessionManager:
         while True:
             # A cadence, not a deadline: real time even under a test's virtual clock.
             await asyncio.sleep(SETTLE_SECONDS)
+            await self._book.retry_releases()
             await self._driver.retry_cleanups()
             await self._driver.settle_unconfirmed()
 

@@ -58,6 +58,9 @@ class ClaimStore(Protocol):
 
     async def claim(self, vm: str, session_id: str) -> None: ...
     async def release(self, vm: str, session_id: str) -> None: ...
+    async def holding_sessions(self) -> set[str]:
+        """The ids of the sessions holding a claim now."""
+        ...
 
 
 Emit = Callable[[list[CoordinatorEvent]], Awaitable[None]]

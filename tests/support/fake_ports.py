@@ -236,6 +236,8 @@ class MemoryStore:
 class MemoryClaims:
     def __init__(self) -> None:
         self.holders: dict[str, str] = {}
+        # Releases that fail (as a KV write does while NATS elects a stream leader).
+        self.failing_releases = 0
 
     async def claim(self, vm: str, session_id: str) -> None:
         holder = self.holders.get(vm)
@@ -244,5 +246,11 @@ class MemoryClaims:
         self.holders[vm] = session_id
 
     async def release(self, vm: str, session_id: str) -> None:
+        if self.failing_releases:
+            self.failing_releases -= 1
+            raise TimeoutError("nats: timeout")
         if self.holders.get(vm) == session_id:
             del self.holders[vm]
+
+    async def holding_sessions(self) -> set[str]:
+        return set(self.holders.values())

@@ -289,3 +289,28 @@ async def test_a_settling_look_that_cannot_confirm_yet_looks_again_later():
     assert w.store["s1"].code == SessionCode.NOT_CONFIRMED and w.claims.holders.get(VM) == "s1"
     await w.manager._driver.settle_unconfirmed()
     assert w.store["s1"].state == S.COMPLETED and VM not in w.claims.holders
+
+
+# ----- claims whose release failed -----
+
+
+async def test_a_claim_whose_release_failed_is_released_when_tried_again():
+    w = world()
+    record(w, S.MIGRATING)
+    offer_held(w)
+    running_job(w)
+    w.claims.failing_releases = 1  # KV away at the end of the session
+    session = await drive(w)
+    assert session.state == S.COMPLETED and w.claims.holders.get(VM) == "s1"
+    await w.manager._book.retry_releases()
+    assert VM not in w.claims.holders
+
+
+async def test_adoption_frees_a_claim_left_by_a_session_that_ended():
+    w = world()
+    ended = record(w, S.MIGRATING)
+    w.store.put(msgspec.structs.replace(ended, state=S.COMPLETED, dest="hv2"))
+    assert w.claims.holders[VM] == "s1", "the coordinator died between the end and the release"
+    await w.manager.adopt()
+    assert VM not in w.claims.holders
+    await w.manager.close()

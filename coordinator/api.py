@@ -251,8 +251,9 @@ class Api:
             lease_age=round(wall - lease.renewed_at, 3) if lease is not None else None,
             coordinators=[
                 MemberView(
-                    name=m.name, role=m.role, version=m.version, started_at=m.started_at,
-                    seen_age=round(wall - m.seen_at, 3), server=m.server,
+                    # The role by the lease, not by the member's own last word (it may have died leading).
+                    name=m.name, role=Role.LEADER if m.name == self._leader_name() else Role.STANDBY,
+                    version=m.version, started_at=m.started_at, seen_age=round(wall - m.seen_at, 3), server=m.server,
                 )
                 for m in sorted(members, key=lambda m: m.name)
                 if wall - m.seen_at < MEMBER_FORGOTTEN_SECONDS

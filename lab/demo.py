@@ -1,9 +1,10 @@
 """`make demo`: Ferry on a local lab of real libvirt hosts.
 
-Starts the lab (libvirtd per host, nats-server, one ferry-agent per host, a
-ferry-coordinator), starts guests, and shows what an operator sees: live
-moves, a cancel, a drain, an evacuation set off by a failing health probe, a
-lost host. Stops everything it started at the end unless --keep is given.
+Starts the lab (libvirtd per host, three clustered nats-servers, one
+ferry-agent per host, two ferry-coordinators), starts guests, and shows what an
+operator sees: live moves, a cancel, a drain with the leading coordinator
+killed in the middle, an evacuation set off by a failing health probe, a lost
+host. Stops everything it started at the end unless --keep is given.
 """
 
 import argparse
@@ -29,7 +30,10 @@ from ferry.lab.networks import LAB_NETWORK, defines_lab_network, network_hosts
 
 
 def run(lab: Lab, keep: bool) -> None:
-    step(f"Starting a lab of {len(lab.hosts)} libvirt hosts, nats-server, agents and a coordinator in {lab.dir}")
+    step(
+        f"Starting a lab of {len(lab.hosts)} libvirt hosts, three clustered nats-servers, agents "
+        f"and two coordinators (a leader and a standby) in {lab.dir}"
+    )
     remove_leftover_probes(lab)
     report = lab.up(ferry=True)
     for part in report.started:

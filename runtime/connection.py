@@ -1,6 +1,7 @@
 """One way to connect to NATS: reconnect forever, log every transition."""
 
 import asyncio
+import random
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -107,9 +108,25 @@ async def connect(
 
 
 async def connect_once(settings: NatsSettings, *, name: str) -> Client:
-    """For short-lived clients (the CLI): fail fast with a clear error instead of waiting."""
+    """For short-lived clients (the CLI): each server once, in a random order (so
+    clients spread over a cluster), the first that answers; fail fast with the
+    last error instead of waiting. nats-py alone gives up on the first server
+    that resets the connection during its handshake, with the others untried."""
+    servers = list(settings.servers)
+    random.shuffle(servers)
+    last: BaseException | None = None
+    for server in servers:
+        try:
+            return await _connect_to(server, settings, name=name)
+        except Exception as exc:
+            last = exc
+    assert last is not None, "a config with no servers is refused when it is checked"
+    raise last
+
+
+async def _connect_to(server: str, settings: NatsSettings, *, name: str) -> Client:
     options: dict[str, Any] = dict(
-        servers=settings.servers,
+        servers=[server],
         name=name,
         allow_reconnect=False,
         connect_timeout=settings.connect_timeout,
@@ -124,8 +141,8 @@ async def connect_once(settings: NatsSettings, *, name: str) -> Client:
 
     options["error_cb"] = quiet
     nc = nats.NATS()
-    # A person is waiting: bound the whole attempt, whatever the server list holds.
-    await asyncio.wait_for(nc.connect(**options), timeout=settings.connect_timeout * (len(settings.servers) + 1))
+    # A person is waiting: bound each attempt.
+    await asyncio.wait_for(nc.connect(**options), timeout=settings.connect_timeout * 2)
     return nc
 
 

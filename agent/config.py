@@ -6,10 +6,13 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from ferry.agent.peer_rules import DEFAULT_PEER_SCHEMES, peer_uri_problem
 from ferry.proto.names import HostName, VmName
 from ferry.runtime.config import NatsSettings, file_problem, nats_problems
 
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
+# A URI scheme as libvirt spells them: qemu+tls, qemu+ssh, qemu+tcp.
+PeerScheme = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9+.-]{0,31}\Z")]
 Percent = Annotated[float, msgspec.Meta(ge=0, le=100)]
 
 
@@ -88,6 +91,13 @@ class MigrationSettings(msgspec.Struct, frozen=True):
     dirty_rate_interval: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     # How long one measurement watches the guest (libvirt's dirty-rate calculation).
     dirty_rate_seconds: Annotated[float, msgspec.Meta(ge=1, le=60)] = 1.0
+    # Guest memory holds keys and passwords: a migrate request without TLS for the
+    # QEMU stream is refused (`tls_required`) unless this is false (a trusted network).
+    require_tls: bool = True
+    # libvirt URI schemes this host's libvirtd dials to send a VM away. qemu+tls
+    # authenticates both ends by certificate; qemu+tcp is usually neither encrypted
+    # nor authenticated, qemu+ssh trusts ssh keys instead: add those only on purpose.
+    allowed_peer_schemes: list[PeerScheme] = msgspec.field(default_factory=lambda: list(DEFAULT_PEER_SCHEMES))
 
 
 class AgentConfig(msgspec.Struct, frozen=True):
@@ -126,9 +136,21 @@ def problems(config: AgentConfig) -> list[str]:
         warning, critical = getattr(health, f"{what}_warning_percent"), getattr(health, f"{what}_critical_percent")
         if critical > warning:
             found.append(f"health.{what}_critical_percent ({critical:g}) is above health.{what}_warning_percent ({warning:g})")
+    found += _peer_problems(config)
     if config.hypervisor.backend == "libvirt":
         if importlib.util.find_spec("libvirt") is None:
             found.append("hypervisor.backend is libvirt, but libvirt-python is not installed: pip install 'ferry[agent]'")
         if not config.hypervisor.peer_uri:
             found.append("hypervisor.peer_uri is empty: other hosts' libvirtd could not reach this one to migrate VMs here")
     return found
+
+
+def _peer_problems(config: AgentConfig) -> list[str]:
+    """The peer URI this host announces must be one that sources dial: with the
+    same rules on every host, one this host would refuse, the others refuse too."""
+    allowed = config.migration.allowed_peer_schemes
+    if not allowed:
+        return ["migration.allowed_peer_schemes is empty: this host could send no VM away (qemu+tls is the safe one)"]
+    uri = config.hypervisor.peer_uri
+    problem = peer_uri_problem(uri, allowed) if uri else None
+    return [f"hypervisor.peer_uri {uri} would be refused by sources with these settings: {problem}"] if problem else []

@@ -12,6 +12,7 @@ from nats.micro import add_service
 
 from ferry.agent.config import AgentConfig
 from ferry.agent.destination import Destination
+from ferry.agent.disk_paths import images_folder
 from ferry.agent.health import probe_host
 from ferry.agent.hypervisor import Hypervisor, HypervisorUnavailable, NodeFacts
 from ferry.agent.jobs import Jobs
@@ -32,17 +33,35 @@ from ferry.proto.agent import (
     SessionRef,
 )
 from ferry.proto.api import AgentStatusRequest
-from ferry.proto.codec import Decoder, encode
+from ferry.proto.codec import encode, request_decoder
 from ferry.proto.events import HealthChanged
 from ferry.proto.host import HealthCheck, HealthState, HostStatus, UnreadableVm, VmInfo, VmState
 from ferry.proto.network import HostNetworks
-from ferry.runtime.connection import connect
+from ferry.runtime.connection import connect, disconnect
 from ferry.runtime.service import endpoint
 
 # How often the VM list is read: changes must reach the coordinator well
 # before the next regular heartbeat.
 INVENTORY_POLL_SECONDS = 1.0
 LEASE_CHECK_SECONDS = 1.0
+# The verbs an agent answers on `ferry.agent.<host>.<verb>`, and what each reads.
+VERB_REQUESTS: dict[str, type] = {
+    "status": AgentStatusRequest,
+    "describe": DescribeRequest,
+    "jobs": JobsRequest,
+    "prepare": PrepareRequest,
+    "migrate": MigrateRequest,
+    "abort": SessionRef,
+    "bandwidth": BandwidthRequest,
+    "commit": SessionRef,
+    "rollback": SessionRef,
+    "measure": MeasureRequest,
+}
+# Verbs answered several at once, and how many at most; one more is answered
+# `unavailable` at once. A measurement watches the guest for a second or more
+# (up to a minute); a drain's dry run measures every VM of the host together,
+# so the limit is generous, but a flood of requests costs at most this many tasks.
+CONCURRENT_VERBS = {"measure": 32}
 
 
 class Agent:
@@ -70,7 +89,7 @@ class Agent:
         self._last_status: HostStatus | None = None
         self._journal = Journal(config.state_dir, clock=clock)
         self._source = Source(config, hypervisor, self._publish, self._journal, clock=clock)
-        self._destination = Destination(config, hypervisor, clock, self._journal)
+        self._destination = Destination(config, hypervisor, clock, self._journal, images=images_folder(config))
         self._jobs = Jobs(config.host, hypervisor, [self._source, self._destination])
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -87,29 +106,13 @@ class Agent:
             )
             async with service:
                 group = service.add_group(name=subjects.agent_prefix(self._config.host))
-                for verb, request_type, handler in (
-                    ("status", AgentStatusRequest, self._handle_status),
-                    ("describe", DescribeRequest, self._source.describe),
-                    ("jobs", JobsRequest, self._jobs.answer),
-                    ("prepare", PrepareRequest, self._destination.prepare),
-                    ("migrate", MigrateRequest, self._source.migrate),
-                    ("abort", SessionRef, self._source.abort),
-                    ("bandwidth", BandwidthRequest, self._source.set_bandwidth),
-                    ("commit", SessionRef, self._handle_commit),
-                    ("rollback", SessionRef, self._destination.rollback),
-                ):
+                handlers = self._verb_handlers()
+                for verb, request_type in VERB_REQUESTS.items():
+                    several = {"concurrent": True, "limit": CONCURRENT_VERBS[verb]} if verb in CONCURRENT_VERBS else {}
                     await group.add_endpoint(
                         name=verb,
-                        handler=endpoint(Decoder(request_type, f"{verb} request"), handler, log=self._log, verb=verb),
+                        handler=endpoint(request_decoder(request_type, verb), handlers[verb], log=self._log, verb=verb, **several),
                     )
-                # A measurement watches the guest for a second or more: several at once.
-                await group.add_endpoint(
-                    name="measure",
-                    handler=endpoint(
-                        Decoder(MeasureRequest, "measure request"), self._source.measure,
-                        log=self._log, verb="measure", concurrent=True,
-                    ),
-                )
                 await self._probe_health_once()
                 await self._read_inventory_once()
                 await self._read_networks_once()
@@ -137,9 +140,22 @@ class Agent:
         finally:
             await self._source.close()
             await self._hypervisor.close()
-            if not nc.is_closed:
-                await nc.drain()
+            await disconnect(nc)
             self._log.info("agent_stopped")
+
+    def _verb_handlers(self) -> dict[str, Callable[[Any], Awaitable[Any]]]:
+        return {
+            "status": self._handle_status,
+            "describe": self._source.describe,
+            "jobs": self._jobs.answer,
+            "prepare": self._destination.prepare,
+            "migrate": self._source.migrate,
+            "abort": self._source.abort,
+            "bandwidth": self._source.set_bandwidth,
+            "commit": self._handle_commit,
+            "rollback": self._destination.rollback,
+            "measure": self._source.measure,
+        }
 
     async def _recover(self) -> None:
         """The sessions of the agent's previous life, taken up before any verb is

@@ -4,15 +4,21 @@ prepare made). Every verb is idempotent per session id.
 
 Reservations and the images made for them are journaled (agent/journal.py), each
 image as soon as it exists: a restarted agent (`recover`) holds them again, and
-a rollback removes what its own session made, nothing else."""
+a rollback removes what its own session made, nothing else.
 
+Prepare creates disks only inside the agent's images folder, and refuses a
+request whose disk paths are not plain absolute paths (agent/disk_paths.py)."""
+
+import asyncio
+import os
 from collections.abc import Callable
 from dataclasses import replace
 
 import structlog
 
 from ferry.agent.config import AgentConfig
-from ferry.agent.hypervisor import DiskError, Hypervisor, HypervisorUnavailable
+from ferry.agent.disk_paths import copy_target_problem, path_problem, resolved_target_problem
+from ferry.agent.hypervisor import DiskError, Hypervisor, HypervisorUnavailable, ImagesFolder
 from ferry.agent.incoming import IncomingFacts, judge_incoming
 from ferry.agent.journal import Journal, JournalEntry
 from ferry.agent.progress import outcome_from_stats
@@ -21,6 +27,7 @@ from ferry.proto.agent import (
     CommitReply,
     Decline,
     DeclineCode,
+    DiskInfo,
     JobReport,
     JobRole,
     Offer,
@@ -43,8 +50,14 @@ class Destination:
         hypervisor: Hypervisor,
         clock: Callable[[], float],
         journal: Journal,
+        *,
+        images: ImagesFolder | None = None,
     ) -> None:
+        """`images`: the agent's images folder, the only place prepare creates
+        disks; the daemon always gives it. Without it (unit tests whose fake
+        hypervisor creates nothing) disks to copy are not confined."""
         self._config = config
+        self._images = images
         self._hypervisor = hypervisor
         self._clock = clock
         self._journal = journal
@@ -64,6 +77,7 @@ class Destination:
             self._book.renew(request.session_id, self._clock() + request.lease_seconds)
             return held.offer
         host = self._config.host
+        _refuse_unplain_paths(request, host)
 
         def decline(code: str, reason: str) -> Decline:
             log.info("prepare_declined", code=str(code), reason=reason)
@@ -164,20 +178,44 @@ class Destination:
         log.info("unoffered_images_removed", removed=removed)
 
     async def _storage_plan(self, request: PrepareRequest) -> tuple[list, list[str]]:
-        """Disks to pre-create for copying, and sentences for disks this host cannot reach."""
+        """Disks to pre-create for copying, and sentences for disks this host cannot reach.
+        Raises FerryError(bad_request) for a disk to copy that this host may not create."""
         to_copy, problems = [], []
         mode = request.options.storage
         for disk in request.vm.disks:
             if mode == StorageMode.COPY or (mode == StorageMode.AUTO and disk.local):
+                refusal = await self._copy_target_problem(disk)
+                if refusal is not None:
+                    raise FerryError(
+                        ErrorCode.BAD_REQUEST, f"{self._config.host} will not prepare {request.vm.name}'s disks: {refusal}"
+                    )
                 to_copy.append(disk)
                 continue
             problem = await self._hypervisor.storage_problem(disk)
-            if problem is not None:
-                if mode == StorageMode.AUTO:
+            if problem is None:
+                continue
+            if mode == StorageMode.AUTO:
+                refusal = await self._copy_target_problem(disk)
+                if refusal is None:
                     to_copy.append(disk)  # not reachable from here: copy it along
-                else:
-                    problems.append(problem)
+                    continue
+                problem = f"{problem}, and {refusal}"
+            problems.append(problem)
         return to_copy, problems
+
+    async def _copy_target_problem(self, disk: DiskInfo) -> str | None:
+        """Why this host may not create `disk` for copying; None when it may."""
+        images = self._images
+        if images is None:
+            return None
+        problem = copy_target_problem(disk.path, images)
+        if problem is not None:
+            return problem
+        # Symlinks followed, as the agent (and qemu-img) would write there.
+        resolved, folder = await asyncio.to_thread(
+            lambda: (os.path.realpath(images.host_path(disk.path)), os.path.realpath(images.host_dir))
+        )
+        return resolved_target_problem(disk.path, resolved, folder)
 
     async def commit(self, request: SessionRef) -> CommitReply:
         """Confirms the VM runs here; only then is the reservation dropped."""
@@ -281,6 +319,14 @@ class Destination:
             except FerryError as exc:
                 # Held still: the next check tries again.
                 self._log.warning("lapsed_rollback_failed", session_id=held.session_id, vm=held.vm, reason=exc.message)
+
+
+def _refuse_unplain_paths(request: PrepareRequest, host: str) -> None:
+    """Every disk path of the request is a plain absolute path, or the request is refused."""
+    for disk in request.vm.disks:
+        problem = path_problem(disk.path)
+        if problem is not None:
+            raise FerryError(ErrorCode.BAD_REQUEST, f"{host} will not prepare {request.vm.name}: {problem}")
 
 
 def _entry(session_id: str, vm: VmDescription, offer: Offer | None, created: list[str] | tuple[str, ...]) -> JournalEntry:

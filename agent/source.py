@@ -27,6 +27,7 @@ from ferry.agent.hypervisor import (
     VmNotFound,
 )
 from ferry.agent.journal import Journal, JournalEntry
+from ferry.agent.peer_rules import migrate_refusal
 from ferry.agent.progress import outcome_from_stats, progress_from_stats
 from ferry.agent.steering import Steering
 from ferry.proto import subjects
@@ -51,7 +52,7 @@ from ferry.proto.codec import encode
 from ferry.proto.convergence import POLICIES, ActionKind, PolicyAction
 from ferry.proto.errors import ErrorCode, FerryError
 from ferry.proto.host import VmState
-from ferry.proto.session import Progress, SessionCode
+from ferry.proto.session import Encryption, Progress, SessionCode
 
 # Finished jobs are remembered this long, so a repeated migrate request (a
 # coordinator that restarted, a lost reply) gets the result instead of a new job.
@@ -79,6 +80,8 @@ class SourceJob:
     last_progress: Progress | None = None
     result: SessionResult | None = None
     finished: float = 0.0
+    # What the job asked libvirt for (VIR_MIGRATE_TLS or not); "" until it was asked.
+    encryption: str = ""
     task: asyncio.Task | None = field(default=None, repr=False)
 
     def journal_entry(self) -> JournalEntry:
@@ -171,6 +174,20 @@ class Source:
         job = self._jobs.get(request.session_id)
         if job is not None:
             return job.state()  # the same request again: where that job stands
+        # Judged before anything is looked at: the request came over the bus, and
+        # what it may make libvirt do (an unencrypted stream, a peer to dial) is
+        # this host's decision, not the sender's.
+        refusal = migrate_refusal(
+            request,
+            require_tls=self._config.migration.require_tls,
+            allowed_schemes=self._config.migration.allowed_peer_schemes,
+        )
+        if refusal is not None:
+            self._log.warning(
+                "migrate_refused", session_id=request.session_id, vm=request.vm, code=refusal.code,
+                reason=refusal.message,
+            )
+            raise refusal
         await self._forget_old_jobs()
         busy = next((j for j in self._jobs.values() if j.result is None and j.request.vm == request.vm), None)
         if busy is not None:
@@ -237,6 +254,8 @@ class Source:
                 copied_paths=list(entry.copied_paths),
                 abort_requested=entry.abort_requested,
                 result=entry.result,
+                # The previous agent passed libvirt exactly the journaled request's flag.
+                encryption=_encryption(request.options.tls),
             )
             self._jobs[request.session_id] = job
             if entry.result is not None:
@@ -292,6 +311,7 @@ class Source:
         try:
             if job.abort_requested:
                 raise MigrationFailed("aborted before the migration started")
+            job.encryption = _encryption(plan.tls)
             await self._hypervisor.migrate(request.vm, plan)
             ok = True
         except MigrationFailed as exc:
@@ -379,6 +399,7 @@ class Source:
             outcome=outcome_from_stats({}, measured_total_ms=elapsed_ms) if ok else None,
             last_progress=job.last_progress,
             actions=list(job.actions),
+            encryption=job.encryption,
         )
         job.finished = self._monotonic()
         (log.info if ok else log.warning)("migration_finished", ok=ok, aborted=aborted, code=code, reason=reason, elapsed_ms=elapsed_ms)
@@ -545,6 +566,10 @@ class Source:
         for job in self._jobs.values():
             if job.task is not None and not job.task.done():
                 job.task.cancel()
+
+
+def _encryption(tls: bool) -> str:
+    return str(Encryption.TLS if tls else Encryption.NONE)
 
 
 def _steering(request: MigrateRequest) -> Steering:

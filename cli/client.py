@@ -39,6 +39,7 @@ from ferry.proto.limits import LimitsReply, LimitsRequest
 from ferry.proto.session import Progress, Session
 from ferry.runtime.config import NatsSettings
 from ferry.runtime.connection import connect_error, connect_once
+from ferry.runtime.identity import ANONYMOUS, Role, read_identity
 
 T = TypeVar("T")
 
@@ -62,21 +63,42 @@ RETRY_PAUSE_SECONDS = 0.25
 
 class FerryClient:
     def __init__(
-        self, nc: Client, *, timeout: float = 5.0, failover_wait: float = FAILOVER_WAIT_SECONDS, via: str = ""
+        self,
+        nc: Client,
+        *,
+        timeout: float = 5.0,
+        failover_wait: float = FAILOVER_WAIT_SECONDS,
+        via: str = "",
+        caller: str = ANONYMOUS,
+        role: Role | None = None,
     ) -> None:
-        """`via`: send every request through the coordinator of that name (else any)."""
+        """`via`: send every request through the coordinator of that name (else any).
+        `caller`: the identity's name, the token requests go under (NATS lets only
+        that identity publish there); `role`: its role, when known."""
         self._nc = nc
         self._timeout = timeout
         self._failover_wait = failover_wait
         self._via = via
+        self._caller = caller
+        self._role = role
 
     @classmethod
     async def connect(cls, settings: NatsSettings, *, via: str = "") -> "FerryClient":
+        identity = None
         try:
+            if settings.identity:
+                identity = read_identity(settings.identity)
             nc = await connect_once(settings, name="ferry-cli")
+        except ValueError as exc:
+            raise FerryError(ErrorCode.UNAUTHORIZED, str(exc)) from None
+        except FerryError:
+            raise
         except Exception as exc:
             raise connect_error(settings, exc) from None
-        return cls(nc, timeout=settings.request_timeout, via=via)
+        return cls(
+            nc, timeout=settings.request_timeout, via=via,
+            caller=identity.name if identity else ANONYMOUS, role=identity.role if identity else None,
+        )
 
     async def close(self) -> None:
         if not self._nc.is_closed:
@@ -89,7 +111,12 @@ class FerryClient:
         await self.close()
 
     async def request_raw(self, verb: str, payload: bytes) -> bytes:
-        subject = subjects.via_api(self._via, verb) if self._via else subjects.api(verb)
+        if self._role == Role.VIEWER and verb not in subjects.READ_VERBS:
+            # NATS would drop it (a viewer may not publish there); say so at once instead of timing out.
+            raise FerryError(ErrorCode.FORBIDDEN, f"{self._caller} is a viewer: it may read, not {verb}")
+        subject = (
+            subjects.via_api(self._via, verb, caller=self._caller) if self._via else subjects.api(verb, caller=self._caller)
+        )
         try:
             msg = await self._nc.request(
                 subject, payload, timeout=self._timeout, headers={"Ferry-Request-Id": uuid.uuid4().hex[:12]}
@@ -98,6 +125,11 @@ class FerryClient:
             who = f"no coordinator called {self._via} is running" if self._via else "no coordinator is running"
             raise FerryError(ErrorCode.UNAVAILABLE, f"{who} (nobody answers {subject})") from None
         except nats.errors.TimeoutError:
+            refused = self._nc.last_error
+            if refused is not None and "permissions violation" in str(refused).lower() and subject in str(refused):
+                raise FerryError(
+                    ErrorCode.FORBIDDEN, f"NATS did not let {self._caller} publish on {subject}: this identity may not {verb}"
+                ) from None
             raise FerryError(
                 ErrorCode.TIMEOUT, f"the coordinator did not answer {subject} within {self._timeout:g} s"
             ) from None
@@ -141,7 +173,9 @@ class FerryClient:
 
     async def limits(self, request: LimitsRequest | None = None) -> LimitsReply:
         """The limits in force; with fields set, change them first."""
-        return await self.call("limits", request or LimitsRequest(), _LIMITS)
+        if request is None or request == LimitsRequest():
+            return await self.call("limits", LimitsRequest(), _LIMITS)
+        return await self.call("set_limits", request, _LIMITS)
 
     async def drain(self, request: DrainRequest) -> DrainReply:
         return await self.call("drain", request, _DRAIN)

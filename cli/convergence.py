@@ -2,6 +2,7 @@
 
 from rich.console import Console
 
+from ferry.cli.output import plain
 from ferry.proto.api import PlanReply
 from ferry.proto.convergence import POLICIES, Prediction
 from ferry.proto.session import Session
@@ -31,23 +32,23 @@ def prediction_line(p: Prediction) -> str:
 
 def print_plan(plan: PlanReply, console: Console) -> None:
     where = plan.dest or "nowhere: no host can take it"
-    console.print(f"dry run: {plan.vm} would move {plan.source} -> {where} (policy {plan.policy}); nothing moves", highlight=False)
+    console.print(plain(f"dry run: {plan.vm} would move {plan.source} -> {where} (policy {plan.policy}); nothing moves"))
     if len(plan.candidates) > 1:
-        console.print(f"  then, if it declines: {', '.join(plan.candidates[1:])}", highlight=False)
+        console.print(plain(f"  then, if it declines: {', '.join(plan.candidates[1:])}"))
     for why in plan.rejections:
-        console.print(f"  not {why}", highlight=False)
+        console.print(plain(f"  not {why}"))
     if plan.prediction is not None:
-        console.print(f"  prediction: {prediction_line(plan.prediction)}", highlight=False)
+        console.print(plain(f"  prediction: {prediction_line(plan.prediction)}"))
         if plan.prediction.reason:
-            console.print(f"  {plan.prediction.reason}", highlight=False)
+            console.print(plain(f"  {plan.prediction.reason}"))
     elif plan.note:
-        console.print(f"  {plan.note}", highlight=False)
+        console.print(plain(f"  {plan.note}"))
 
 
 def print_convergence(s: Session, console: Console) -> None:
     """Predicted against actual, then every step the policy took with its sample."""
     if s.prediction is not None:
-        console.print(f"  predicted: {prediction_line(s.prediction)}", highlight=False)
+        console.print(plain(f"  predicted: {prediction_line(s.prediction)}"))
         if s.outcome is not None:
             console.print(
                 f"  actual: {s.outcome.total_time_ms / 1000:.1f} s, downtime {s.outcome.downtime_ms} ms",
@@ -62,4 +63,4 @@ def print_convergence(s: Session, console: Console) -> None:
             if sample
             else ""
         )
-        console.print(f"  +{a.at - start:7.2f}s  policy {a.kind}: {a.reason}{seen}", highlight=False)
+        console.print(plain(f"  +{a.at - start:7.2f}s  policy {a.kind}: {a.reason}{seen}"))

@@ -9,9 +9,9 @@ from rich.text import Text
 
 from ferry.cli.client import FerryClient
 from ferry.cli.convergence import prediction_line
-from ferry.cli.output import plain_console, print_json, say_error
+from ferry.cli.output import plain, plain_console, print_json, say_error
 from ferry.proto.convergence import POLICIES
-from ferry.proto.drain import Drain, DrainRequest, DrainState, ItemState
+from ferry.proto.drain import Drain, DrainItem, DrainRequest, DrainState, ItemState
 from ferry.proto.errors import ErrorCode, FerryError
 from ferry.proto.limits import LimitsRequest
 
@@ -26,15 +26,24 @@ def drain_table(drain: Drain) -> Table:
     for item in drain.items:
         style = _ITEM_STYLE.get(item.state)
         table.add_row(
-            item.vm,
+            plain(item.vm),
             str(item.memory_mib),
             str(item.vcpus),
-            item.dest or "-",
+            plain(item.dest or "-"),
             Text(str(item.state), style=style or ""),
             str(item.attempts),
-            item.session_id or "-",
-            item.reason,
+            plain(item.session_id or "-"),
+            plain(item.reason),
         )
+    return table
+
+
+def drains_table(drains: list[Drain]) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("HOST", "STATE", "AUTOMATIC", "VMS", "REASON"):
+        table.add_column(column)
+    for d in drains:
+        table.add_row(plain(d.host), str(d.state), "yes" if d.automatic else "no", counts_line(d), plain(d.reason))
     return table
 
 
@@ -44,12 +53,12 @@ def counts_line(drain: Drain) -> str:
     return f"{len(drain.items)} VMs: {', '.join(parts) or 'none'}"
 
 
-def _item_line(item) -> str:
+def item_line(item: DrainItem) -> Text:
     if item.state == ItemState.MOVED:
-        return f"  {item.vm}: moved to {item.dest} (session {item.session_id})"
+        return plain(f"  {item.vm}: moved to {item.dest} (session {item.session_id})")
     if item.state in (ItemState.QUEUED, ItemState.MOVING):
-        return f"  {item.vm}: {item.state} -> {item.dest or '?'} (session {item.session_id}, attempt {item.attempts})"
-    return f"  {item.vm}: {item.state}{': ' + item.reason if item.reason else ''}"
+        return plain(f"  {item.vm}: {item.state} -> {item.dest or '?'} (session {item.session_id}, attempt {item.attempts})")
+    return plain(f"  {item.vm}: {item.state}{': ' + item.reason if item.reason else ''}")
 
 
 async def follow_drain(client: FerryClient, host: str, console: Console) -> Drain:
@@ -66,7 +75,7 @@ async def follow_drain(client: FerryClient, host: str, console: Console) -> Drai
             key = (item.state, item.dest, item.session_id, item.attempts)
             if seen.get(item.vm) != key:
                 seen[item.vm] = key
-                console.print(_item_line(item), highlight=False)
+                console.print(item_line(item))
         if drain.state == DrainState.DONE:
             return drain
         await asyncio.sleep(FOLLOW_POLL_SECONDS)
@@ -81,23 +90,22 @@ async def _cmd_drain(client: FerryClient, args: argparse.Namespace, console: Con
         print_json(reply)
         return 0
     if reply.dry_run:
-        console.print(f"plan for draining {drain.host} (dry run: nothing is marked or moved)", highlight=False)
+        console.print(plain(f"plan for draining {drain.host} (dry run: nothing is marked or moved)"))
         console.print(drain_table(drain))
         for item in drain.items:
             if item.prediction is not None:
-                console.print(f"  {item.vm}: {prediction_line(item.prediction)}", highlight=False)
+                console.print(plain(f"  {item.vm}: {prediction_line(item.prediction)}"))
         unplaced = [i for i in drain.items if i.dest is None]
         console.print(f"{len(drain.items)} VMs: {len(drain.items) - len(unplaced)} placed, {len(unplaced)} cannot be placed now", highlight=False)
         return 0
     # With --json, stdout carries the JSON alone; what people read goes to stderr.
     people = plain_console(stderr=True) if args.json else console
     people.print(
-        f"{drain.host} is draining ({drain.reason}): no new VMs are placed there; {len(drain.items)} VMs to move",
-        highlight=False,
+        plain(f"{drain.host} is draining ({drain.reason}): no new VMs are placed there; {len(drain.items)} VMs to move")
     )
     if not args.wait:
         console.print(drain_table(drain))
-        console.print(f"follow with: ferry drains {drain.host}", highlight=False)
+        console.print(plain(f"follow with: ferry drains {drain.host}"))
         return 0
     final = await follow_drain(client, drain.host, people)
     if args.json:
@@ -105,8 +113,7 @@ async def _cmd_drain(client: FerryClient, args: argparse.Namespace, console: Con
     else:
         console.print(drain_table(final))
         console.print(
-            f"drain of {final.host} done: {counts_line(final)}; it stays draining until `ferry undrain {final.host}`",
-            highlight=False,
+            plain(f"drain of {final.host} done: {counts_line(final)}; it stays draining until `ferry undrain {final.host}`")
         )
     gave_up = [i for i in final.items if i.state == ItemState.GAVE_UP]
     if gave_up:
@@ -118,12 +125,9 @@ async def _cmd_drain(client: FerryClient, args: argparse.Namespace, console: Con
 async def _cmd_undrain(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
     drain = await client.undrain(args.host)
     unfinished = [i.vm for i in drain.items if not i.state.final]
-    console.print(f"{drain.host} is no longer draining: new VMs may be placed there again", highlight=False)
+    console.print(plain(f"{drain.host} is no longer draining: new VMs may be placed there again"))
     if unfinished:
-        console.print(
-            f"moves not finished: {', '.join(unfinished)} (queued ones are cancelled, running ones finish)",
-            highlight=False,
-        )
+        console.print(plain(f"moves not finished: {', '.join(unfinished)} (queued ones are cancelled, running ones finish)"))
     return 0
 
 
@@ -137,15 +141,10 @@ async def _cmd_drains(client: FerryClient, args: argparse.Namespace, console: Co
         return 0
     if args.host:
         (drain,) = drains
-        console.print(f"{drain.host}: drain {drain.state} ({drain.reason}); {counts_line(drain)}", highlight=False)
+        console.print(plain(f"{drain.host}: drain {drain.state} ({drain.reason}); {counts_line(drain)}"))
         console.print(drain_table(drain))
         return 0
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("HOST", "STATE", "AUTOMATIC", "VMS", "REASON"):
-        table.add_column(column)
-    for d in drains:
-        table.add_row(d.host, str(d.state), "yes" if d.automatic else "no", counts_line(d), d.reason)
-    console.print(table)
+    console.print(drains_table(drains))
     return 0
 
 
@@ -163,11 +162,12 @@ async def _cmd_limits(client: FerryClient, args: argparse.Namespace, console: Co
         return 0
     limits = reply.limits
     console.print(
-        f"migrations at once: {limits.cluster} in the cluster, {limits.outbound_per_host} out of and "
-        f"{limits.inbound_per_host} into each host; bandwidth per host: "
-        f"{str(limits.host_bandwidth_mib) + ' MiB/s' if limits.host_bandwidth_mib else 'unlimited'} "
-        f"(from the {reply.source})",
-        highlight=False,
+        plain(
+            f"migrations at once: {limits.cluster} in the cluster, {limits.outbound_per_host} out of and "
+            f"{limits.inbound_per_host} into each host; bandwidth per host: "
+            f"{str(limits.host_bandwidth_mib) + ' MiB/s' if limits.host_bandwidth_mib else 'unlimited'} "
+            f"(from the {reply.source})"
+        )
     )
     return 0
 

@@ -16,18 +16,19 @@ from ferry.cli import convergence as cli_convergence
 from ferry.cli import drain as cli_drain
 from ferry.cli import status as cli_status
 from ferry.cli.client import FerryClient
-from ferry.cli.output import plain_console, print_json, say_error
+from ferry.cli.output import plain, plain_console, print_json, say_error
 from ferry.proto.api import HostsReply, HostState, HostView, MigrateRequest, SessionsRequest
-from ferry.proto.codec import Decoder, encode
+from ferry.proto.codec import encode, request_decoder
 from ferry.proto.convergence import POLICIES
 from ferry.proto.errors import ErrorCode, FerryError
 from ferry.proto.host import HealthState
+from ferry.proto.names import printable
 from ferry.proto.session import MigrateOptions, Progress, Session, SessionState, StorageMode
 from ferry.runtime.config import NatsSettings, nats_problems
 from ferry.runtime.logs import quiet_asyncio
 
 MIB = 1024 * 1024
-_MIGRATE_REQUEST = Decoder(MigrateRequest, "migrate request")
+_MIGRATE_REQUEST = request_decoder(MigrateRequest, "migrate")
 _STATE_STYLE = {
     SessionState.COMPLETED: "green",
     SessionState.FAILED: "red",
@@ -51,37 +52,44 @@ def _host_row(h: HostView) -> list[str | Text]:
     state = Text(str(h.state), style="red" if h.state == HostState.LOST else "")
     if h.draining:
         state.append(" (draining)", style="yellow")
-    health = Text(str(h.health), style=_HEALTH_STYLE[h.health])
+    health = Text(str(h.health), style=_HEALTH_STYLE.get(h.health, ""))
     return [
-        h.host,
+        plain(h.host),
         state,
         health,
         f"{cap.vcpus_used}/{cap.cpus}",
         f"{cap.memory_used_mib}/{cap.memory_total_mib}",
         str(sum(1 for vm in h.vms if vm.state in ("running", "paused"))),
-        h.versions.libvirt or "-",
-        h.versions.qemu or "-",
-        h.cpu_model or "-",
+        plain(h.versions.libvirt or "-"),
+        plain(h.versions.qemu or "-"),
+        plain(h.cpu_model or "-"),
         f"{h.last_seen_age:.1f}s ago",
     ]
+
+
+def print_hosts(reply: HostsReply, console: Console) -> None:
+    """The hosts table, the leader, then each host's failing checks and dropped VM
+    entries: probe messages and reasons are the hosts' own text, printed as written."""
+    if not reply.hosts:
+        console.print("no hosts have reported yet")
+        return
+    console.print(hosts_table(reply))
+    console.print(plain(f"leader: {reply.leader or 'none right now'}", style="" if reply.leader else "red"))
+    for h in reply.hosts:
+        for check in h.checks:
+            if check.state != HealthState.OK:
+                line = f"{h.host}: {check.name} {check.state}: {check.message}"
+                console.print(plain(line, style=_HEALTH_STYLE.get(check.state, "")))
+        for problem in h.vm_problems:
+            console.print(plain(f"{h.host}: {problem}", style="yellow"))
 
 
 async def _cmd_hosts(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
     reply = await client.hosts()
     if args.json:
         print_json(reply)
-        return 0
-    if not reply.hosts:
-        console.print("no hosts have reported yet")
-        return 0
-    console.print(hosts_table(reply))
-    console.print(f"leader: {reply.leader or 'none right now'}", style="" if reply.leader else "red")
-    for h in reply.hosts:
-        for check in h.checks:
-            if check.state != HealthState.OK:
-                console.print(f"{h.host}: {check.name} {check.state}: {check.message}", style=_HEALTH_STYLE[check.state])
-        for problem in h.vm_problems:
-            console.print(f"{h.host}: {problem}", style="yellow")
+    else:
+        print_hosts(reply, console)
     return 0
 
 
@@ -141,7 +149,9 @@ async def _cmd_migrate(client: FerryClient, args: argparse.Namespace, console: C
         if args.json:
             print_json(session)
         else:
-            console.print(f"session {session.id}: moving {session.vm} from {session.source} to {session.dest or 'a host Ferry chooses'}")
+            console.print(
+                plain(f"session {session.id}: moving {session.vm} from {session.source} to {session.dest or 'a host Ferry chooses'}")
+            )
         return 0
     final = await follow(client, session, console, quiet=args.json)
     if args.json:
@@ -176,12 +186,12 @@ async def follow(client: FerryClient, session: Session, console: Console, *, qui
     current = session
     last_line = 0.0
     with bar:
-        task = bar.add_task(session.vm, total=100, rate="", left="", eta="")
+        task = bar.add_task(printable(session.vm), total=100, rate="", left="", eta="")
         async for item in client.follow(session):
             if isinstance(item, Session):
                 current = item
                 if not current.state.terminal:
-                    bar.console.print(f"session {current.id}: {summary(current)}", highlight=False)
+                    bar.console.print(plain(f"session {current.id}: {summary(current)}"))
                 continue
             done, left, rate = item.data_processed, item.data_remaining, item.bandwidth_bps
             eta = f"{left / rate:.0f}s" if rate else "?"
@@ -192,7 +202,7 @@ async def follow(client: FerryClient, session: Session, console: Console, *, qui
                 last_line = time.monotonic()
                 out.print(f"  {_percent(item)}  {fields['rate']}  {fields['left']}  iteration {item.iteration}", highlight=False)
     style = _STATE_STYLE.get(current.state, "")
-    out.print(summary(current), style=style)
+    out.print(plain(summary(current), style=style))
     return current
 
 
@@ -204,15 +214,15 @@ def sessions_table(sessions: list[Session]) -> Table:
     for s in sessions:
         style = _STATE_STYLE.get(s.state)
         table.add_row(
-            s.id,
-            s.vm,
-            s.source,
-            s.dest or "-",
+            plain(s.id),
+            plain(s.vm),
+            plain(s.source),
+            plain(s.dest or "-"),
             Text(str(s.state), style=style or ""),
             "100%" if s.state == SessionState.COMPLETED else _percent(s.progress),
             f"{s.outcome.downtime_ms} ms" if s.outcome else "-",
             f"{now - s.created_at:.0f}s",
-            f"{s.code}: {s.reason}" if s.code else (f"waiting: {s.waiting}" if s.state == SessionState.QUEUED else ""),
+            plain(f"{s.code}: {s.reason}" if s.code else (f"waiting: {s.waiting}" if s.state == SessionState.QUEUED else "")),
         )
     return table
 
@@ -228,27 +238,25 @@ async def _cmd_sessions(client: FerryClient, args: argparse.Namespace, console: 
     return 0
 
 
-async def _cmd_session(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
-    s = await client.session(args.id)
-    if args.json:
-        print_json(s)
-        return 0
-    console.print(f"session {s.id}: {summary(s)}", highlight=False)
+def print_session(s: Session, console: Console) -> None:
+    """One session for people: its summary, options, progress, the policy's steps and its history."""
+    console.print(plain(f"session {s.id}: {summary(s)}"))
     o = s.options
     console.print(
-        f"  options: bandwidth {o.bandwidth_mib or 'unlimited'} MiB/s, storage {o.storage}, "
-        f"{'TLS' if o.tls else 'no TLS'}, max downtime {o.max_downtime_ms} ms, priority {o.priority}, "
-        f"policy {o.policy}{', post-copy allowed' if o.allow_postcopy else ''}",
-        highlight=False,
+        plain(
+            f"  options: bandwidth {o.bandwidth_mib or 'unlimited'} MiB/s, storage {o.storage}, "
+            f"{'TLS' if o.tls else 'no TLS'}, max downtime {o.max_downtime_ms} ms, priority {o.priority}, "
+            f"policy {o.policy}{', post-copy allowed' if o.allow_postcopy else ''}"
+        )
     )
     if s.origin != "user":
-        console.print(f"  started by: {s.origin} of {s.drain_host}", highlight=False)
+        console.print(plain(f"  started by: {s.origin} of {s.drain_host}"))
     if s.waiting and s.state == SessionState.QUEUED:
-        console.print(f"  waiting: {s.waiting}", highlight=False)
+        console.print(plain(f"  waiting: {s.waiting}"))
     if s.bandwidth_applied_mib and s.bandwidth_applied_mib != o.bandwidth_mib:
         console.print(f"  bandwidth now: {s.bandwidth_applied_mib} MiB/s (the hosts' budget is shared)", highlight=False)
     if s.candidates_tried:
-        console.print(f"  destinations tried: {', '.join(s.candidates_tried)}", highlight=False)
+        console.print(plain(f"  destinations tried: {', '.join(s.candidates_tried)}"))
     if s.progress:
         p = s.progress
         console.print(
@@ -260,16 +268,24 @@ async def _cmd_session(client: FerryClient, args: argparse.Namespace, console: C
     start = s.history[0].at if s.history else s.created_at
     for t in s.history:
         why = f"  {t.code}: {t.reason}" if t.code or t.reason else ""
-        console.print(f"  +{t.at - start:7.2f}s  {t.state}{why}", highlight=False)
+        console.print(plain(f"  +{t.at - start:7.2f}s  {t.state}{why}"))
+
+
+async def _cmd_session(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
+    s = await client.session(args.id)
+    if args.json:
+        print_json(s)
+    else:
+        print_session(s, console)
     return 0
 
 
 async def _cmd_cancel(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
     s = await client.cancel(args.id)
     if s.state == SessionState.CANCELLED:
-        console.print(f"session {s.id}: cancelled; {s.vm} stays on {s.source}", highlight=False)
+        console.print(plain(f"session {s.id}: cancelled; {s.vm} stays on {s.source}"))
     else:
-        console.print(f"session {s.id}: abort sent to {s.source}; {s.vm} stays there once it confirms", highlight=False)
+        console.print(plain(f"session {s.id}: abort sent to {s.source}; {s.vm} stays there once it confirms"))
     if args.wait:
         return 0 if (await follow(client, s, console)).state == SessionState.CANCELLED else 1
     return 0
@@ -277,7 +293,7 @@ async def _cmd_cancel(client: FerryClient, args: argparse.Namespace, console: Co
 
 async def _cmd_bandwidth(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
     s = await client.bandwidth(args.id, args.mib)
-    console.print(f"session {s.id}: bandwidth {args.mib or 'unlimited'} MiB/s ({s.state})", highlight=False)
+    console.print(plain(f"session {s.id}: bandwidth {args.mib or 'unlimited'} MiB/s ({s.state})"))
     return 0
 
 
@@ -287,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--server",
         action="append",
         help="NATS server URL (repeatable; default $FERRY_NATS_URL or nats://127.0.0.1:4222)",
+    )
+    parser.add_argument(
+        "--identity", default=os.environ.get("FERRY_IDENTITY", ""), metavar="FILE",
+        help="your Ferry identity file, from ferry-admin identities (default $FERRY_IDENTITY)",
     )
     parser.add_argument(
         "--creds", default=os.environ.get("FERRY_NATS_CREDS", ""), help="NATS credentials file (default $FERRY_NATS_CREDS)"
@@ -372,7 +392,7 @@ def _settings(args: argparse.Namespace) -> NatsSettings:
     given = args.server or [os.environ.get("FERRY_NATS_URL", "nats://127.0.0.1:4222")]
     servers = [url.strip() for value in given for url in value.split(",") if url.strip()]
     settings = NatsSettings(
-        servers=servers, creds=args.creds, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        servers=servers, identity=args.identity, creds=args.creds, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
         request_timeout=args.timeout,
     )
     problems = nats_problems(settings, name=lambda key: "--" + key.replace("_", "-"))

@@ -44,6 +44,7 @@ from ferry.proto.api import (
 from ferry.proto.codec import Decoder, encode
 from ferry.proto.drain import Drain, DrainReply, DrainRequest, DrainsReply, DrainsRequest, UndrainRequest
 from ferry.proto.errors import ErrorCode, ErrorReply, FerryError
+from ferry.proto.events import LimitsChanged
 from ferry.proto.leader import BucketView, MemberView, Role, StatusReply, StatusRequest
 from ferry.proto.limits import LimitsReply, LimitsRequest
 from ferry.runtime.service import endpoint
@@ -66,7 +67,8 @@ BUCKETS = (
 
 _ERROR = msgspec.json.Decoder(ErrorReply)
 
-Local = Callable[[LeaderTerm, Any], Awaitable[Any]]
+# A write verb as the leader's term answers it: (term, request, caller).
+Local = Callable[[LeaderTerm, Any, str], Awaitable[Any]]
 
 
 class Api:
@@ -92,7 +94,7 @@ class Api:
             "bandwidth": (BandwidthChange, self._bandwidth),
             "drain": (DrainRequest, self._drain),
             "undrain": (UndrainRequest, self._undrain),
-            "limits": (LimitsRequest, self._change_limits),
+            "set_limits": (LimitsRequest, self._change_limits),
         }
 
     @asynccontextmanager
@@ -103,10 +105,6 @@ class Api:
             description="Ferry coordinator: hosts, placement, migration sessions",
         )
         async with service:
-            groups = [
-                service.add_group(name=f"{subjects.PREFIX}.api"),
-                service.add_group(name=subjects.via_api(self._coordinator.name, "").rstrip(".")),
-            ]
             reads: dict[str, tuple[type, Callable[[Any], Awaitable[Any]]]] = {
                 "hosts": (HostsRequest, self._hosts),
                 "sessions": (SessionsRequest, self._sessions),
@@ -115,13 +113,23 @@ class Api:
                 "status": (StatusRequest, self._status),
                 "limits": (LimitsRequest, self._limits_verb),
             }
-            writes = {verb: (type_, self._leader_or_forward(verb, local)) for verb, (type_, local) in self._writes.items()}
-            for group in groups:
-                for verb, (type_, handler) in {**writes, **reads}.items():
-                    await group.add_endpoint(
-                        name=verb, handler=endpoint(Decoder(type_, f"{verb} request"), handler, log=self._log, verb=verb)
-                    )
+            assert set(reads) == set(subjects.READ_VERBS) and set(self._writes) == set(subjects.WRITE_VERBS)
+            for verb, (type_, handler) in reads.items():
+                await self._add(service, verb, type_, lambda request, _caller, handler=handler: handler(request))
+            for verb, (type_, local) in self._writes.items():
+                await self._add(service, verb, type_, self._leader_or_forward(verb, local))
             yield
+
+    async def _add(self, service: Service, verb: str, type_: type, handler: Callable[[Any, str], Awaitable[Any]]) -> None:
+        """One verb, for any caller (`ferry.api.*.<verb>`) and through this coordinator by name."""
+        for subject in (
+            subjects.api(verb, caller=subjects.CALLER),
+            subjects.via_api(self._coordinator.name, verb, caller=subjects.CALLER),
+        ):
+            await service.add_endpoint(
+                name=verb, subject=subject,
+                handler=endpoint(Decoder(type_, f"{verb} request"), handler, log=self._log, verb=verb, with_caller=True),
+            )
 
     # ----- the leader's own subjects -----
 
@@ -132,11 +140,12 @@ class Api:
         service = await add_service(
             self._nc, name="ferry-leader", version=VERSION, description="Ferry: the leading coordinator's verbs"
         )
-        group = service.add_group(name=subjects.leader_api("").rstrip("."))
         for verb, (type_, local) in self._writes.items():
-            await group.add_endpoint(
-                name=verb,
-                handler=endpoint(Decoder(type_, f"{verb} request"), self._as_leader(local), log=self._log, verb=verb),
+            await service.add_endpoint(
+                name=verb, subject=subjects.leader_api(verb, caller=subjects.CALLER),
+                handler=endpoint(
+                    Decoder(type_, f"{verb} request"), self._as_leader(local), log=self._log, verb=verb, with_caller=True
+                ),
             )
         self._leader_service = service
 
@@ -148,28 +157,30 @@ class Api:
             except Exception as exc:  # NATS away: the subscriptions went with the connection
                 self._log.info("leader_service_not_stopped", error=str(exc) or type(exc).__name__)
 
-    def _as_leader(self, local: Local) -> Callable[[Any], Awaitable[Any]]:
-        async def handle(request: Any) -> Any:
+    def _as_leader(self, local: Local) -> Callable[[Any, str], Awaitable[Any]]:
+        async def handle(request: Any, caller: str) -> Any:
             term = self._coordinator.term
             if term is None:
                 raise FerryError(ErrorCode.NO_LEADER, f"{self._coordinator.name} no longer leads; try again")
-            return await local(term, request)
+            return await local(term, request, caller)
 
         return handle
 
-    def _leader_or_forward(self, verb: str, local: Local) -> Callable[[Any], Awaitable[Any]]:
-        async def handle(request: Any) -> Any:
+    def _leader_or_forward(self, verb: str, local: Local) -> Callable[[Any, str], Awaitable[Any]]:
+        async def handle(request: Any, caller: str) -> Any:
             term = self._coordinator.term
             if term is not None:
-                return await local(term, request)
-            return await self._forward(verb, request)
+                return await local(term, request, caller)
+            return await self._forward(verb, request, caller)
 
         return handle
 
-    async def _forward(self, verb: str, request: Any) -> msgspec.Raw:
+    async def _forward(self, verb: str, request: Any, caller: str) -> msgspec.Raw:
+        """To the leader, under the caller's token: only coordinators may publish
+        there, so the leader records who asked as this coordinator saw it."""
         assert self._nc is not None
         try:
-            msg = await self._nc.request(subjects.leader_api(verb), encode(request), timeout=FORWARD_TIMEOUT)
+            msg = await self._nc.request(subjects.leader_api(verb, caller=caller), encode(request), timeout=FORWARD_TIMEOUT)
         except nats.errors.NoRespondersError:
             raise FerryError(ErrorCode.NO_LEADER, self._no_leader()) from None
         except nats.errors.TimeoutError:
@@ -231,10 +242,11 @@ class Api:
             return DrainsReply(drains=[find_drain(self._drains, request.host)])
         return DrainsReply(drains=list(self._drains.values().values()))
 
-    async def _limits_verb(self, request: LimitsRequest) -> LimitsReply | msgspec.Raw:
-        if request == LimitsRequest():
-            return self._limits.reply()
-        return await self._leader_or_forward("limits", self._change_limits)(request)
+    async def _limits_verb(self, request: LimitsRequest) -> LimitsReply:
+        if request != LimitsRequest():
+            # A separate verb, so that permissions can let viewers read limits but not change them.
+            raise FerryError(ErrorCode.BAD_REQUEST, "limits only reads the limits; changes go to set_limits (ferry limits --cluster N ...)")
+        return self._limits.reply()
 
     async def _status(self, _request: StatusRequest) -> StatusReply:
         coordinator = self._coordinator
@@ -283,30 +295,33 @@ class Api:
 
     # ----- writes (the leader's term) -----
 
-    async def _migrate(self, term: LeaderTerm, request: MigrateRequest) -> SessionReply:
-        return SessionReply(session=await term.sessions.start(request))
+    async def _migrate(self, term: LeaderTerm, request: MigrateRequest, caller: str) -> SessionReply:
+        return SessionReply(session=await term.sessions.start(request, requested_by=caller))
 
-    async def _plan(self, term: LeaderTerm, request: MigrateRequest) -> PlanReply:
+    async def _plan(self, term: LeaderTerm, request: MigrateRequest, _caller: str) -> PlanReply:
         return await term.sessions.plan(request)
 
-    async def _cancel(self, term: LeaderTerm, request: CancelRequest) -> SessionReply:
-        return SessionReply(session=await term.sessions.cancel(request.id))
+    async def _cancel(self, term: LeaderTerm, request: CancelRequest, caller: str) -> SessionReply:
+        return SessionReply(session=await term.sessions.cancel(request.id, by=caller))
 
-    async def _bandwidth(self, term: LeaderTerm, request: BandwidthChange) -> SessionReply:
+    async def _bandwidth(self, term: LeaderTerm, request: BandwidthChange, caller: str) -> SessionReply:
+        self._log.info("bandwidth_change", session_id=request.id, by=caller)
         return SessionReply(session=await term.sessions.set_bandwidth(request))
 
-    async def _drain(self, term: LeaderTerm, request: DrainRequest) -> DrainReply:
-        return await term.drains.drain(request)
+    async def _drain(self, term: LeaderTerm, request: DrainRequest, caller: str) -> DrainReply:
+        return await term.drains.drain(request, requested_by=caller)
 
-    async def _undrain(self, term: LeaderTerm, request: UndrainRequest) -> DrainReply:
-        return DrainReply(drain=await term.drains.undrain(request.host))
+    async def _undrain(self, term: LeaderTerm, request: UndrainRequest, caller: str) -> DrainReply:
+        return DrainReply(drain=await term.drains.undrain(request.host, by=caller))
 
-    async def _change_limits(self, _term: LeaderTerm, request: LimitsRequest) -> LimitsReply:
+    async def _change_limits(self, term: LeaderTerm, request: LimitsRequest, caller: str) -> LimitsReply:
         before = self._limits.current()
         reply = await self._limits.change(request)
         if reply.limits != before:
             # The term reacts through the limits' listener (as it would to any writer).
             self._log.info(
-                "limits_changed", before=msgspec.structs.asdict(before), after=msgspec.structs.asdict(reply.limits)
+                "limits_changed", by=caller,
+                before=msgspec.structs.asdict(before), after=msgspec.structs.asdict(reply.limits),
             )
+            await term.announce(LimitsChanged(by=caller, before=before, after=reply.limits))
         return reply

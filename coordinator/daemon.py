@@ -35,6 +35,7 @@ from ferry.proto.events import (
     CoordinatorEvent,
     DrainGaveUp,
     EvacuationPending,
+    HeartbeatRefused,
     HostLost,
     LeaderElected,
     PlacementsStopped,
@@ -253,7 +254,7 @@ class Coordinator:
             self._log.warning("heartbeat_vms_rejected", host=status.host, entries=rejected)
         await self._emit(self._registry.observe(status, self._clock.monotonic(), rejected))
         term = self.term
-        if term is not None:
+        if term is not None and self._registry.believed(status):
             await term.observe_health(status.host, status.health, status.checks)
 
     async def _on_session_update(self, msg: Msg) -> None:
@@ -293,7 +294,7 @@ class Coordinator:
             if isinstance(event, HostLost):
                 # Loud: nothing can live-migrate these VMs; someone must look at the host.
                 self._log.error(kind, **fields, stranded=len(event.vms), action="not evacuated: a lost host cannot be live-migrated from")
-            elif isinstance(event, (DrainGaveUp, EvacuationPending, PlacementsStopped)):
+            elif isinstance(event, (DrainGaveUp, EvacuationPending, PlacementsStopped, HeartbeatRefused)):
                 self._log.warning(kind, **fields)
             else:
                 self._log.info(kind, **fields)

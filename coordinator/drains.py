@@ -98,7 +98,7 @@ class DrainController:
 
     # ----- operator and evacuation requests -----
 
-    async def drain(self, request: DrainRequest, *, automatic: bool = False) -> DrainReply:
+    async def drain(self, request: DrainRequest, *, automatic: bool = False, requested_by: str = "") -> DrainReply:
         views = {h.host: h for h in self._hosts()}
         view = views.get(request.host)
         if view is None:
@@ -121,18 +121,21 @@ class DrainController:
                     await self._write(existing, revision)
                 return DrainReply(drain=existing)
             check_policy(MigrateOptions(policy=request.policy))
-            drain = self._plan(request, view, views, automatic)
+            drain = msgspec.structs.replace(self._plan(request, view, views, automatic), requested_by=requested_by)
             if request.dry_run:
                 return DrainReply(drain=await self._predicted(drain), dry_run=True)
             await self._write(drain, revision)
         unplaced = sum(1 for i in drain.items if i.dest is None)
         self._log.info(
-            "drain_planned", host=drain.host, reason=drain.reason, automatic=automatic,
+            "drain_planned", host=drain.host, reason=drain.reason, automatic=automatic, by=requested_by,
             vms=len(drain.items), unplaced=unplaced,
             plan={i.vm: i.dest or f"unplaced: {i.reason}" for i in drain.items},
         )
         await self._emit(
-            [DrainStarted(host=drain.host, reason=drain.reason, automatic=automatic, vms=len(drain.items), unplaced=unplaced)]
+            [DrainStarted(
+                host=drain.host, reason=drain.reason, automatic=automatic, vms=len(drain.items), unplaced=unplaced,
+                requested_by=requested_by,
+            )]
         )
         self.wake()
         return DrainReply(drain=drain)
@@ -177,7 +180,7 @@ class DrainController:
         items = await asyncio.gather(*(one(item) for item in drain.items))
         return msgspec.structs.replace(drain, items=list(items))
 
-    async def undrain(self, host: str) -> Drain:
+    async def undrain(self, host: str, *, by: str = "") -> Drain:
         async with self._lock:
             held = self._records.get(host)
             if held is None:
@@ -190,11 +193,12 @@ class DrainController:
             session = self._sessions.known(item.session_id) if item.session_id else None
             if session is not None and session.state == SessionState.QUEUED:
                 try:
-                    await self._sessions.cancel(session.id)
+                    await self._sessions.cancel(session.id, by=by)
                     cancelled += 1
                 except FerryError:
                     pass  # it started meanwhile: it finishes on its own
-        await self._emit([HostUndrained(host=host, cancelled=cancelled)])
+        self._log.info("host_undrained", host=host, by=by, cancelled=cancelled)
+        await self._emit([HostUndrained(host=host, cancelled=cancelled, by=by)])
         self._sessions.wake()
         return drain
 
@@ -270,6 +274,7 @@ class DrainController:
                 ),
                 origin=origin,
                 drain_host=drain.host,
+                requested_by=drain.requested_by,
                 hint=start.hint,
                 avoid=start.avoid,
             )

@@ -1,11 +1,24 @@
 """The registry of hosts, fed by heartbeats. Pure: time arrives as an argument."""
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ferry.proto.api import HostState, HostView
-from ferry.proto.events import CoordinatorEvent, HostAppeared, HostLost, HostReturned
+from ferry.proto.events import CoordinatorEvent, HeartbeatRefused, HostAppeared, HostLost, HostReturned
 from ferry.proto.host import HostStatus, VmState
 from ferry.proto.names import printable
+
+# Heartbeat intervals an agent may announce: faster floods the coordinator,
+# slower leaves a dead host undetected for too long; outside, it is refused.
+MIN_INTERVAL = 0.1
+MAX_INTERVAL = 300.0
+# A sequence number may run ahead of the heartbeats the elapsed time allows
+# (interval jitter, a burst buffered across a reconnect) by this factor, plus slack.
+SEQ_JUMP_FACTOR = 2.0
+SEQ_JUMP_SLACK = 10
+# Hosts kept at most: a name never seen before beyond it is refused, so
+# heartbeats under ever new names cost bounded memory (scale goal: 5,000).
+MAX_HOSTS = 20_000
 
 
 @dataclass
@@ -15,6 +28,38 @@ class HostRecord:
     state: HostState = HostState.UP
     # VM entries of the last heartbeat the coordinator could not read, one sentence each.
     rejected_vms: list[str] = field(default_factory=list)
+    # Why the last heartbeat was refused ("" when it was not): said once per reason.
+    refused: str = ""
+
+
+class Refusal(NamedTuple):
+    kind: str  # "interval" or "sequence": said once per kind until a heartbeat is believed again
+    reason: str
+
+
+def heartbeat_problem(current: HostStatus | None, incoming: HostStatus, elapsed: float) -> Refusal | None:
+    """Why a heartbeat cannot be believed; None when it can. `current`: the one
+    held for that host, `elapsed`: seconds since it arrived.
+
+    A sequence number far ahead of what the time since the last heartbeat
+    allows would make every later, genuine heartbeat look stale and freeze the
+    host's report; an interval of 0 would make it lost at the next sweep."""
+    if not MIN_INTERVAL <= incoming.interval <= MAX_INTERVAL:
+        return Refusal(
+            "interval",
+            f"interval {incoming.interval:g} s is outside {MIN_INTERVAL:g}-{MAX_INTERVAL:g} s "
+            "(heartbeat_interval in the agent's config)",
+        )
+    if current is None or current.boot_id != incoming.boot_id or incoming.seq <= current.seq:
+        return None
+    allowed = int(SEQ_JUMP_FACTOR * max(elapsed, 0.0) / min(current.interval, incoming.interval)) + SEQ_JUMP_SLACK
+    if incoming.seq - current.seq > allowed:
+        return Refusal(
+            "sequence",
+            f"sequence {incoming.seq} jumps {incoming.seq - current.seq} ahead of {current.seq} "
+            f"after {elapsed:.1f} s (at most {allowed})",
+        )
+    return None
 
 
 class Registry:
@@ -38,15 +83,26 @@ class Registry:
         return self._timeout_factor * status.interval
 
     def observe(self, status: HostStatus, now: float, rejected_vms: list[str] | None = None) -> list[CoordinatorEvent]:
-        """`rejected_vms`: the heartbeat's VM entries that could not be read (the host keeps the rest)."""
+        """`rejected_vms`: the heartbeat's VM entries that could not be read (the host keeps the rest).
+        A heartbeat that cannot be believed changes nothing; HeartbeatRefused says why, once per reason."""
         record = self._hosts.get(status.host)
+        refusal = heartbeat_problem(record.status if record else None, status, now - record.last_seen if record else 0.0)
+        if refusal is not None:
+            # A host not known yet stays unknown: nothing is kept for it (and nothing said).
+            if record is None or record.refused == refusal.kind:
+                return []
+            record.refused = refusal.kind
+            return [HeartbeatRefused(host=status.host, reason=refusal.reason)]
         if record is None:
+            if len(self._hosts) >= MAX_HOSTS:
+                return []
             self._hosts[status.host] = HostRecord(status=status, last_seen=now, rejected_vms=list(rejected_vms or []))
             return [HostAppeared(host=status.host)]
         if _is_stale(record.status, status):
             return []
         record.status = status
         record.last_seen = now
+        record.refused = ""
         record.rejected_vms = list(rejected_vms or [])
         if record.state == HostState.LOST:
             record.state = HostState.UP
@@ -78,6 +134,12 @@ class Registry:
         for record in self._hosts.values():
             if record.state == HostState.UP:
                 record.last_seen = max(record.last_seen, now)
+
+    def believed(self, status: HostStatus) -> bool:
+        """Whether `status` is what the registry now holds for its host (it was neither
+        stale nor refused): only then may anything act on it."""
+        record = self._hosts.get(status.host)
+        return record is not None and record.status is status
 
     def longest_interval(self) -> float:
         """The longest heartbeat interval any host announced (0 before the first)."""
@@ -114,6 +176,7 @@ class Registry:
                 *record.rejected_vms,
             ],
             networks=status.networks,
+            peer_uri=status.peer_uri,
         )
 
 

@@ -20,6 +20,7 @@ keeps its VM's claim until a later reconcile (`settle_unconfirmed`) finds it.
 from dataclasses import dataclass
 
 from ferry.proto.agent import JobReport, Offer, SessionResult
+from ferry.proto.api import HostView
 from ferry.proto.convergence import POLICIES
 from ferry.proto.host import VmState
 from ferry.proto.session import Session, SessionCode, SessionState
@@ -337,6 +338,25 @@ def _unknown(session: Session, seen: Observed) -> str:
         f"where {session.vm} runs cannot be told: {says(session.source, seen.source)}, "
         f"{says(session.dest, seen.dest)}; nothing was cleaned up"
     )
+
+
+def peer_mismatch(offer: Offer, hosts: list[HostView]) -> str | None:
+    """Why the source must not be sent to the offer's peer URI, or None.
+
+    An offer is a reply to `prepare`, which anyone able to answer on the
+    destination's subject could send; its heartbeat comes from the subject only
+    that host's identity may publish on. So a source dials only the peer URI the
+    destination announces itself, never one an offer brings along."""
+    view = next((h for h in hosts if h.host == offer.host), None)
+    if view is None:
+        return f"{offer.host} does not report; the peer URI its offer names ({offer.peer_uri}) cannot be vouched for"
+    if offer.peer_uri != view.peer_uri:
+        announced = f"announces {view.peer_uri}" if view.peer_uri else "announces none"
+        return (
+            f"{offer.host} offered {offer.peer_uri} as its peer URI, but its heartbeat {announced}; "
+            "no source is sent to a peer its host did not announce"
+        )
+    return None
 
 
 def settle_unconfirmed(session: Session, seen: Observed) -> Step:

@@ -92,6 +92,10 @@ class LeaderTerm:
     async def host_lost(self, host: str) -> None:
         await self.act(self.health.lost(host))
 
+    async def announce(self, event: CoordinatorEvent) -> None:
+        """An event of the leader's own (a limits change through the API)."""
+        await self._emit([event])
+
     async def tick(self) -> None:
         await self.act(self.health.tick(self._clock.wall()))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import time
 from collections.abc import Collection, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,8 @@ from ferry.lab.layout import NATS_SERVERS, LabLayout
 from ferry.lab.nats_config import NATS_HOST, nats_server_conf
 from ferry.lab.prereqs import nats_server_path
 from ferry.lab.processes import ProcessRef
+from ferry.runtime.config import NatsSettings
+from ferry.runtime.connection import identity_options
 
 # A meta leader is elected about 0.5 s after the servers start; a restarted
 # server catches up in about 3 s (LAB.md). Far more than both.
@@ -77,34 +80,45 @@ def wait_listening(layout: LabLayout, name: str, port: int, ref: ProcessRef, tim
         time.sleep(0.1)
 
 
-def wait_jetstream(urls: list[str], replicas: int = len(NATS_SERVERS), timeout: float = JETSTREAM_TIMEOUT) -> None:
+def wait_jetstream(
+    urls: list[str],
+    replicas: int = len(NATS_SERVERS),
+    timeout: float = JETSTREAM_TIMEOUT,
+    settings: NatsSettings | None = None,
+) -> None:
     """Until JetStream, reached through ``urls``, can create a bucket of ``replicas``
     copies: the cluster has elected its meta leader and counts its servers as peers.
-    Until then Ferry's daemons would fail to create their buckets."""
-    error = _run_apart(_until_jetstream_ready(urls, replicas, timeout))
+    Until then Ferry's daemons would fail to create their buckets. ``settings``:
+    the identity and TLS to connect with (a coordinator's), on a secured cluster."""
+    error = _run_apart(_until_jetstream_ready(urls, replicas, timeout, settings))
     if error is not None:
         raise LabError(f"JetStream at {', '.join(urls)} was not ready within {timeout:.0f} s ({error}).")
 
 
-async def _until_jetstream_ready(urls: list[str], replicas: int, timeout: float) -> str | None:
+async def _until_jetstream_ready(
+    urls: list[str], replicas: int, timeout: float, settings: NatsSettings | None
+) -> str | None:
     """None once the probe worked, else the last failure's sentence at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            await _probe_jetstream(urls, replicas)
+            await _probe_jetstream(urls, replicas, settings)
             return None
-        except (OSError, nats.errors.Error) as error:
+        except (OSError, nats.errors.Error, ssl.SSLError) as error:
             last = str(error) or type(error).__name__
         if time.monotonic() > deadline:
             return last
         await asyncio.sleep(0.2)
 
 
-async def _probe_jetstream(urls: list[str], replicas: int) -> None:
+async def _probe_jetstream(urls: list[str], replicas: int, settings: NatsSettings | None) -> None:
     async def quiet(_error: Exception) -> None:
         pass  # refused connections are expected while the servers start
 
-    nc = await nats.connect(servers=urls, connect_timeout=1, allow_reconnect=False, max_reconnect_attempts=1, error_cb=quiet)
+    identity = identity_options(settings) if settings is not None else {}
+    nc = await nats.connect(
+        servers=urls, connect_timeout=1, allow_reconnect=False, max_reconnect_attempts=1, error_cb=quiet, **identity
+    )
     try:
         # Short: before the meta leader is elected a request is not answered at all,
         # and a retry soon after beats a long wait (an R3 bucket takes ~70 ms).

@@ -166,6 +166,9 @@ class SessionResult(msgspec.Struct, frozen=True, tag="result"):
     last_progress: Progress | None = None
     # Every step the convergence policy took, in order.
     actions: list[PolicyAction] = []
+    # What the source asked libvirt for (Encryption: "tls", "none"); "" when no job
+    # was started, or from an older agent.
+    encryption: str = ""
 
 
 SessionUpdate = SessionProgress | SessionSteered | SessionResult

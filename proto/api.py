@@ -44,6 +44,9 @@ class HostView(msgspec.Struct, frozen=True):
     # coordinator could not read; one sentence each.
     vm_problems: list[str] = []
     networks: HostNetworks | None = None
+    # How other hosts' libvirtd reach this one, as its own heartbeat announces: the
+    # only peer URI a source is sent to (an offer naming another is refused).
+    peer_uri: str = ""
 
 
 class HostsReply(msgspec.Struct, frozen=True, tag="hosts"):

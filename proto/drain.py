@@ -60,6 +60,8 @@ class Drain(msgspec.Struct, frozen=True):
     # Who or what started it: "operator" or the failing health checks.
     reason: str = "operator"
     automatic: bool = False
+    # The operator identity that asked, as NATS proved it (the subject it came under).
+    requested_by: str = ""
     priority: Priority = 0
     max_attempts: NonNegative = 3
     # The convergence policy of the drain's sessions.

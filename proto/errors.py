@@ -16,7 +16,13 @@ class ErrorCode(enum.StrEnum):
     # No coordinator leads at this moment (a takeover is under way): try again shortly.
     NO_LEADER = "no_leader"
     UNAUTHORIZED = "unauthorized"
+    # Authenticated, but this identity may not do that (a viewer asking to migrate).
+    FORBIDDEN = "forbidden"
     TIMEOUT = "timeout"
+    # The agent requires an encrypted migration stream (its migration.require_tls).
+    TLS_REQUIRED = "tls_required"
+    # The source agent does not dial that libvirt peer URI (migration.allowed_peer_schemes).
+    PEER_REFUSED = "peer_refused"
     INTERNAL = "internal"
 
 

@@ -4,6 +4,7 @@ coordinator decided (`ferry.coordinator.event`). One tagged union each."""
 import msgspec
 
 from ferry.proto.host import HealthCheck, HealthState
+from ferry.proto.limits import Limits
 from ferry.proto.names import HostName, SessionId, VmName
 from ferry.proto.session import SessionState
 
@@ -54,6 +55,8 @@ class SessionChanged(msgspec.Struct, frozen=True, tag="session_changed"):
     dest: HostName | None = None
     code: str = ""
     reason: str = ""
+    # The operator identity that asked for the session (drains: who started the drain).
+    requested_by: str = ""
     at: float = 0.0
 
 
@@ -112,6 +115,8 @@ class DrainStarted(msgspec.Struct, frozen=True, tag="drain_started"):
     automatic: bool
     vms: int
     unplaced: int = 0
+    # The operator identity that asked ("" for an evacuation the coordinator started).
+    requested_by: str = ""
     at: float = 0.0
 
 
@@ -155,6 +160,25 @@ class HostUndrained(msgspec.Struct, frozen=True, tag="host_undrained"):
     host: HostName
     # Sessions of the drain still queued were cancelled; running ones finish.
     cancelled: int = 0
+    by: str = ""
+    at: float = 0.0
+
+
+class LimitsChanged(msgspec.Struct, frozen=True, tag="limits_changed"):
+    """An operator changed the admission limits (in force at once, on every coordinator)."""
+
+    by: str
+    before: Limits
+    after: Limits
+    at: float = 0.0
+
+
+class HeartbeatRefused(msgspec.Struct, frozen=True, tag="heartbeat_refused"):
+    """A heartbeat the coordinator would not believe (a sequence jump or an interval
+    no agent sends); the host keeps what it last reported. Said once per reason."""
+
+    host: HostName
+    reason: str
     at: float = 0.0
 
 
@@ -186,4 +210,6 @@ CoordinatorEvent = (
     | DrainGaveUp
     | DrainFinished
     | HostUndrained
+    | LimitsChanged
+    | HeartbeatRefused
 )

@@ -30,6 +30,15 @@ class StorageMode(enum.StrEnum):
     AUTO = "auto"  # copy only the disks the destination cannot reach
 
 
+class Encryption(enum.StrEnum):
+    """How the migration stream crossed the network, as the source agent asked libvirt
+    (VIR_MIGRATE_TLS or not). The wire fields stay `str`: "" is not known (nothing
+    was sent, or an agent too old to say)."""
+
+    TLS = "tls"
+    NONE = "none"
+
+
 MiBps = Annotated[int, msgspec.Meta(ge=0, le=100_000, description="MiB/s; 0 = unlimited")]
 Milliseconds = Annotated[int, msgspec.Meta(ge=0, le=3_600_000)]
 Priority = Annotated[int, msgspec.Meta(ge=-100, le=100)]
@@ -93,6 +102,13 @@ class SessionCode(enum.StrEnum):
     NOT_CONVERGING = "not_converging"
     # The session did not leave a state within that state's deadline.
     TIMED_OUT = "timed_out"
+    # The source agent refused an unencrypted stream (its migration.require_tls).
+    TLS_REQUIRED = "tls_required"
+    # The source agent refused to dial the destination's peer URI (its allowed schemes).
+    PEER_REFUSED = "peer_refused"
+    # The destination's offer named a peer URI other than the one its heartbeat
+    # announces: whoever answered `prepare` is not vouched for, so no source dials it.
+    PEER_MISMATCH = "peer_mismatch"
 
 
 class Session(msgspec.Struct, frozen=True):
@@ -120,6 +136,11 @@ class Session(msgspec.Struct, frozen=True):
     # already finished).
     cancel_requested: bool = False
     origin: SessionOrigin = SessionOrigin.USER
+    # The operator identity that asked (for a drain's sessions: who started the
+    # drain; "" for the coordinator's own evacuations), from the subject NATS let
+    # it publish on; `cancelled_by` likewise for a cancel.
+    requested_by: str = ""
+    cancelled_by: str = ""
     # The host whose drain (or evacuation) started this session.
     drain_host: HostName | None = None
     # Hosts this session must not go to (earlier attempts of a drain failed there).
@@ -133,3 +154,6 @@ class Session(msgspec.Struct, frozen=True):
     prediction: Prediction | None = None
     # Every step the convergence policy took, with the sample that caused it.
     steering: list[PolicyAction] = []
+    # How the stream was protected, as the source reported it (Encryption: "tls",
+    # "none"); "" until the source's result arrived, or when it never said.
+    encryption: str = ""

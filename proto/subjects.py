@@ -32,20 +32,39 @@ def agent_verb(host: HostName, verb: str) -> str:
     return f"{agent_prefix(host)}.{verb}"
 
 
-def api(verb: str) -> str:
-    return f"{PREFIX}.api.{verb}"
+# The API's verbs. A viewer may send only the read verbs; `limits` reads, `set_limits` changes.
+READ_VERBS = ("hosts", "sessions", "session", "drains", "status", "limits")
+WRITE_VERBS = ("migrate", "plan", "cancel", "bandwidth", "drain", "undrain", "set_limits")
+# Who asks is the subject's token after `ferry.api` (the caller's identity name,
+# which NATS lets only that identity publish under once permissions are on).
+CALLER = "*"
 
 
-def via_api(coordinator: str, verb: str) -> str:
+def api(verb: str, *, caller: str) -> str:
+    """`ferry.api.<caller>.<verb>`; CALLER for a coordinator that serves every caller."""
+    return f"{PREFIX}.api.{caller}.{verb}"
+
+
+def via_api(coordinator: str, verb: str, *, caller: str) -> str:
     """The API through one named coordinator (`ferry --via NAME`), rather than
     whichever NATS hands the request to."""
-    return f"{PREFIX}.api.via.{coordinator.replace('.', '_')}.{verb}"
+    return f"{PREFIX}.api.{caller}.via.{coordinator.replace('.', '_')}.{verb}"
 
 
-def leader_api(verb: str) -> str:
+def leader_api(verb: str, *, caller: str) -> str:
     """Where the leader alone answers the verbs that change things: a standby that
-    gets one forwards it here."""
-    return f"{PREFIX}.coordinator.leader.{verb}"
+    gets one forwards it here, with the caller's token it came in under."""
+    return f"{PREFIX}.coordinator.leader.{caller}.{verb}"
+
+
+def caller_of(subject: str) -> str:
+    """The caller token of an API or leader subject ("" for anything else)."""
+    parts = subject.split(".")
+    if len(parts) >= 4 and parts[0] == PREFIX and parts[1] == "api":
+        return parts[2]
+    if len(parts) >= 5 and parts[0] == PREFIX and parts[1] == "coordinator" and parts[2] == "leader":
+        return parts[3]
+    return ""
 
 
 def token_from_subject(subject: str) -> str | None:

@@ -16,6 +16,7 @@ import msgspec
 import msgspec.inspect as mi
 
 from ferry.proto.codec import readable
+from ferry.runtime.identity import read_identity
 
 T = TypeVar("T")
 
@@ -31,7 +32,9 @@ class ConfigError(Exception):
 
 class NatsSettings(msgspec.Struct, frozen=True):
     servers: list[str] = msgspec.field(default_factory=lambda: ["nats://127.0.0.1:4222"])
-    # One of: a creds file (JWT + nkey), user/password, or a token.
+    # One of: a Ferry identity file (`ferry-admin identities`: an nkey with its
+    # name and role), a creds file (JWT + nkey), user/password, or a token.
+    identity: str = ""
     creds: str = ""
     user: str = ""
     password: str = ""
@@ -132,10 +135,18 @@ def nats_problems(nats: NatsSettings, name: Callable[[str], str] = config_key) -
         for key in ("creds", "tls_ca", "tls_cert", "tls_key")
         if (p := file_problem(name(key), getattr(nats, key))) is not None
     ]
+    if nats.identity:
+        if (p := file_problem(name("identity"), nats.identity)) is not None:
+            problems.append(p)
+        else:
+            try:
+                read_identity(nats.identity)
+            except ValueError as exc:
+                problems.append(f"{name('identity')}: {exc}")
     if nats.tls_key and not nats.tls_cert:
         problems.append(f"{name('tls_key')} is set without {name('tls_cert')}")
-    if sum(bool(x) for x in (nats.creds, nats.user, nats.token)) > 1:
-        problems.append("nats: use one of creds, user/password or token, not several")
+    if sum(bool(x) for x in (nats.identity, nats.creds, nats.user, nats.token)) > 1:
+        problems.append("nats: use one of identity, creds, user/password or token, not several")
     if not nats.servers:
         problems.append(f"{name('servers')} is empty")
     return problems

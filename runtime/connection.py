@@ -12,6 +12,7 @@ from nats.aio.client import Client
 
 from ferry.proto.errors import ErrorCode, FerryError
 from ferry.runtime.config import NatsSettings
+from ferry.runtime.identity import inbox_prefix, read_identity
 
 
 def _tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
@@ -23,9 +24,18 @@ def _tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
     return context
 
 
-def _identity_options(settings: NatsSettings) -> dict[str, Any]:
-    """Credentials and TLS, the same for daemons and the CLI."""
+def identity_options(settings: NatsSettings) -> dict[str, Any]:
+    """Credentials and TLS, the same for daemons and the CLI. A Ferry identity
+    signs with its nkey and takes replies only under its own inbox (the
+    permissions let no one else subscribe there)."""
     options: dict[str, Any] = {}
+    if settings.identity:
+        try:
+            identity = read_identity(settings.identity)
+        except ValueError as exc:
+            raise FerryError(ErrorCode.UNAUTHORIZED, str(exc)) from None
+        options["nkeys_seed_str"] = identity.seed
+        options["inbox_prefix"] = inbox_prefix(identity.name)
     if settings.creds:
         options["user_credentials"] = settings.creds
     if settings.user:
@@ -73,6 +83,11 @@ async def connect(
     state = {"down_logged": False}
 
     async def log_error(exc: Exception) -> None:
+        if "permissions violation" in str(exc).lower():
+            # Connected, but NATS refused one publish or subscription: a permissions
+            # config that does not fit this daemon's identity. Loud, each time.
+            log.error("nats_permission_denied", error=str(exc))
+            return
         # Each failed attempt calls this; say it once per outage, not once a second.
         if not state["down_logged"]:
             log.warning("nats_unreachable", error=connect_error(settings, exc).message)
@@ -100,7 +115,7 @@ async def connect(
         # Heartbeats must not pile up in memory during a long outage.
         pending_size=8 * 1024 * 1024,
     )
-    options.update(_identity_options(settings))
+    options.update(identity_options(settings))
     nc = nats.NATS()
     await nc.connect(**options)
     log.info("nats_connected", server=str(nc.connected_url.netloc if nc.connected_url else ""))
@@ -125,24 +140,34 @@ async def connect_once(settings: NatsSettings, *, name: str) -> Client:
 
 
 async def _connect_to(server: str, settings: NatsSettings, *, name: str) -> Client:
+    # The others follow: once connected, a client waiting on a long operation
+    # (--wait) moves to another server when its own goes, a few tries each.
+    others = [s for s in settings.servers if s != server]
     options: dict[str, Any] = dict(
-        servers=[server],
+        servers=[server, *others],
+        dont_randomize=True,
         name=name,
-        allow_reconnect=False,
+        allow_reconnect=True,
         connect_timeout=settings.connect_timeout,
-        # 0 would mean "never give up" inside nats-py's server selection loop.
-        max_reconnect_attempts=1,
-        reconnect_time_wait=0.1,
+        max_reconnect_attempts=3,
+        reconnect_time_wait=0.2,
     )
-    options.update(_identity_options(settings))
+    options.update(identity_options(settings))
 
-    async def quiet(_exc: Exception) -> None:
-        pass
+    seen: list[Exception] = []
 
-    options["error_cb"] = quiet
+    async def remember(exc: Exception) -> None:
+        seen.append(exc)
+
+    options["error_cb"] = remember
     nc = nats.NATS()
-    # A person is waiting: bound each attempt.
-    await asyncio.wait_for(nc.connect(**options), timeout=settings.connect_timeout * 2)
+    try:
+        # A person is waiting: bound each attempt.
+        await asyncio.wait_for(nc.connect(**options), timeout=settings.connect_timeout * 2)
+    except nats.errors.NoServersError:
+        # Every server tried gave its reason (credentials refused, TLS): say the first,
+        # not nats-py's "no servers".
+        raise (seen[0] if seen else nats.errors.NoServersError()) from None
     return nc
 
 
@@ -155,5 +180,7 @@ async def disconnect(nc: Client) -> None:
     except (nats.errors.ConnectionReconnectingError, nats.errors.ConnectionClosedError, nats.errors.FlushTimeoutError):
         try:
             await nc.close()
-        except OSError:
-            pass  # the server went away mid-close: there is nothing left to flush to
+        except (OSError, AttributeError):
+            # The server went away mid-close: there is nothing left to flush to.
+            # (Over TLS, asyncio's closed SSL transport raises AttributeError.)
+            pass

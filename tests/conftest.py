@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from tests.support.nats_server import NatsCluster, NatsServer
+from tests.support.nats_server import NatsCluster, NatsServer, secured_nats
 from tests.support.processes import Daemons
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -21,7 +21,9 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def nats_server(tmp_path):
-    server = NatsServer(tmp_path / "nats")
+    """A nats-server secured as in production: TLS, and an nkey identity with its
+    permissions for each daemon and client (tests/support/secured.py)."""
+    server = NatsServer(tmp_path / "nats", secured=secured_nats(tmp_path / "security"))
     server.start()
     yield server
     server.stop()
@@ -29,8 +31,8 @@ def nats_server(tmp_path):
 
 @pytest.fixture
 def nats_cluster(tmp_path):
-    """Three clustered nats-servers with JetStream (tests/support/nats_server.py)."""
-    cluster = NatsCluster(tmp_path / "nats-cluster")
+    """Three clustered nats-servers with JetStream, secured (tests/support/nats_server.py)."""
+    cluster = NatsCluster(tmp_path / "nats-cluster", secured=secured_nats(tmp_path / "security"))
     cluster.start()
     yield cluster
     cluster.stop()

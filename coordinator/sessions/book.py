@@ -128,9 +128,13 @@ class RecordBook:
         outcome: Outcome | None = None,
         progress: Progress | None = None,
         steering: list[PolicyAction] | None = None,
+        encryption: str | None = None,
     ) -> Session:
         def finish(s: Session) -> Session:
             extra: dict[str, object] = {}
+            if encryption:
+                # As the source asked libvirt for it, from its result (not the options asked for).
+                extra["encryption"] = encryption
             if outcome is not None:
                 extra["outcome"] = outcome
             if progress is not None:
@@ -155,6 +159,7 @@ class RecordBook:
                     dest=session.dest,
                     code=session.code,
                     reason=session.reason,
+                    requested_by=session.requested_by,
                 )
             ]
         )

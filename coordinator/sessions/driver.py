@@ -58,7 +58,13 @@ BACKOFF_MAX_SECONDS = 8.0
 # forgets the session after an hour too); the images stay, and an error says so.
 CLEANUP_GIVE_UP_SECONDS = 3600.0
 # Sources refuse a migrate request for good with these (anything else may be the bus).
-_REFUSALS = (ErrorCode.CONFLICT, ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_VM, ErrorCode.NOT_FOUND)
+_REFUSALS = (
+    ErrorCode.CONFLICT, ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_VM, ErrorCode.NOT_FOUND,
+    ErrorCode.TLS_REQUIRED, ErrorCode.PEER_REFUSED,
+)
+# Refusals that are the session's own code: the operator's fix is the source's config
+# (`ferry migrate --no-tls` against an agent that requires TLS ends `tls_required`).
+_OWN_CODES = {ErrorCode.TLS_REQUIRED: SessionCode.TLS_REQUIRED, ErrorCode.PEER_REFUSED: SessionCode.PEER_REFUSED}
 
 
 class _Ended:
@@ -254,6 +260,7 @@ class Driver:
                 await self._end(
                     session, state, code, reason,
                     progress=result.last_progress if result else None, steering=result.actions if result else None,
+                    encryption=result.encryption if result else None,
                 )
                 return ENDED
             case steps.NotConfirmed(reason=reason):
@@ -397,6 +404,13 @@ class Driver:
         a record that says migrating and a source that never heard of it, which
         the next turn starts again (the source takes a session's request once)."""
         log = log.bind(dest=offer.host)
+        mismatch = steps.peer_mismatch(offer, self._hosts())
+        if mismatch is not None:
+            # Before `migrating` is recorded: the source never hears of this peer.
+            log.error("peer_mismatch", offered=offer.peer_uri, reason=mismatch)
+            await self._rollback(offer.host, session, log)
+            await self._end(session, S.FAILED, SessionCode.PEER_MISMATCH, f"{session.vm} stays on {session.source}: {mismatch}")
+            return ENDED
         share = await self._share.rebalance(starting=session.id)
         if session.state == S.PREPARING:
             if vm is None:
@@ -425,7 +439,7 @@ class Driver:
                 raise  # did it arrive? the source's journal will say
             await self._rollback(offer.host, session, log)
             await self._end(
-                session, S.FAILED, SessionCode.MIGRATION_FAILED,
+                session, S.FAILED, _OWN_CODES.get(exc.code, SessionCode.MIGRATION_FAILED),
                 f"{session.source} did not start the migration: {exc.message}",
             )
             return ENDED
@@ -502,6 +516,7 @@ class Driver:
             outcome=_merge_outcomes(result.outcome if result else None, confirmation.outcome),
             progress=result.last_progress if result else None,
             steering=result.actions if result else None,
+            encryption=result.encryption if result else None,
         )
         return ENDED
 

@@ -128,6 +128,7 @@ class SessionManager:
         *,
         origin: SessionOrigin = SessionOrigin.USER,
         drain_host: str | None = None,
+        requested_by: str = "",
         hint: str | None = None,
         avoid: list[str] | None = None,
     ) -> Session:
@@ -155,6 +156,7 @@ class SessionManager:
             demand=Demand(vcpus=demand.vcpus, memory_mib=demand.memory_mib),
             origin=origin,
             drain_host=drain_host,
+            requested_by=requested_by,
             avoid=list(avoid or []),
         )
         await self._book.create(session)
@@ -223,7 +225,8 @@ class SessionManager:
     def arriving(self, host: str) -> list[Session]:
         return self._book.arriving(host)
 
-    async def cancel(self, session_id: str) -> Session:
+    async def cancel(self, session_id: str, *, by: str = "") -> Session:
+        """`by`: the operator who asked (recorded in the session and its reason)."""
         session, _ = await self._store.get(session_id)
         if session.state.terminal:
             raise FerryError(ErrorCode.CONFLICT, f"session {session_id} has already ended: {session.state}")
@@ -232,12 +235,16 @@ class SessionManager:
                 ErrorCode.CONFLICT,
                 f"session {session_id} is in post-copy: {session.vm} already runs on {session.dest}; it cannot go back",
             )
+        reason = f"cancelled on request by {by}" if by else "cancelled on request"
         if session.state in (S.QUEUED, S.PREPARING):
             session = await self._change(
                 session_id,
-                lambda s: advance(s, S.CANCELLED, at=self._clock.wall(), code=SessionCode.CANCELLED, reason="cancelled on request")
+                lambda s: advance(
+                    msgspec.structs.replace(s, cancelled_by=by), S.CANCELLED,
+                    at=self._clock.wall(), code=SessionCode.CANCELLED, reason=reason,
+                )
                 if s.state in (S.QUEUED, S.PREPARING)
-                else msgspec.structs.replace(s, cancel_requested=True),
+                else msgspec.structs.replace(s, cancel_requested=True, cancelled_by=by),
             )
             if session.state == S.CANCELLED:
                 await self._book.announce(session)
@@ -245,7 +252,9 @@ class SessionManager:
                     await self._book.settle(session)
                 return session
         else:
-            session = await self._change(session_id, lambda s: msgspec.structs.replace(s, cancel_requested=True))
+            session = await self._change(
+                session_id, lambda s: msgspec.structs.replace(s, cancel_requested=True, cancelled_by=by)
+            )
         # Migrating: the source aborts the job; the session ends when it confirms.
         try:
             await self._agents.abort(session.source, SessionRef(session_id=session.id, vm=session.vm))

@@ -5,15 +5,15 @@ import json
 import subprocess
 import time
 
-import nats
 import pytest
 
 from ferry.cli.client import FerryClient
 from ferry.proto.api import HostState
 from ferry.proto.codec import Decoder
 from ferry.proto.errors import ErrorReply
-from ferry.runtime.config import NatsSettings
+from ferry.runtime.identity import Role
 from tests.support.processes import coordinator_toml, script, simulated_agent_toml
+from tests.support.secured import cli_args, connect_as, settings_for
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ def start_cluster(daemons, nats_server, tmp_path, hosts=("hv1", "hv2", "hv3")):
 
 
 async def hosts_by_name(nats_server):
-    async with await FerryClient.connect(NatsSettings(servers=[nats_server.url], request_timeout=1.0)) as c:
+    async with await FerryClient.connect(settings_for(nats_server.url, request_timeout=1.0)) as c:
         return {h.host: h for h in (await c.hosts()).hosts}
 
 
@@ -66,7 +66,7 @@ async def test_hosts_appear_with_their_figures(daemons, nats_server, tmp_path):
 async def test_killed_agent_becomes_lost_within_timeout(daemons, nats_server, tmp_path):
     start_cluster(daemons, nats_server, tmp_path)
     await wait_hosts(nats_server, all_up(["hv1", "hv2", "hv3"]), 15, "three hosts up")
-    events = await nats.connect(nats_server.url)
+    events = await connect_as(nats_server.url)
     seen = asyncio.Queue()
 
     async def collect(msg):
@@ -115,15 +115,17 @@ GARBAGE = [b"\xff\xfe garbage", b"[1,2", b"null", b"42"]
 
 @pytest.mark.parametrize(
     "subject, payload",
-    [("ferry.api.hosts", p) for p in [*GARBAGE, b'{"include_lost": "yes"}']]
+    [("ferry.api.lab-admin.hosts", p) for p in [*GARBAGE, b'{"include_lost": "yes"}']]
     + [("ferry.agent.hv1.status", p) for p in GARBAGE],
 )
 async def test_garbage_on_api_and_agent_subjects_gets_an_error_reply(daemons, nats_server, tmp_path, subject, payload):
     start_cluster(daemons, nats_server, tmp_path, hosts=("hv1",))
     await wait_hosts(nats_server, all_up(["hv1"]), 15, "hv1 up")
-    nc = await nats.connect(nats_server.url)
+    # Asked as the identities that may: an operator (the API) and a coordinator (an agent).
+    asker = await connect_as(nats_server.url, *(("c-test", Role.COORDINATOR) if subject.startswith("ferry.agent") else ()))
+    nc = await connect_as(nats_server.url, "hv1", Role.HOST)
     try:
-        msg = await nc.request(subject, payload, timeout=3)
+        msg = await asker.request(subject, payload, timeout=3)
         assert msg.headers["Nats-Service-Error-Code"] == "bad_request"
         reply = Decoder(ErrorReply, "error").decode(msg.data)
         assert reply.code == "bad_request" and reply.message
@@ -132,6 +134,7 @@ async def test_garbage_on_api_and_agent_subjects_gets_an_error_reply(daemons, na
         await nc.flush()
     finally:
         await nc.close()
+        await asker.close()
     hosts = await hosts_by_name(nats_server)
     assert hosts["hv1"].state == HostState.UP
     assert all(p.poll() is None for p in daemons.procs.values())
@@ -140,7 +143,7 @@ async def test_garbage_on_api_and_agent_subjects_gets_an_error_reply(daemons, na
 async def test_agent_answers_status_requests_and_is_a_micro_service(daemons, nats_server, tmp_path):
     start_cluster(daemons, nats_server, tmp_path, hosts=("hv1",))
     await wait_hosts(nats_server, all_up(["hv1"]), 15, "hv1 up")
-    nc = await nats.connect(nats_server.url)
+    nc = await connect_as(nats_server.url, "c-test", Role.COORDINATOR)
     try:
         status = json.loads((await nc.request("ferry.agent.hv1.status", b"", timeout=3)).data)
         assert status["type"] == "status" and status["host"] == "hv1"
@@ -162,7 +165,7 @@ async def test_agent_answers_status_requests_and_is_a_micro_service(daemons, nat
 async def test_cli_hosts_table_and_json(daemons, nats_server, tmp_path):
     start_cluster(daemons, nats_server, tmp_path, hosts=("hv1", "hv2"))
     await wait_hosts(nats_server, all_up(["hv1", "hv2"]), 15, "hosts up")
-    env_args = ["--server", nats_server.url]
+    env_args = cli_args(nats_server.url)
     table = subprocess.run([script("ferry"), *env_args, "hosts"], capture_output=True, text=True, timeout=30)
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
@@ -175,9 +178,9 @@ async def test_cli_hosts_table_and_json(daemons, nats_server, tmp_path):
 
 
 def test_cli_without_coordinator_says_so(nats_server):
-    out = subprocess.run([script("ferry"), "--server", nats_server.url, "hosts"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([script("ferry"), *cli_args(nats_server.url), "hosts"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 1
-    assert out.stderr.strip() == "ferry: unavailable: no coordinator is running (nobody answers ferry.api.hosts)"
+    assert out.stderr.strip() == "ferry: unavailable: no coordinator is running (nobody answers ferry.api.lab-admin.hosts)"
 
 
 def test_cli_without_nats_says_so():

@@ -16,9 +16,9 @@ from ferry.proto.drain import DrainRequest, DrainState
 from ferry.proto.leader import Role
 from ferry.proto.limits import LimitsRequest
 from ferry.proto.session import MigrateOptions, SessionState
-from ferry.runtime.config import NatsSettings
 from tests.support.cluster import CoordinatorEvents, wait_hosts_up
 from tests.support.processes import coordinator_toml, simulated_agent_toml
+from tests.support.secured import settings_for
 from tests.support.waiting import eventually, session_end
 
 pytestmark = pytest.mark.integration
@@ -33,7 +33,7 @@ def start_coordinators(daemons, urls, extra: str = "") -> None:
 
 async def client_of(urls: str | list[str], via: str = "") -> FerryClient:
     servers = [urls] if isinstance(urls, str) else urls
-    return await FerryClient.connect(NatsSettings(servers=servers, request_timeout=5.0), via=via)
+    return await FerryClient.connect(settings_for(servers, request_timeout=5.0), via=via)
 
 
 async def settled_leader(client: FerryClient) -> str:

@@ -1,16 +1,17 @@
 """Two coordinators on a three-node NATS cluster: buckets with three copies
 (scaled up from one), and a nats-server killed mid-migration."""
 
-import nats
 import pytest
 from nats.js.api import KeyValueConfig
 
 from ferry.coordinator.session_store import BUCKET as SESSIONS_BUCKET
 from ferry.proto.api import MigrateRequest
 from ferry.proto.session import SessionState
+from ferry.runtime.identity import Role
 from tests.integration.test_leadership import client_of, settled_leader, start_coordinators
 from tests.support.cluster import wait_hosts_up
 from tests.support.processes import simulated_agent_toml
+from tests.support.secured import connect_as
 from tests.support.waiting import eventually, session_end
 
 pytestmark = pytest.mark.integration
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.integration
 async def test_buckets_get_three_copies_and_a_dead_nats_server_loses_no_session(daemons, nats_cluster, tmp_path):
     urls = nats_cluster.urls
     # A bucket left by a single-server install: one copy.
-    nc = await nats.connect(servers=urls)
+    nc = await connect_as(urls, "c-test", Role.COORDINATOR)
     await nc.jetstream().create_key_value(KeyValueConfig(bucket=SESSIONS_BUCKET, replicas=1))
     await nc.close()
 

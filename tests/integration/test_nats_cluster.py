@@ -4,13 +4,14 @@ it uses."""
 
 from urllib.parse import urlparse
 
-import nats
+import msgspec
 import pytest
 from nats.js.api import KeyValueConfig
 
-from ferry.runtime.config import NatsSettings
 from ferry.runtime.connection import connect_once
+from ferry.runtime.identity import Role
 from tests.support.nats_server import NatsCluster, free_port
+from tests.support.secured import connect_as, settings_for
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -21,7 +22,7 @@ def port_of(url: str) -> int:
 
 
 async def test_the_cluster_forms_and_an_r3_bucket_reads_through_any_server(nats_cluster: NatsCluster) -> None:
-    nc = await nats.connect(servers=nats_cluster.urls[:1])
+    nc = await connect_as(nats_cluster.urls[:1], "c-test", Role.COORDINATOR)
     try:
         js = nc.jetstream()
         kv = await js.create_key_value(KeyValueConfig(bucket="r3", replicas=3))
@@ -33,7 +34,7 @@ async def test_the_cluster_forms_and_an_r3_bucket_reads_through_any_server(nats_
         await nc.close()
 
     for url in nats_cluster.urls:
-        nc = await nats.connect(servers=[url])
+        nc = await connect_as([url], "c-test", Role.COORDINATOR)
         try:
             assert nc.connected_url is not None and nc.connected_url.port == port_of(url)
             kv = await nc.jetstream().key_value("r3")
@@ -44,7 +45,7 @@ async def test_the_cluster_forms_and_an_r3_bucket_reads_through_any_server(nats_
 
 
 async def test_a_client_given_every_url_keeps_working_when_its_server_is_killed(nats_cluster: NatsCluster) -> None:
-    setup = await nats.connect(servers=nats_cluster.urls)
+    setup = await connect_as(nats_cluster.urls, "c-test", Role.COORDINATOR)
     try:
         kv = await setup.jetstream().create_key_value(KeyValueConfig(bucket="moves", replicas=3))
         await kv.put("before", b"1")
@@ -55,7 +56,7 @@ async def test_a_client_given_every_url_keeps_working_when_its_server_is_killed(
     # writes for seconds until a new one is elected, which is not what this test is about.
     victim = next(i for i, server in enumerate(nats_cluster.servers) if server.store_dir.name != leader)
     urls = [nats_cluster.urls[victim], *(u for i, u in enumerate(nats_cluster.urls) if i != victim)]
-    nc = await nats.connect(servers=urls, dont_randomize=True, reconnect_time_wait=0.2)
+    nc = await connect_as(urls, "c-test", Role.COORDINATOR, dont_randomize=True, reconnect_time_wait=0.2)
     try:
         assert nc.connected_url is not None and nc.connected_url.port == port_of(nats_cluster.urls[victim])
         kv = await nc.jetstream(timeout=1.0).key_value("moves")
@@ -73,7 +74,7 @@ async def test_a_client_given_every_url_keeps_working_when_its_server_is_killed(
 
     # The killed server comes back on its port and store and catches up.
     nats_cluster.start_server(victim)
-    alone = await nats.connect(servers=[nats_cluster.urls[victim]])
+    alone = await connect_as([nats_cluster.urls[victim]], "c-test", Role.COORDINATOR)
     try:
         kv = await alone.jetstream().key_value("moves")
         assert (await kv.get("before")).value == b"1" and (await kv.get("after")).value == b"2"
@@ -82,8 +83,8 @@ async def test_a_client_given_every_url_keeps_working_when_its_server_is_killed(
 
 
 async def test_connect_once_gets_past_a_dead_first_url(nats_cluster: NatsCluster) -> None:
-    dead = f"nats://127.0.0.1:{free_port()}"
-    settings = NatsSettings(servers=[dead, *nats_cluster.urls], connect_timeout=1.0)
+    dead = f"tls://127.0.0.1:{free_port()}"
+    settings = msgspec.structs.replace(settings_for(nats_cluster.urls, connect_timeout=1.0), servers=[dead, *nats_cluster.urls])
     # nats-py shuffles the list: several tries, so the dead URL is tried first in some.
     for _ in range(6):
         nc = await connect_once(settings, name="ferry-test")

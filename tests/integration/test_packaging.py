@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import REPO_ROOT, coordinator_toml
+from tests.support.secured import cli_args
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -85,7 +86,7 @@ async def test_without_the_agent_extra_the_cli_and_coordinator_work(built, nats_
     )
     try:
         async def answered():
-            out = subprocess.run([str(user / "bin/ferry"), "--server", nats_server.url, "hosts"], capture_output=True, text=True)
+            out = subprocess.run([str(user / "bin/ferry"), *cli_args(nats_server.url), "hosts"], capture_output=True, text=True)
             return out if out.returncode == 0 else None
 
         out = await eventually(answered, timeout=20, every=0.3, what="ferry hosts answered by the slim coordinator")

@@ -3,14 +3,15 @@
 import asyncio
 import json
 
-import nats
 import pytest
 
 from ferry.agent.probes import install_probe
 from ferry.proto.codec import Decoder
 from ferry.proto.events import HealthChanged
 from ferry.proto.host import HealthCheck, HealthState, HostStatus
+from ferry.runtime.identity import Role
 from tests.support.processes import simulated_agent_toml
+from tests.support.secured import connect_as
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +34,7 @@ async def next_matching(queue: asyncio.Queue, match, timeout: float, what: str):
 async def test_a_critical_probe_turns_the_host_critical_and_its_recovery_is_published(daemons, nats_server, tmp_path):
     probes = tmp_path / "probes.d"
     probes.mkdir()
-    nc = await nats.connect(nats_server.url)
+    nc = await connect_as(nats_server.url, "c-test", Role.COORDINATOR)
     events: asyncio.Queue[HealthChanged] = asyncio.Queue()
     statuses: asyncio.Queue[HostStatus] = asyncio.Queue()
     event_decoder = Decoder(HealthChanged, "health event")
@@ -79,7 +80,7 @@ async def test_a_hanging_probe_is_only_a_warning_and_the_agent_keeps_beating(dae
     probes = tmp_path / "probes.d"
     probes.mkdir()
     install_probe(probes, "stuck", "sleep 60")
-    nc = await nats.connect(nats_server.url)
+    nc = await connect_as(nats_server.url, "c-test", Role.COORDINATOR)
     statuses: asyncio.Queue[HostStatus] = asyncio.Queue()
     status_decoder = Decoder(HostStatus, "heartbeat")
 

@@ -3,7 +3,6 @@
 import asyncio
 
 import msgspec
-import nats
 import pytest
 
 from ferry.coordinator.kv import TypedBucket, open_bucket
@@ -13,6 +12,8 @@ from ferry.proto.errors import FerryError
 from ferry.proto.session import MigrateOptions, Session, SessionState
 
 pytestmark = pytest.mark.integration
+from ferry.runtime.identity import Role
+from tests.support.secured import connect_as
 
 
 def session(sid="s00001", created=1.0) -> Session:
@@ -22,7 +23,7 @@ def session(sid="s00001", created=1.0) -> Session:
 
 @pytest.fixture
 async def store(nats_server):
-    nc = await nats.connect(nats_server.url)
+    nc = await connect_as(nats_server.url, "c-test", Role.COORDINATOR)
     yield await SessionStore.open(nc.jetstream())
     await nc.close()
 
@@ -84,12 +85,12 @@ async def test_race_between_cancel_and_completion_has_one_winner(store):
 
 
 async def test_store_survives_a_nats_restart(nats_server):
-    nc = await nats.connect(nats_server.url)
+    nc = await connect_as(nats_server.url, "c-test", Role.COORDINATOR)
     store = await SessionStore.open(nc.jetstream())
     await store.create(session())
     await nc.close()
     nats_server.restart()
-    nc = await nats.connect(nats_server.url)
+    nc = await connect_as(nats_server.url, "c-test", Role.COORDINATOR)
     store = await SessionStore.open(nc.jetstream())
     assert (await store.get("s00001"))[0] == session()
     await nc.close()
@@ -117,7 +118,7 @@ async def test_listing_sees_every_record_written_before_it_even_under_concurrent
 
 
 async def test_a_deleted_record_is_not_listed(nats_server):
-    nc = await nats.connect(nats_server.url)
+    nc = await connect_as(nats_server.url, "c-test", Role.COORDINATOR)
     try:
         bucket = TypedBucket(await open_bucket(nc.jetstream(), "ferry_test_deleted", "test"), Session, "session")
         await bucket.create("a", session("s0000a"))

@@ -7,11 +7,14 @@ import asyncio
 import nats
 import pytest
 
+from ferry.lab.nats_security import LAB_ADMIN
+from ferry.proto import subjects
 from ferry.proto.api import MigrateRequest
 from ferry.proto.errors import FerryError
 from ferry.proto.session import MigrateOptions, SessionState
 from tests.support.cluster import connect_client, vms_by_host, wait_hosts_up
 from tests.support.processes import coordinator_toml, simulated_agent_toml
+from tests.support.secured import connect_as
 from tests.support.waiting import eventually, session_end
 
 pytestmark = pytest.mark.integration
@@ -113,11 +116,11 @@ async def test_cancel_while_migrating_keeps_the_vm_on_its_source(daemons, nats_s
 )
 async def test_bad_session_requests_get_bad_request(daemons, nats_server, verb, payload):
     daemons.start("coordinator", "ferry-coordinator", coordinator_toml(nats_server.url))
-    nc = await nats.connect(nats_server.url)
+    nc = await connect_as(nats_server.url)
     try:
         async def ask():
             try:
-                return await nc.request(f"ferry.api.{verb}", payload, timeout=1.0)
+                return await nc.request(subjects.api(verb, caller=LAB_ADMIN), payload, timeout=1.0)
             except nats.errors.NoRespondersError:
                 return None
 

@@ -10,13 +10,17 @@ import time
 from pathlib import Path
 
 import msgspec
+import nats
 import pytest
 
+from ferry.coordinator.agents import AgentClient
 from ferry.lab.lab import Lab
 from ferry.lab.layout import IMAGES_PATH
 from ferry.proto import subjects
+from ferry.proto.agent import MigrateRequest as AgentMigrateRequest
 from ferry.proto.agent import SessionProgress, SessionUpdate
 from ferry.proto.api import MigrateRequest
+from ferry.proto.errors import FerryError
 from ferry.proto.session import MigrateOptions, SessionState
 from tests.support.disks import assert_disk_holds
 from tests.support.ferry_cli import ferry
@@ -53,7 +57,7 @@ def test_migrate_wait_moves_a_busy_guest_to_a_host_ferry_chooses(lab_with_ferry:
     assert session.source == "hv1" and session.dest in ("hv2", "hv3")
     assert not session.dest_requested
     assert [t.state for t in session.history] == ["queued", "preparing", "migrating", "completed"]
-    assert session.options.tls
+    assert session.options.tls and session.encryption == "tls"
     assert session.outcome is not None and session.outcome.downtime_ms > 0 and session.outcome.total_time_ms > 0
     wait_ticking_on(lab, guest, session.dest)
     assert_runs_only_on(lab, guest, session.dest)
@@ -125,6 +129,7 @@ def test_tls_by_default_and_copy_storage_moves_a_local_disk_unchanged(lab_with_f
     session = result.session()
     assert session.state == SessionState.COMPLETED
     assert session.options.tls, "TLS is on unless --no-tls"
+    assert session.encryption == "tls", "the source reports what it asked libvirt for"
     assert session.copy_disks == ["vda"]
     wait_ticking_on(lab, guest, "hv3")
     assert_runs_only_on(lab, guest, "hv3")
@@ -134,13 +139,50 @@ def test_tls_by_default_and_copy_storage_moves_a_local_disk_unchanged(lab_with_f
     assert_disk_holds(lab, "hv3", guest, pattern, dest_image)
 
 
-def test_no_tls_is_recorded_when_asked_for(lab_with_ferry: Lab, guest_factory) -> None:
+def test_no_tls_is_refused_with_tls_required_by_an_agent_with_the_default_config(lab_with_ferry: Lab, guest_factory) -> None:
     lab = lab_with_ferry
     guest = guest_factory(host="hv2")
     result = ferry(lab.nats_servers, "migrate", guest, "--to", "hv1", "--no-tls", "--wait", "--json")
+    assert result.code == 1
+    session = result.session()
+    assert session.state == SessionState.FAILED and session.code == "tls_required", session.reason
+    assert "require_tls = false" in session.reason
+    assert session.encryption == ""
+    assert_runs_only_on(lab, guest, "hv2")
+    assert_never_restarted(lab, guest)
+
+
+def test_no_tls_runs_unencrypted_where_the_source_allows_it_and_the_record_says_so(lab_with_ferry: Lab, guest_factory) -> None:
+    lab = lab_with_ferry
+    guest = guest_factory(host="hv2")
+    # An operator's deliberate choice on a trusted network, in the source's own config.
+    lab.restart_agent("hv2", migration={"require_tls": False})
+    try:
+        result = ferry(lab.nats_servers, "migrate", guest, "--to", "hv1", "--no-tls", "--wait", "--json")
+    finally:
+        lab.restart_agent("hv2")
     assert result.code == 0, result.stderr
-    assert result.session().options.tls is False
+    session = result.session()
+    assert session.options.tls is False and session.encryption == "none"
     assert_runs_only_on(lab, guest, "hv1")
+
+
+async def test_a_migrate_request_naming_a_qemu_tcp_peer_is_refused_by_the_agent(lab_with_ferry: Lab, guest_factory) -> None:
+    lab = lab_with_ferry
+    guest = guest_factory(host="hv1")
+    # Straight to the agent's migrate subject (where only coordinators may publish), naming
+    # hv2's libvirtd over plain TCP, which the lab's libvirtd does listen on.
+    nc = await nats.connect(servers=lab.nats_urls)
+    try:
+        forged = AgentMigrateRequest(session_id="forged01", vm=guest, dest="hv2", peer_uri=lab.host("hv2").peer_uri_tcp)
+        with pytest.raises(FerryError) as refused:
+            await AgentClient(nc, timeout=10.0).migrate("hv1", forged)
+    finally:
+        await nc.close()
+    assert refused.value.code == "peer_refused"
+    assert "its scheme qemu+tcp is not one of the allowed peer schemes" in refused.value.message
+    assert_runs_only_on(lab, guest, "hv1")
+    assert_never_restarted(lab, guest)
 
 
 async def test_cancel_mid_migration_leaves_the_guest_on_its_source_and_nothing_on_the_destination(

@@ -3,20 +3,18 @@ would: through the coordinator's client, and by watching its events."""
 
 from collections.abc import Iterable
 
-import nats
-
 from ferry.cli.client import FerryClient
 from ferry.proto import subjects
 from ferry.proto.api import HostState
 from ferry.proto.codec import Decoder
 from ferry.proto.events import CoordinatorEvent
-from ferry.runtime.config import NatsSettings
+from tests.support.secured import connect_as, settings_for
 from tests.support.waiting import eventually
 
 
 async def connect_client(nats_server) -> FerryClient:
     """A client of the test's nats-server, with room for a busy CI machine (5 s a request)."""
-    return await FerryClient.connect(NatsSettings(servers=[nats_server.url], request_timeout=5.0))
+    return await FerryClient.connect(settings_for(nats_server.url, request_timeout=5.0))
 
 
 async def wait_hosts_up(client: FerryClient, names: Iterable[str], timeout: float = 15) -> None:
@@ -55,7 +53,7 @@ class CoordinatorEvents:
         self._decoder = Decoder(CoordinatorEvent, "event")  # type: ignore[arg-type]
 
     async def start(self, url: str) -> "CoordinatorEvents":
-        self._nc = await nats.connect(url)
+        self._nc = await connect_as(url)
         await self._nc.subscribe(subjects.COORDINATOR_EVENTS, cb=self._on)
         return self
 

@@ -65,8 +65,12 @@ class FakeHost:
     jobs: dict[str, JobReport] = field(default_factory=dict)
     # Commit requests that go unanswered before one is answered.
     commit_silences: int = 0
-    migrate_requests: list[str] = field(default_factory=list)
+    migrate_requests: list[MigrateRequest] = field(default_factory=list)
     rollbacks: list[str] = field(default_factory=list)
+    # The peer URI its heartbeat announces (None: the one its offers name).
+    announced: str | None = None
+    # What its source refuses migrate requests with (as an agent's config would).
+    refuses_migrate: FerryError | None = None
 
 
 class FakeAgents:
@@ -99,16 +103,16 @@ class FakeAgents:
 
     async def prepare(self, host: str, request: PrepareRequest) -> PrepareReply:
         fake = self._host(host, "prepare")
-        offer = fake.offers.setdefault(
-            request.session_id, Offer(session_id=request.session_id, host=host, peer_uri=f"qemu+tls://{host}/system")
-        )
+        offer = fake.offers.setdefault(request.session_id, Offer(session_id=request.session_id, host=host, peer_uri=peer_uri(host)))
         return offer
 
     async def migrate(self, host: str, request: MigrateRequest) -> MigrationState:
         fake = self._host(host, "migrate")
         job = fake.jobs.get(request.session_id)
+        if job is None and fake.refuses_migrate is not None:
+            raise fake.refuses_migrate
         if job is None:
-            fake.migrate_requests.append(request.session_id)
+            fake.migrate_requests.append(request)
             job = JobReport(session_id=request.session_id, vm=request.vm, role=JobRole.SOURCE, job_running=True, started=True)
             fake.jobs[request.session_id] = job
             self.hosts[request.dest].vms[request.vm] = VmState.PAUSED  # the incoming domain
@@ -117,10 +121,13 @@ class FakeAgents:
     def finish(self, session_id: str, source: str, dest: str, *, ok: bool) -> None:
         """The migration job ends (the guest moves, or stays)."""
         job = self.hosts[source].jobs[session_id]
+        request = next((r for r in self.hosts[source].migrate_requests if r.session_id == session_id), None)
         result = SessionResult(
             session_id=session_id, vm=job.vm, host=source, at=self.clock.now, ok=ok,
             code="" if ok else "migration_failed", reason="" if ok else "the network failed",
             outcome=Outcome(total_time_ms=1000) if ok else None,
+            # As a source reports what it asked libvirt for ("" for a job it never started here).
+            encryption=("tls" if request.options.tls else "none") if request is not None else "",
         )
         self.hosts[source].jobs[session_id] = msgspec.structs.replace(job, job_running=False, result=result)
         if ok:
@@ -182,9 +189,15 @@ class FakeAgents:
                 capacity=Capacity(cpus=8, memory_total_mib=16384, memory_free_mib=12000),
                 vms=[VmInfo(name=vm, uuid=f"u-{vm}", vcpus=1, memory_mib=256, state=state) for vm, state in h.vms.items()],
                 versions=Versions(libvirt="9.0.0", qemu="7.2.0", agent="0.2.0"), arch="x86_64",
+                peer_uri=h.announced if h.announced is not None else peer_uri(h.name),
             )
             for h in self.hosts.values()
         ]
+
+
+def peer_uri(host: str) -> str:
+    """The peer URI a fake host announces and offers."""
+    return f"qemu+tls://{host}/system"
 
 
 def _vm_of(request: JobsRequest) -> str:

@@ -7,6 +7,7 @@ import msgspec
 
 from ferry.proto.session import Session
 from tests.support.processes import script
+from tests.support.secured import cli_args
 
 
 @dataclass
@@ -22,6 +23,7 @@ class CliResult:
 def ferry(servers: str, *args: str, timeout: float = 180.0) -> CliResult:
     """Run the `ferry` CLI; ``servers``: one NATS URL, or several joined by commas (a lab's ``nats_servers``)."""
     proc = subprocess.run(
-        [script("ferry"), "--server", servers, *args], capture_output=True, text=True, timeout=timeout
+        [script("ferry"), *cli_args(servers), *args],
+        capture_output=True, text=True, timeout=timeout,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)

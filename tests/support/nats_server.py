@@ -1,6 +1,7 @@
 """Real nats-servers for tests: free loopback ports, JetStream in a temp folder,
 restartable; one server alone, or a cluster of three as in production."""
 
+import json
 import shutil
 import socket
 import subprocess
@@ -10,6 +11,10 @@ from pathlib import Path
 
 from ferry.lab.nats import free_ports, wait_jetstream
 from ferry.lab.nats_config import nats_server_conf
+from ferry.lab.nats_security import NatsSecurity
+from ferry.runtime.config import NatsSettings
+from ferry.runtime.identity import Role
+from tests.support.secured import NatsUrl, SecuredNats, settings_for
 
 
 def nats_server_binary() -> str:
@@ -22,6 +27,15 @@ def nats_server_binary() -> str:
     return found
 
 
+def plain_config(port: int, store_dir: Path) -> str:
+    return f"listen: 127.0.0.1:{port}\njetstream {{ store_dir: {json.dumps(str(store_dir / 'js'))} }}\n"
+
+
+def secured_nats(folder: Path) -> SecuredNats:
+    """A CA, a server certificate and an identities folder for one test's servers."""
+    return SecuredNats(NatsSecurity.create(folder))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -29,22 +43,39 @@ def free_port() -> int:
 
 
 class NatsServer:
-    """`config`: a config file's text (its `listen` must name `port`); else a plain
-    server with JetStream. `scheme` is "tls" for a server that asks for TLS."""
+    """`config`: a config file's text (its `listen` must name `port`); else a
+    server with JetStream, secured (TLS, an nkey per identity: tests/support/secured.py)
+    unless `secured` is None. `scheme` is "tls" for a server that asks for TLS."""
 
-    def __init__(self, store_dir: Path, port: int | None = None, *, config: str | None = None, scheme: str = "nats") -> None:
+    def __init__(
+        self,
+        store_dir: Path,
+        port: int | None = None,
+        *,
+        config: str | None = None,
+        scheme: str = "nats",
+        secured: SecuredNats | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.store_dir = store_dir
+        self.secured = secured
+        if secured is not None:
+            secured.servers.append(self)
+            if config is None:
+                config = plain_config(self.port, store_dir) + secured.security.server_block(store_dir)
+            scheme = "tls"
         self.config = config
         self.scheme = scheme
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}"
+        url = f"{self.scheme}://127.0.0.1:{self.port}"
+        return NatsUrl(url, self.secured) if self.secured is not None else url
 
     def _argv(self) -> list[str]:
         if self.config is None:
+            # -a/-p on the command line, as operators often start a quick server.
             return [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
         path = self.store_dir / "server.conf"
         path.write_text(self.config)
@@ -100,14 +131,19 @@ class NatsCluster:
     each on its own free client and route port with its own store; a server that
     is killed and started again comes back on the same ports and store."""
 
-    def __init__(self, base_dir: Path, size: int = 3) -> None:
+    def __init__(self, base_dir: Path, size: int = 3, *, secured: SecuredNats | None = None) -> None:
         names = [f"n{i}" for i in range(1, size + 1)]
         ports = free_ports(2 * size)
         client_ports, route_ports = dict(zip(names, ports[:size])), dict(zip(names, ports[size:]))
+        self.secured = secured
+        def extra(name: str) -> str:
+            return secured.security.server_block(base_dir / name) if secured is not None else ""
+
         self.servers = [
             NatsServer(
                 base_dir / name, client_ports[name],
-                config=nats_server_conf(name, client_ports, route_ports, base_dir / name),
+                config=nats_server_conf(name, client_ports, route_ports, base_dir / name) + extra(name),
+                scheme="tls" if secured is not None else "nats", secured=secured,
             )  # fmt: skip
             for name in names
         ]
@@ -123,7 +159,7 @@ class NatsCluster:
                 server.launch()
             for server in self.servers:
                 server.wait_listening()
-            wait_jetstream(self.urls, replicas=len(self.servers))
+            wait_jetstream(self.urls, replicas=len(self.servers), settings=self._probe_settings(self.urls))
         except BaseException:
             self.stop()
             raise
@@ -139,4 +175,8 @@ class NatsCluster:
         """Start one server again (same ports and store) and wait until it serves JetStream."""
         server = self.servers[index]
         server.start()
-        wait_jetstream([server.url], replicas=len(self.servers))
+        wait_jetstream([server.url], replicas=len(self.servers), settings=self._probe_settings([server.url]))
+
+    def _probe_settings(self, urls: list[str]) -> NatsSettings | None:
+        # JetStream is probed as a coordinator would use it.
+        return settings_for(urls, "c-probe", Role.COORDINATOR) if self.secured is not None else None

@@ -8,6 +8,9 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from ferry.runtime.identity import Role
+from tests.support.secured import identity_lines
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -98,16 +101,17 @@ def simulated_agent_toml(
 
     `cpu_model`, `probe_dir` and `probe_timeout` left at None keep the agent's
     own defaults. The default speed (256 MiB/s) is slow enough for a test to
-    see a migration in flight. `peer_uri` is always `sim://<host>`: the
-    simulated backend uses it only to match `unreachable` hosts (migrations
-    towards them fail part-way).
+    see a migration in flight. `peer_uri` is always `qemu+tls://<host>/system`
+    (`simulated_peer_uri`): what a real host announces, so the source agent's
+    peer rules apply as they do in production; the simulated backend uses it
+    only to match `unreachable` hosts (migrations towards them fail part-way).
     """
     simulated = [f"cpus = {cpus}", f"memory_mib = {memory_mib}"]
     if cpu_model is not None:
         simulated.append(f"cpu_model = {_quoted(cpu_model)}")
     simulated += [
         f"migration_mib_per_s = {migration_mib_per_s}",
-        f"unreachable_peers = {_quoted([f'sim://{h}' for h in unreachable])}",
+        f"unreachable_peers = {_quoted([simulated_peer_uri(h) for h in unreachable])}",
         f"vms = [{', '.join(map(_vm_table, vms))}]",
     ]
     health = [f"interval = {health_interval}"]
@@ -123,16 +127,22 @@ def simulated_agent_toml(
         "[nats]",
         f"servers = {_quoted(_urls(nats_url))}",
         "reconnect_wait = 0.2",
+        identity_lines(nats_url, host, Role.HOST),
         nats_extra,
         "[hypervisor]",
         'backend = "simulated"',
-        f"peer_uri = {_quoted(f'sim://{host}')}",
+        f"peer_uri = {_quoted(simulated_peer_uri(host))}",
         "[hypervisor.simulated]",
         *simulated,
         "[health]",
         *health,
         "",
     ])
+
+
+def simulated_peer_uri(host: str) -> str:
+    """The peer URI a simulated host announces (never dialled: the backend is simulated)."""
+    return f"qemu+tls://{host}/system"
 
 
 def _vm_table(vm: SimulatedVmSpec) -> str:
@@ -162,4 +172,4 @@ name = {_quoted(name)}
 [nats]
 servers = {_quoted(_urls(nats_url))}
 reconnect_wait = 0.2
-"""
+{identity_lines(nats_url, name or "coordinator", Role.COORDINATOR)}"""

@@ -77,7 +77,7 @@ def test_files_the_nats_section_names_must_exist(tmp_path):
         "nats.tls_key is set without nats.tls_cert",
     ]
     assert nats_problems(NatsSettings(creds=str(ca), token="t")) == [
-        "nats: use one of creds, user/password or token, not several"
+        "nats: use one of identity, creds, user/password or token, not several"
     ]
     assert nats_problems(NatsSettings(tls_ca=str(tmp_path))) == [f"nats.tls_ca: {tmp_path} is a folder, not a file"]
 

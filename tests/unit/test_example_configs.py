@@ -11,6 +11,8 @@ def test_example_agent_config_parses():
     config = load_toml(SYSTEMD / "agent.toml.example", AgentConfig)
     assert config.host == "hv1" and config.hypervisor.backend == "libvirt"
     assert config.health.probe_dir == "/etc/ferry/probes.d" and config.health.probe_timeout == 10.0
+    # The example shows the transport rules at their (safe) defaults.
+    assert config.migration.require_tls is True and config.migration.allowed_peer_schemes == ["qemu+tls"]
 
 
 def test_example_coordinator_config_parses():

@@ -75,6 +75,12 @@ def test_subjects():
     assert subjects.host_event("hv1") == "ferry.host.hv1.event"
     assert subjects.host_session("hv1", "abc123") == "ferry.host.hv1.session.abc123"
     assert subjects.agent_verb("hv2", "prepare") == "ferry.agent.hv2.prepare"
-    assert subjects.api("hosts") == "ferry.api.hosts"
+    assert subjects.api("hosts", caller="alice") == "ferry.api.alice.hosts"
+    assert subjects.via_api("c1.dc", "drain", caller="alice") == "ferry.api.alice.via.c1_dc.drain"
+    assert subjects.leader_api("drain", caller="alice") == "ferry.coordinator.leader.alice.drain"
+    for subject in (subjects.api("hosts", caller="bob"), subjects.via_api("c1", "hosts", caller="bob"),
+                    subjects.leader_api("cancel", caller="bob")):
+        assert subjects.caller_of(subject) == "bob"
+    assert subjects.caller_of("ferry.host.hv1.status") == ""
     assert subjects.token_from_subject("ferry.host.hv3.status") == "hv3"
     assert subjects.token_from_subject("other.host.hv3.status") is None

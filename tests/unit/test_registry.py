@@ -3,7 +3,7 @@ import pytest
 
 from ferry.coordinator.registry import Registry
 from ferry.proto.api import HostState
-from ferry.proto.events import HostAppeared, HostLost, HostReturned
+from ferry.proto.events import HeartbeatRefused, HostAppeared, HostLost, HostReturned
 from ferry.proto.host import Capacity, HostStatus
 
 
@@ -105,3 +105,40 @@ def test_grace_after_reconnect_holds_off_lost_then_lets_it_through():
     assert reg.sweep(now=17.0) == []  # past the 6 s timeout, inside the grace
     assert reg.sweep(now=19.9) == []
     assert [type(e) for e in reg.sweep(now=20.1)] == [HostLost]
+
+
+def test_a_forged_sequence_jump_is_refused_once_and_cannot_freeze_the_host():
+    reg = Registry()
+    reg.observe(status(seq=1, vcpus_used=2), now=0.0)
+    forged = status(seq=2**62, vcpus_used=0)
+    (event,) = reg.observe(forged, now=1.0)
+    assert isinstance(event, HeartbeatRefused) and "jumps" in event.reason
+    assert not reg.believed(forged)
+    assert reg.observe(status(seq=2**62 + 1), now=1.5) == [], "said once, not once per heartbeat"
+    # The genuine heartbeats go on counting and are believed.
+    assert reg.observe(status(seq=2, vcpus_used=2), now=2.0) == []
+    assert reg.get("hv1").status.seq == 2 and reg.get("hv1").refused == ""
+
+
+def test_a_sequence_may_run_ahead_as_far_as_the_time_allows():
+    reg = Registry()
+    reg.observe(status(seq=1), now=0.0)
+    # 60 s of silence at 2 s: 30 heartbeats buffered across a reconnect are fine.
+    assert reg.observe(status(seq=31), now=60.0) == []
+    assert reg.get("hv1").status.seq == 31
+
+
+@pytest.mark.parametrize("interval", [0.0, 0.01, 10_000.0])
+def test_an_impossible_interval_is_refused_and_cannot_mark_the_host_lost(interval):
+    reg = Registry()
+    reg.observe(status(seq=1), now=0.0)
+    (event,) = reg.observe(status(seq=2, interval=interval), now=1.0)
+    assert isinstance(event, HeartbeatRefused) and "interval" in event.reason
+    assert reg.sweep(now=3.0) == [], "the host keeps its own announced timeout"
+    assert reg.views(3.0)[0].state == HostState.UP
+
+
+def test_a_new_host_with_an_impossible_interval_is_not_kept():
+    reg = Registry()
+    assert reg.observe(status(host="rogue", interval=0.0), now=0.0) == []
+    assert reg.get("rogue") is None

@@ -12,6 +12,7 @@ from ferry.coordinator.sessions import SessionManager
 from ferry.coordinator.sessions.ports import Clock
 from ferry.proto.agent import JobReport, JobRole, Offer, SessionResult
 from ferry.proto.api import MigrateRequest
+from ferry.proto.errors import ErrorCode, FerryError
 from ferry.proto.host import VmState
 from ferry.proto.session import Demand, MigrateOptions, Session, SessionCode, SessionState, Transition
 from tests.support.fake_ports import FakeAgents, FakeClock, FakeHost, MemoryClaims, MemoryStore
@@ -314,3 +315,58 @@ async def test_adoption_frees_a_claim_left_by_a_session_that_ended():
     await w.manager.adopt()
     assert VM not in w.claims.holders
     await w.manager.close()
+
+
+# ----- TLS and peers: the source dials only what its destination announced -----
+
+
+async def run_fresh(w: World, request: MigrateRequest) -> Session:
+    """Start a session as `ferry migrate` does and run it to its end."""
+    await w.manager.adopt()
+    runner = asyncio.create_task(w.manager.run())
+    try:
+        session = await w.manager.start(request)
+        for _ in range(5000):
+            await asyncio.sleep(0)
+            if w.store[session.id].state.terminal and not w.manager._driver._tasks:
+                break
+    finally:
+        runner.cancel()
+        await w.manager.close()
+    return w.store[session.id]
+
+
+async def test_a_completed_session_records_the_encryption_the_source_used():
+    w = world()
+    ended = await run_fresh(w, MigrateRequest(vm=VM))
+    assert ended.state == S.COMPLETED and ended.encryption == "tls"
+    (sent,) = w.hv1.migrate_requests
+    assert sent.peer_uri == "qemu+tls://hv2/system" and sent.options.tls
+
+
+async def test_an_offer_naming_a_peer_its_host_did_not_announce_is_never_sent_to_the_source():
+    w = world()
+    # Whoever answered hv2's `prepare` named its own address; hv2's heartbeat says otherwise.
+    w.hv2.announced = "qemu+tls://hv2.example.net/system"
+    ended = await run_fresh(w, MigrateRequest(vm=VM))
+    assert ended.state == S.FAILED and ended.code == SessionCode.PEER_MISMATCH
+    assert "hv2 offered qemu+tls://hv2/system as its peer URI, but its heartbeat announces" in ended.reason
+    assert w.hv1.migrate_requests == [] and w.hv2.rollbacks == [ended.id]
+    assert w.where() == ["hv1"] and VM not in w.claims.holders
+    assert ended.encryption == ""
+
+
+@pytest.mark.parametrize(
+    "code, message",
+    [
+        (ErrorCode.TLS_REQUIRED, "web.prod-1 is not migrated without TLS: ... set require_tls = false"),
+        (ErrorCode.PEER_REFUSED, "web.prod-1 is not sent to qemu+tls://hv2/system: its scheme ..."),
+    ],
+)
+async def test_a_source_refusing_on_its_transport_rules_ends_the_session_with_its_code(code, message):
+    w = world()
+    w.hv1.refuses_migrate = FerryError(code, message)
+    ended = await run_fresh(w, MigrateRequest(vm=VM, options=MigrateOptions(tls=code != ErrorCode.TLS_REQUIRED)))
+    assert ended.state == S.FAILED and ended.code == str(code)
+    assert ended.reason == f"hv1 did not start the migration: {message}"
+    assert w.hv2.rollbacks == [ended.id] and w.where() == ["hv1"] and VM not in w.claims.holders

@@ -1,0 +1,118 @@
+"""`ferry-admin`: what a cluster's administrator runs once, and again for each new host.
+
+    ferry-admin identities --out /etc/ferry/identities \\
+        --hosts hv1,hv2,hv3 --coordinators c1,c2 --admins alice --viewers bob
+
+writes one identity file per name (`hosts/hv1.identity`, ... mode 0600),
+`manifest.json` (names, roles and public keys) and `nats-authorization.conf`,
+the block each nats-server includes. Run it again with more names to add them:
+identities already in the folder are kept as they are (same seed), so only the
+new files need copying; then reload the servers (`nats-server --signal
+reload`). `--remove NAME` takes one out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import msgspec
+import nkeys
+
+from ferry.cli.identities import Member, authorization_conf, problems
+from ferry.runtime.identity import IdentityFile, Role, write_identity
+from ferry.runtime.version import VERSION
+
+MANIFEST = "manifest.json"
+AUTHORIZATION = "nats-authorization.conf"
+_MEMBERS = msgspec.json.Decoder(list[Member])
+
+
+def identity_path(folder: Path, member: Member) -> Path:
+    return folder / f"{member.role}s" / f"{member.name}.identity"
+
+
+def new_identity(name: str, role: Role) -> IdentityFile:
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    public = nkeys.from_seed(bytearray(seed)).public_key.decode()
+    return IdentityFile(name=name, role=role, public_key=public, seed=seed.decode())
+
+
+def read_manifest(folder: Path) -> list[Member]:
+    path = folder / MANIFEST
+    if not path.exists():
+        return []
+    try:
+        return _MEMBERS.decode(path.read_bytes())
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise SystemExit(f"ferry-admin: {path} is not a manifest written by ferry-admin ({exc})") from None
+
+
+def update(folder: Path, wanted: list[tuple[str, Role]], remove: list[str]) -> tuple[list[Member], list[Member]]:
+    """Every member after the change, and the ones made now. Refuses, before
+    writing anything, a name asked for with another role than it has."""
+    members = {m.name: m for m in read_manifest(folder) if m.name not in remove}
+    unknown = [name for name in remove if name not in {m.name for m in read_manifest(folder)}]
+    if unknown:
+        raise SystemExit(f"ferry-admin: nothing to remove: {', '.join(unknown)} not in {folder / MANIFEST}")
+    for name, role in wanted:
+        have = members.get(name)
+        if have is not None and have.role != role:
+            raise SystemExit(f"ferry-admin: {name} is already a {have.role}; remove it first to make it a {role}")
+    made = {
+        name: new_identity(name, role) for name, role in dict(wanted).items() if name not in members
+    }
+    after = [*members.values(), *(Member(i.name, i.role, i.public_key) for i in made.values())]
+    found = problems(after)
+    if found:
+        raise SystemExit("ferry-admin: " + "; ".join(found))
+    for identity in made.values():
+        write_identity(identity_path(folder, Member(identity.name, identity.role, identity.public_key)), identity)
+    for name in remove:
+        gone = next(m for m in read_manifest(folder) if m.name == name)
+        identity_path(folder, gone).unlink(missing_ok=True)
+    (folder / MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(sorted(after, key=lambda m: m.name))) + b"\n")
+    (folder / AUTHORIZATION).write_text(authorization_conf(after))
+    return after, [m for m in after if m.name in made]
+
+
+def _names(value: str) -> list[str]:
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ferry-admin", description="Set up a Ferry cluster's identities.")
+    parser.add_argument("--version", action="version", version=f"ferry-admin {VERSION}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    ids = commands.add_parser(
+        "identities", help="make identity files and the nats-server authorization config",
+        description="Make (or add to) the identities of a cluster; existing ones are kept.",
+    )
+    ids.add_argument("--out", required=True, type=Path, help="the identities folder (made if missing)")
+    for role, flag in ((Role.HOST, "--hosts"), (Role.COORDINATOR, "--coordinators"),
+                       (Role.ADMIN, "--admins"), (Role.VIEWER, "--viewers")):
+        ids.add_argument(flag, default="", metavar="NAMES", help=f"comma-separated {role} names")
+    ids.add_argument("--remove", default="", metavar="NAMES", help="comma-separated names to take out")
+    args = parser.parse_args(argv)
+
+    wanted = [
+        (name, role)
+        for role, value in ((Role.HOST, args.hosts), (Role.COORDINATOR, args.coordinators),
+                            (Role.ADMIN, args.admins), (Role.VIEWER, args.viewers))
+        for name in _names(value)
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    after, made = update(args.out, wanted, _names(args.remove))
+    for member in made:
+        print(f"new {member.role} {member.name}: {identity_path(args.out, member)}")
+    print(f"{len(after)} identities in {args.out / MANIFEST}; nats-server config: {args.out / AUTHORIZATION}")
+    if made or args.remove:
+        print("next: copy each new identity file to its host (mode 0600), then reload every nats-server "
+              "(nats-server --signal reload, or systemctl reload nats-server)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""NATS secured as in production, for the lab and the tests: TLS on every client
+port (a server certificate from a CA of its own) and one nkey identity per
+host, coordinator and operator with the permissions `ferry-admin identities`
+gives them (cli/identities.py).
+
+One folder holds it all: `ca.pem`, `server-cert.pem`, `server-key.pem` and
+`identities/` (the ferry-admin folder). Identities are added as daemons need
+them; the servers then reload their authorization (`reload_needed`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ferry.cli import admin
+from ferry.cli.identities import Member
+from ferry.lab.certs import issue, make_ca
+from ferry.runtime.config import NatsSettings
+from ferry.runtime.identity import Role
+
+NATS_TLS_NAME = "localhost"
+NATS_TLS_ADDRESS = "127.0.0.1"
+# What the lab's tools and the tests act as when they ask the API.
+LAB_ADMIN = "lab-admin"
+
+
+def _toml(value: str) -> str:
+    return json.dumps(value)
+
+
+@dataclass(frozen=True)
+class NatsSecurity:
+    folder: Path
+
+    @classmethod
+    def create(cls, folder: Path) -> NatsSecurity:
+        """The CA and the server certificate once (kept when the folder exists)."""
+        security = cls(folder)
+        if not (security.ca_file.exists() and security.cert_file.exists() and security.key_file.exists()):
+            folder.mkdir(parents=True, exist_ok=True)
+            now = datetime.datetime.now(datetime.UTC)
+            ca = make_ca(now)
+            server = issue(ca, NATS_TLS_NAME, NATS_TLS_ADDRESS, "server", now)
+            security.key_file.write_bytes(server.key_pem)
+            security.key_file.chmod(0o600)
+            security.cert_file.write_bytes(server.cert_pem)
+            security.ca_file.write_bytes(ca.cert_pem)
+        security.identities.mkdir(parents=True, exist_ok=True)
+        if not security.authorization_file.exists():
+            admin.update(security.identities, [(LAB_ADMIN, Role.ADMIN)], [])
+        return security
+
+    @property
+    def ca_file(self) -> Path:
+        return self.folder / "ca.pem"
+
+    @property
+    def cert_file(self) -> Path:
+        return self.folder / "server-cert.pem"
+
+    @property
+    def key_file(self) -> Path:
+        return self.folder / "server-key.pem"
+
+    @property
+    def identities(self) -> Path:
+        return self.folder / "identities"
+
+    @property
+    def authorization_file(self) -> Path:
+        return self.identities / admin.AUTHORIZATION
+
+    def members(self) -> list[Member]:
+        return admin.read_manifest(self.identities)
+
+    def ensure(self, wanted: Iterable[tuple[str, Role]]) -> list[Member]:
+        """Make the identities not made yet; returns the new ones (reload the servers when any)."""
+        have = {(m.name, m.role) for m in self.members()}
+        missing = [(name, role) for name, role in wanted if (name, role) not in have]
+        if not missing:
+            return []
+        return admin.update(self.identities, missing, [])[1]
+
+    def identity_file(self, name: str, role: Role) -> Path:
+        return admin.identity_path(self.identities, Member(name, role, ""))
+
+    def server_block(self, config_dir: Path) -> str:
+        """The lines of a nats-server config (in `config_dir`) that turn TLS and the
+        authorization on. nats-server reads an include relative to the including file."""
+        authorization = os.path.relpath(self.authorization_file, config_dir)
+        return f"""\
+tls {{
+  cert_file: {_toml(str(self.cert_file))}
+  key_file: {_toml(str(self.key_file))}
+  ca_file: {_toml(str(self.ca_file))}
+  timeout: 5
+}}
+include {_toml(authorization)}
+"""
+
+    def config_lines(self, name: str, role: Role) -> str:
+        """The `[nats]` keys of a daemon's config that make it connect as this identity (made before)."""
+        return f"identity = {_toml(str(self.identity_file(name, role)))}\ntls_ca = {_toml(str(self.ca_file))}\n"
+
+    def settings(self, servers: list[str], name: str = LAB_ADMIN, role: Role = Role.ADMIN, **options: float) -> NatsSettings:
+        """Settings of a client acting as this identity (made before)."""
+        return NatsSettings(
+            servers=servers, identity=str(self.identity_file(name, role)), tls_ca=str(self.ca_file), **options
+        )

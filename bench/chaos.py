@@ -49,12 +49,14 @@ from ferry.coordinator.kv import Bucket, keys_of
 from ferry.coordinator.session_store import CLAIMS_BUCKET
 from ferry.lab.errors import LabError
 from ferry.lab.lab import COORDINATOR_ROLES, NATS_ROLES, Lab, agent_role, coordinator_role
+from ferry.lab.nats_security import LAB_TOOLS
 from ferry.proto.agent import JobRole, JobsRequest
 from ferry.proto.api import MigrateRequest
 from ferry.proto.drain import DrainRequest, DrainState
 from ferry.proto.errors import FerryError
 from ferry.proto.session import MigrateOptions, Session, SessionCode, SessionState
-from ferry.runtime.config import NatsSettings
+from ferry.runtime.connection import identity_options
+from ferry.runtime.identity import Role
 
 T = TypeVar("T")
 S = SessionState
@@ -156,7 +158,7 @@ def agrees(session: Session, running_on: tuple[str, ...]) -> bool:
 async def ask(lab: Lab, call: Callable[[FerryClient], Awaitable[T]], timeout: float = 5.0) -> T | None:
     """One call on a fresh connection (the nats-server may have been restarted); None when it fails."""
     try:
-        settings = NatsSettings(servers=lab.nats_urls, request_timeout=timeout, connect_timeout=2.0)
+        settings = lab.nats_settings(request_timeout=timeout, connect_timeout=2.0)
         async with await FerryClient.connect(settings) as client:
             return await call(client)
     except (FerryError, OSError, TimeoutError, nats.errors.Error):
@@ -166,7 +168,7 @@ async def ask(lab: Lab, call: Callable[[FerryClient], Awaitable[T]], timeout: fl
 async def leftovers(lab: Lab) -> tuple[dict[str, str], list[str]]:
     """The VM claims left in KV (key -> session id), and the reservations the
     agents still hold ('host: session'), read over one connection."""
-    nc = await nats.connect(servers=lab.nats_urls, connect_timeout=2, max_reconnect_attempts=0)
+    nc = await nats.connect(servers=lab.nats_urls, connect_timeout=2, max_reconnect_attempts=0, **identity_options(lab.nats_settings(LAB_TOOLS, Role.COORDINATOR)))
     try:
         js = nc.jetstream()
         bucket = Bucket(await js.key_value(CLAIMS_BUCKET), js, CLAIMS_BUCKET)

@@ -30,7 +30,6 @@ from ferry.lab.state import load_state
 from ferry.proto.api import HostsReply, HostState
 from ferry.proto.errors import FerryError
 from ferry.proto.host import VmState
-from ferry.runtime.config import NatsSettings
 
 T = TypeVar("T")
 
@@ -266,7 +265,7 @@ def ask_coordinator(lab: Lab, call: Callable[[FerryClient], Awaitable[T]], timeo
     """One or more API calls on one connection; None while the coordinator does not answer."""
 
     async def ask() -> T:
-        settings = NatsSettings(servers=lab.nats_urls, request_timeout=timeout)
+        settings = lab.nats_settings(request_timeout=timeout)
         async with await FerryClient.connect(settings) as client:
             return await call(client)
 

@@ -280,7 +280,7 @@ def _abort_quietly(dom: libvirt.virDomain) -> None:
 
 
 def try_with_ferry(lab: Lab, round: int, args: argparse.Namespace) -> Attempt:
-    argv = [FERRY, "--server", lab.nats_servers, "migrate", GUEST, "--to", DEST, "--bandwidth", str(args.bandwidth), "--wait", "--json"]
+    argv = [FERRY, *lab.cli_args(), "migrate", GUEST, "--to", DEST, "--bandwidth", str(args.bandwidth), "--wait", "--json"]
     # Exit 1: the session ended other than completed (the policy gave up); its record says why.
     timed = run_timed(argv, f"ferry migrate {GUEST} --to {DEST}", max(args.deadline, 120.0) * 3 + 60, accept=(0, 1))
     session = session_record(timed.stdout)
@@ -318,7 +318,7 @@ TRIERS = {VIRSH_METHOD: try_with_virsh, FERRY_METHOD: try_with_ferry}
 
 def move_back(lab: Lab) -> None:
     """Not timed: back to hv1 with Ferry and no cap (loopback is fast enough for the busy guest)."""
-    argv = [FERRY, "--server", lab.nats_servers, "migrate", GUEST, "--to", SOURCE, "--wait", "--json"]
+    argv = [FERRY, *lab.cli_args(), "migrate", GUEST, "--to", SOURCE, "--wait", "--json"]
     timed = run_timed(argv, f"ferry migrate {GUEST} back to {SOURCE}", MOVE_BACK_TIMEOUT)
     console.print(f"    back to {SOURCE} in {timed.seconds:.1f} s (not timed)")
     settled_host(lab, SOURCE, "moving the guest back")

@@ -206,7 +206,7 @@ def drain_with_virsh(lab: Lab, round: int, guests: Sequence[str]) -> Side:
 
 
 def drain_with_ferry(lab: Lab, round: int, guests: Sequence[str]) -> Side:
-    argv = [FERRY, "--server", lab.nats_servers, "drain", SOURCE, "--wait", "--json"]
+    argv = [FERRY, *lab.cli_args(), "drain", SOURCE, "--wait", "--json"]
     started_at = time.time()  # the sessions' history is wall-clock time
     timed = run_timed(argv, f"ferry drain {SOURCE} --wait", MIGRATION_TIMEOUT * len(guests))
     drain = drain_record(timed.stdout)
@@ -247,7 +247,7 @@ def drain_with_ferry(lab: Lab, round: int, guests: Sequence[str]) -> Side:
 def move_back(lab: Lab, side: Side) -> None:
     """Not timed: undrain hv1 after Ferry, then every guest back to hv1 with plain libvirt."""
     if side.method == FERRY_METHOD:
-        run_timed([FERRY, "--server", lab.nats_servers, "undrain", SOURCE], f"ferry undrain {SOURCE}", 30)
+        run_timed([FERRY, *lab.cli_args(), "undrain", SOURCE], f"ferry undrain {SOURCE}", 30)
     for move in side.moves:
         virsh_migrate(lab, move.guest, move.dest, SOURCE, MIGRATION_TIMEOUT)
     check_landed(lab, {m.guest: SOURCE for m in side.moves}, "moving the guests back")

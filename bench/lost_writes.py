@@ -84,7 +84,7 @@ def start_guest(lab: Lab, name: str, dirty_mb: int, memory: int) -> None:
 
 
 def move(lab: Lab, name: str, dest: str, bandwidth: int) -> Session:
-    argv = [FERRY, "--server", lab.nats_servers, "migrate", name, "--to", dest, "--wait", "--json"]
+    argv = [FERRY, *lab.cli_args(), "migrate", name, "--to", dest, "--wait", "--json"]
     if bandwidth:
         argv += ["--bandwidth", str(bandwidth)]
     timed = run_timed(argv, f"ferry migrate {name} --to {dest}", MOVE_TIMEOUT, accept=(0, 1))

@@ -105,7 +105,7 @@ def move_with_virsh(lab: Lab, round: int, guest: str, source: str, dest: str) ->
 
 
 def move_with_ferry(lab: Lab, round: int, guest: str, source: str, dest: str) -> Move:
-    argv = [FERRY, "--server", lab.nats_servers, "migrate", guest, "--to", dest, "--wait", "--json"]
+    argv = [FERRY, *lab.cli_args(), "migrate", guest, "--to", dest, "--wait", "--json"]
     timed = run_timed(argv, f"ferry migrate {guest} {source} -> {dest}", MIGRATION_TIMEOUT)
     try:
         session = json.loads(timed.stdout)

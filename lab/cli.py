@@ -119,7 +119,7 @@ def _up(args: argparse.Namespace) -> int:
     if report.ok:
         ferry = "" if args.no_ferry else f", coordinators {' and '.join(COORDINATORS)}"
         print(f"lab up in {lab.dir}: {len(lab.hosts)} hosts, NATS at {', '.join(lab.nats_urls)}{ferry}")
-        print(f"  export FERRY_NATS_URL={lab.nats_servers}")
+        print("  export " + " ".join(f"{key}={value}" for key, value in lab.cli_env().items()))
         return 0
     core = [*NATS_ROLES, JETSTREAM_PART, *(libvirtd_role(h) for h in lab.hosts)]
     if any(part in report.failed for part in core):

@@ -26,11 +26,11 @@ def _servers(nats_urls: Sequence[str]) -> str:
 def libvirtd_conf(host: HostLayout) -> str:
     return f"""\
 # Written by ferry-lab for {host.name}; paths are as seen inside its namespace.
-listen_tcp = 1
+# Peers reach it over TLS only (qemu+tls://), each with a certificate from the
+# lab's CA that libvirtd checks; no unauthenticated TCP.
+listen_tcp = 0
 listen_tls = 1
 listen_addr = {_q(host.address)}
-# Lab only: TCP without authentication on a loopback address.
-auth_tcp = "none"
 auth_tls = "none"
 auth_unix_rw = "none"
 auth_unix_ro = "none"
@@ -61,8 +61,11 @@ migrate_tls_x509_verify = 1
 """
 
 
-def agent_toml(host: HostLayout, nats_urls: Sequence[str], migration: dict[str, object] | None = None) -> str:
-    """``migration``: extra keys for the agent's [migration] table (tests tune limits with it)."""
+def agent_toml(
+    host: HostLayout, nats_urls: Sequence[str], nats_identity: str = "", migration: dict[str, object] | None = None
+) -> str:
+    """``nats_identity``: the [nats] keys of its identity and CA (lab/nats_security.py);
+    ``migration``: extra keys for the agent's [migration] table (tests tune limits with it)."""
     extra = "".join(f"{key} = {json.dumps(value)}\n" for key, value in (migration or {}).items())
     return f"""\
 # Written by ferry-lab.
@@ -77,7 +80,7 @@ state_dir = {_q(str(host.state_dir))}
 
 [nats]
 servers = {_servers(nats_urls)}
-
+{nats_identity}
 [hypervisor]
 backend = "libvirt"
 uri = {_q(host.uri)}
@@ -96,7 +99,7 @@ allow_unsafe = true
 {extra}"""
 
 
-def coordinator_toml(layout: LabLayout, name: str, nats_urls: Sequence[str]) -> str:
+def coordinator_toml(layout: LabLayout, name: str, nats_urls: Sequence[str], nats_identity: str = "") -> str:
     """Coordinator ``name``'s config: the name tells the two apart in the leader lease and the logs."""
     return f"""\
 # Written by ferry-lab for the lab in {layout.dir}.
@@ -105,4 +108,4 @@ heartbeat_timeout = {HEARTBEAT_TIMEOUT}
 
 [nats]
 servers = {_servers(nats_urls)}
-"""
+{nats_identity}"""

@@ -119,7 +119,7 @@ def run(lab: Lab, keep: bool) -> None:
 
     if keep:
         step("The lab keeps running")
-        console.print(f"  export FERRY_NATS_URL={lab.nats_servers}; ferry hosts")
+        console.print("  export " + " ".join(f"{k}={v}" for k, v in lab.cli_env().items()) + "; ferry hosts", markup=False)
         console.print(f"  ferry-lab --dir {lab.dir} status    ferry-lab --dir {lab.dir} down")
 
 

@@ -14,6 +14,7 @@ from ferry.coordinator.session_history import max_overlap
 from ferry.lab.demo_support import console, ferry, fresh_guest, step, wait_hosts
 from ferry.lab.errors import LabError
 from ferry.lab.lab import Lab, coordinator_role
+from ferry.lab.nats_security import LAB_TOOLS
 from ferry.proto import subjects
 from ferry.proto.codec import Decoder
 from ferry.proto.drain import Drain, ItemState
@@ -36,6 +37,8 @@ from ferry.proto.events import (
 )
 from ferry.proto.host import HealthState
 from ferry.proto.session import Session, SessionState
+from ferry.runtime.connection import identity_options
+from ferry.runtime.identity import Role
 
 # Name stems of the small guests the drain and evacuation steps start (cache-1, ...).
 DRAIN_GUESTS = "cache"
@@ -231,7 +234,7 @@ async def watch_evacuation(lab: Lab, host: str, guests: list[str], probe: Path) 
         inbox.put_nowait(msg)
 
     try:
-        nc = await nats.connect(servers=lab.nats_urls)
+        nc = await nats.connect(servers=lab.nats_urls, **identity_options(lab.nats_settings(LAB_TOOLS, Role.COORDINATOR)))
     except (OSError, nats.errors.Error) as error:
         raise LabError(f"the demo could not connect to {lab.nats_servers} to follow events: {error}") from None
     try:

@@ -22,7 +22,7 @@ def step(text: str) -> None:
 def ferry(lab: Lab, *args: str, show: bool = True, timeout: float = 60.0, check: bool = True) -> str:
     """Run `ferry`, show its output; a failure is a LabError unless `check` is False
     (then stderr is shown and returned with stdout)."""
-    command = [FERRY, "--server", lab.nats_servers, *args]
+    command = [FERRY, *lab.cli_args(), *args]
     if show:
         console.print(f"[dim]$ ferry {' '.join(args)}[/]")
     try:

@@ -12,7 +12,9 @@ from pathlib import Path
 from ferry.lab import configs, processes
 from ferry.lab.errors import LabError
 from ferry.lab.layout import COORDINATORS, HostLayout, LabLayout
+from ferry.lab.nats_security import NatsSecurity
 from ferry.lab.processes import ProcessRef
+from ferry.runtime.identity import Role
 
 # A daemon still alive this long after start is taken as started; one with a
 # broken config or import dies well within it.
@@ -32,19 +34,23 @@ def executable(name: str) -> Path:
 
 def write_ferry_configs(layout: LabLayout, nats_urls: Sequence[str]) -> None:
     for host in layout.hosts:
-        write_agent_config(host, nats_urls)
+        write_agent_config(layout, host, nats_urls)
     for name in COORDINATORS:
         write_coordinator_config(layout, name, nats_urls)
 
 
-def write_agent_config(host: HostLayout, nats_urls: Sequence[str], migration: dict[str, object] | None = None) -> None:
+def write_agent_config(
+    layout: LabLayout, host: HostLayout, nats_urls: Sequence[str], migration: dict[str, object] | None = None
+) -> None:
     """The agent's config, and the (empty) probe folder it names."""
     host.probes_dir.mkdir(parents=True, exist_ok=True)
-    host.agent_config.write_text(configs.agent_toml(host, nats_urls, migration))
+    identity = NatsSecurity(layout.nats_security_dir).config_lines(host.name, Role.HOST)
+    host.agent_config.write_text(configs.agent_toml(host, nats_urls, identity, migration))
 
 
 def write_coordinator_config(layout: LabLayout, name: str, nats_urls: Sequence[str]) -> None:
-    layout.coordinator_config(name).write_text(configs.coordinator_toml(layout, name, nats_urls))
+    identity = NatsSecurity(layout.nats_security_dir).config_lines(name, Role.COORDINATOR)
+    layout.coordinator_config(name).write_text(configs.coordinator_toml(layout, name, nats_urls, identity))
 
 
 def start_agent(host: HostLayout) -> ProcessRef:

@@ -40,10 +40,13 @@ from ferry.lab.layout import (
 from ferry.lab.lost_writes import lost_write_signs
 from ferry.lab.nats import free_ports, spawn_nats_server, wait_jetstream, wait_listening, write_nats_config
 from ferry.lab.nats_config import NATS_HOST, nats_url
+from ferry.lab.nats_security import LAB_ADMIN, LAB_TOOLS, NatsSecurity, lab_identities
 from ferry.lab.prereqs import check_programs, check_root
 from ferry.lab.processes import ProcessRef
 from ferry.lab.residency import Residency, residency
 from ferry.lab.state import LabState, load_state, save_state
+from ferry.runtime.config import NatsSettings
+from ferry.runtime.identity import Role
 
 
 def nats_role(name: str) -> str:
@@ -171,6 +174,32 @@ class Lab:
         """The URLs joined by commas, as `ferry --server` and $FERRY_NATS_URL take them."""
         return ",".join(self.nats_urls)
 
+    @property
+    def nats_security(self) -> NatsSecurity:
+        return NatsSecurity(self.layout.nats_security_dir)
+
+    def nats_settings(self, name: str = LAB_ADMIN, role: Role = Role.ADMIN, **options: float) -> NatsSettings:
+        """How a client reaches the lab's NATS as one of its identities (default: the
+        lab's admin operator; LAB_TOOLS for raw JetStream, as a coordinator)."""
+        return self.nats_security.settings(self.nats_urls, name, role, **options)
+
+    def cli_args(self, name: str = LAB_ADMIN, role: Role = Role.ADMIN) -> list[str]:
+        """`ferry` options that reach the lab as that identity."""
+        settings = self.nats_settings(name, role)
+        return ["--server", self.nats_servers, "--identity", settings.identity, "--tls-ca", settings.tls_ca]
+
+    def cli_env(self, name: str = LAB_ADMIN, role: Role = Role.ADMIN) -> dict[str, str]:
+        """The same as environment variables (what `ferry-lab up` tells a shell to export)."""
+        settings = self.nats_settings(name, role)
+        return {"FERRY_NATS_URL": self.nats_servers, "FERRY_IDENTITY": settings.identity, "FERRY_NATS_TLS_CA": settings.tls_ca}
+
+    def _reload_nats(self) -> None:
+        """New identities: running servers read their authorization again."""
+        for name in NATS_SERVERS:
+            ref = self.process(nats_role(name))
+            if ref is not None:
+                os.kill(ref.pid, signal.SIGHUP)
+
     def _nats_running(self, name: str) -> bool:
         return self.process(nats_role(name)) is not None
 
@@ -206,8 +235,12 @@ class Lab:
         save_state(self.layout.state_file, self._state)
         try:
             certs.ensure_pki(self.layout)
+            security = NatsSecurity.create(self.layout.nats_security_dir)
+            added = security.ensure(lab_identities([h.name for h in self.hosts], COORDINATORS))
         except (OSError, ValueError) as error:
             raise LabError(f"Could not write the lab's certificates under {self.dir}: {error}.") from None
+        if added:
+            self._reload_nats()
         for host in self.hosts:
             hosts.prepare_host_dirs(host)
             hosts.write_host_configs(host)
@@ -228,7 +261,7 @@ class Lab:
         if any(nats_role(name) in report.failed for name in NATS_SERVERS):
             return
         try:
-            wait_jetstream(self.nats_urls)
+            wait_jetstream(self.nats_urls, settings=self.nats_settings(LAB_TOOLS, Role.COORDINATOR))
         except LabError as error:
             report.failed[JETSTREAM_PART] = f"{error} See {self.layout.nats_log('n*')}."
 
@@ -349,7 +382,7 @@ class Lab:
         """Restart one host's ferry-agent, optionally with extra [migration] settings."""
         layout = self.host(host)
         self.stop_agent(host)
-        ferry_services.write_agent_config(layout, self.nats_urls, migration)
+        ferry_services.write_agent_config(self.layout, layout, self.nats_urls, migration)
         ref = ferry_services.start_agent(layout)
         self._record(agent_role(layout), ref)
         failed = ferry_services.settle({agent_role(layout): (ref, layout.agent_log)})
@@ -398,7 +431,7 @@ class Lab:
             raise LabError(" ".join(report.failed.values()))
         try:
             # Through this server alone: it has rejoined the cluster.
-            wait_jetstream([nats_url(self._state.nats_ports[name])])
+            wait_jetstream([nats_url(self._state.nats_ports[name])], settings=self.nats_settings(LAB_TOOLS, Role.COORDINATOR))
         except LabError as error:
             raise LabError(f"{error} See {self.layout.nats_log(name)}.") from None
 

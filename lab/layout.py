@@ -208,6 +208,11 @@ class LabLayout:
     def nats_dir(self) -> Path:
         return self.dir / "nats"
 
+    @property
+    def nats_security_dir(self) -> Path:
+        """The NATS CA and server certificate, and every identity (lab/nats_security.py)."""
+        return self.dir / "nats-security"
+
     def nats_store_dir(self, name: str) -> Path:
         """Server ``name``'s own JetStream store: kept across its restarts."""
         return self.nats_dir / name

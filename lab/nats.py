@@ -18,6 +18,7 @@ from ferry.lab import processes
 from ferry.lab.errors import LabError
 from ferry.lab.layout import NATS_SERVERS, LabLayout
 from ferry.lab.nats_config import NATS_HOST, nats_server_conf
+from ferry.lab.nats_security import NatsSecurity
 from ferry.lab.prereqs import nats_server_path
 from ferry.lab.processes import ProcessRef
 from ferry.runtime.config import NatsSettings
@@ -53,7 +54,8 @@ def free_ports(count: int, taken: Collection[int] = ()) -> list[int]:
 def write_nats_config(layout: LabLayout, name: str, client_ports: Mapping[str, int], route_ports: Mapping[str, int]) -> None:
     layout.nats_store_dir(name).mkdir(parents=True, exist_ok=True)
     text = nats_server_conf(name, client_ports, route_ports, layout.nats_store_dir(name))
-    layout.nats_config(name).write_text(text)
+    security = NatsSecurity(layout.nats_security_dir).server_block(layout.nats_config(name).parent)
+    layout.nats_config(name).write_text(text + security)
 
 
 def spawn_nats_server(layout: LabLayout, name: str) -> ProcessRef:

@@ -17,7 +17,8 @@ CLUSTER_NAME = "ferry-lab"
 
 
 def nats_url(port: int) -> str:
-    return f"nats://{NATS_HOST}:{port}"
+    # The lab's servers take TLS only (lab/nats_security.py).
+    return f"tls://{NATS_HOST}:{port}"
 
 
 def route_url(port: int) -> str:

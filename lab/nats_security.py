@@ -27,6 +27,18 @@ NATS_TLS_NAME = "localhost"
 NATS_TLS_ADDRESS = "127.0.0.1"
 # What the lab's tools and the tests act as when they ask the API.
 LAB_ADMIN = "lab-admin"
+LAB_VIEWER = "lab-viewer"
+# Raw JetStream and agent subjects (tests, benchmarks): a coordinator's rights.
+LAB_TOOLS = "lab-tools"
+
+
+def lab_identities(hosts: Iterable[str], coordinators: Iterable[str]) -> list[tuple[str, Role]]:
+    """Every identity a lab needs: its hosts, its coordinators and its tools."""
+    return [
+        *((host, Role.HOST) for host in hosts),
+        *((name, Role.COORDINATOR) for name in coordinators),
+        (LAB_ADMIN, Role.ADMIN), (LAB_VIEWER, Role.VIEWER), (LAB_TOOLS, Role.COORDINATOR),
+    ]
 
 
 def _toml(value: str) -> str:

@@ -65,7 +65,8 @@ class MigrationResult:
 def migrate(layout: LabLayout, guest: str, source: str, dest: str, options: MigrationOptions = MigrationOptions()) -> MigrationResult:
     """Live-migrate ``guest`` from ``source`` to ``dest``; raises LabError when libvirt fails."""
     src, dst = layout.host(source), layout.host(dest)
-    uri = dst.peer_uri if options.tls else dst.peer_uri_tcp
+    # The control connection is always TLS (libvirtd listens on nothing else); `tls` is the stream's.
+    uri = dst.peer_uri
     with open_host(src) as conn:
         try:
             dom = conn.lookupByName(guest)

@@ -26,7 +26,7 @@ CAP_MIB = 16
 
 
 def plan(lab: Lab, guest: str, *flags: str) -> PlanReply:
-    result = ferry(lab.nats_servers, "migrate", guest, "--dry-run", "--json", *flags)
+    result = ferry(lab, "migrate", guest, "--dry-run", "--json", *flags)
     assert result.code == 0, result.stderr
     return msgspec.json.decode(result.stdout, type=PlanReply)
 
@@ -54,7 +54,7 @@ def test_the_default_policy_moves_a_guest_dirtying_four_times_the_cap(lab_with_f
     lab = lab_with_ferry
     guest = guest_factory(host="hv1", memory_mib=256, dirty_mb=DIRTY_MB, wait_ticks=3)
 
-    result = ferry(lab.nats_servers, "migrate", guest, "--to", "hv2", "--bandwidth", str(CAP_MIB), "--wait", "--json", timeout=240)
+    result = ferry(lab, "migrate", guest, "--to", "hv2", "--bandwidth", str(CAP_MIB), "--wait", "--json", timeout=240)
 
     assert result.code == 0, result.stderr
     session = result.session()
@@ -69,7 +69,7 @@ def test_the_default_policy_moves_a_guest_dirtying_four_times_the_cap(lab_with_f
     assert session.prediction is not None and not session.prediction.converges
     assert session.outcome is not None and session.outcome.downtime_ms > 0
     assert_moved_intact(lab, guest, "hv2")
-    shown = ferry(lab.nats_servers, "session", session.id)
+    shown = ferry(lab, "session", session.id)
     assert "predicted: does not converge" in shown.stdout and "policy auto_converge_engaged" in shown.stdout
 
 
@@ -78,7 +78,7 @@ def test_a_policy_that_may_not_slow_the_guest_aborts_cleanly_and_it_stays_on_its
     guest = guest_factory(host="hv1", memory_mib=256, dirty_mb=DIRTY_MB, wait_ticks=3)
 
     result = ferry(
-        lab.nats_servers, "migrate", guest, "--to", "hv3", "--bandwidth", str(CAP_MIB),
+        lab, "migrate", guest, "--to", "hv3", "--bandwidth", str(CAP_MIB),
         "--policy", "gentle", "--seconds-per-gib", "40", "--wait", "--json", timeout=240,
     )
 

@@ -13,6 +13,7 @@ from ferry.agent.probes import install_probe
 from ferry.cli.client import FerryClient
 from ferry.coordinator.session_history import max_overlap
 from ferry.lab.lab import Lab
+from ferry.lab.nats_security import LAB_TOOLS
 from ferry.proto import subjects
 from ferry.proto.codec import Decoder
 from ferry.proto.drain import DrainState, ItemState
@@ -20,6 +21,8 @@ from ferry.proto.errors import FerryError
 from ferry.proto.events import CoordinatorEvent, DrainStarted, EvacuationPending, VmPlaced
 from ferry.proto.host import HealthState
 from ferry.proto.session import SessionOrigin, SessionState
+from ferry.runtime.connection import identity_options
+from ferry.runtime.identity import Role
 from tests.support.ferry_cli import ferry
 from tests.support.guests import assert_moved_intact, client_for
 from tests.support.waiting import eventually
@@ -57,7 +60,7 @@ async def test_drain_wait_moves_three_guests_within_the_outbound_limit(lab_with_
     guests = [guest_factory(host="hv1", memory_mib=128, dirty_mb=8, wait_ticks=2) for _ in range(3)]
     client = await client_for(lab)
     try:
-        result = ferry(lab.nats_servers, "drain", "hv1", "--wait")
+        result = ferry(lab, "drain", "hv1", "--wait")
         assert result.code == 0, result.stdout + result.stderr
         assert "drain of hv1 done" in result.stdout
 
@@ -90,7 +93,7 @@ async def test_a_critical_probe_evacuates_the_host_without_any_command(lab_with_
     guests = [guest_factory(host="hv1", memory_mib=128, dirty_mb=4, wait_ticks=2) for _ in range(2)]
     events: list = []
     decoder = Decoder(CoordinatorEvent, "event")  # type: ignore[arg-type]
-    nc = await nats.connect(servers=lab.nats_urls)
+    nc = await nats.connect(servers=lab.nats_urls, **identity_options(lab.nats_settings(LAB_TOOLS, Role.COORDINATOR)))
 
     async def on_event(msg) -> None:
         events.append(decoder.decode(msg.data))

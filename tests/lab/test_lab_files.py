@@ -151,8 +151,8 @@ def test_free_ports_are_distinct_and_avoid_the_taken_ones() -> None:
 def test_the_lab_knows_every_nats_url_in_order(layout: LabLayout) -> None:
     state = LabState(str(layout.dir), 3, "127.0.11", str(layout.cache_dir), nats_ports={"n2": 4232, "n1": 4231, "n3": 4233})
     lab = Lab(layout, state)
-    assert lab.nats_urls == ["nats://127.0.0.1:4231", "nats://127.0.0.1:4232", "nats://127.0.0.1:4233"]
-    assert lab.nats_servers == "nats://127.0.0.1:4231,nats://127.0.0.1:4232,nats://127.0.0.1:4233"
+    assert lab.nats_urls == ["tls://127.0.0.1:4231", "tls://127.0.0.1:4232", "tls://127.0.0.1:4233"]
+    assert lab.nats_servers == "tls://127.0.0.1:4231,tls://127.0.0.1:4232,tls://127.0.0.1:4233"
     with pytest.raises(LabError, match="has not started its nats-servers"):
         _ = Lab(layout, LabState(str(layout.dir), 3, "127.0.11", str(layout.cache_dir))).nats_urls
 
@@ -181,11 +181,11 @@ def test_the_agent_reads_the_lab_agent_config(layout: LabLayout) -> None:
 def test_writing_an_agent_config_creates_its_empty_probe_folder(layout: LabLayout) -> None:
     hv1 = layout.host("hv1")
     hv1.root.mkdir(parents=True)
-    ferry_services.write_agent_config(hv1, URLS, {"memory_margin_mib": 64})
+    ferry_services.write_agent_config(layout, hv1, URLS, {"memory_margin_mib": 64})
     assert hv1.probes_dir.is_dir() and list(hv1.probes_dir.iterdir()) == []
     text = hv1.agent_config.read_text()
     assert tomllib.loads(text)["health"]["probe_dir"] == str(hv1.probes_dir) and "memory_margin_mib = 64" in text
-    ferry_services.write_agent_config(hv1, URLS)  # again: the folder is kept
+    ferry_services.write_agent_config(layout, hv1, URLS)  # again: the folder is kept
     assert hv1.probes_dir.is_dir()
 
 

@@ -49,19 +49,19 @@ async def test_vm_names_with_dots_are_listed_moved_and_drained(lab_with_ferry: L
     client = await client_for(lab)
     try:
         await eventually(lambda: reported_running(client, "hv1", names), timeout=20, what="hv1 reporting both guests")
-        shown = ferry(lab.nats_servers, "hosts")
+        shown = ferry(lab, "hosts")
         assert shown.code == 0 and re.search(r"^hv1\s+up\s", shown.stdout, re.M), shown.stdout + shown.stderr
-        listed = ferry(lab.nats_servers, "hosts", "--json")
+        listed = ferry(lab, "hosts", "--json")
         (hv1,) = [h for h in json.loads(listed.stdout)["hosts"] if h["host"] == "hv1"]
         assert set(names) <= {vm["name"] for vm in hv1["vms"]} and hv1["state"] == "up" and not hv1["vm_problems"]
 
-        moved = ferry(lab.nats_servers, "migrate", "ubuntu22.04", "--wait", "--json")
+        moved = ferry(lab, "migrate", "ubuntu22.04", "--wait", "--json")
         assert moved.code == 0, moved.stderr
         session = moved.session()
         assert session.vm == "ubuntu22.04" and session.state == SessionState.COMPLETED
         assert_moved_intact(lab, "ubuntu22.04", session.dest)
 
-        drained = ferry(lab.nats_servers, "drain", "hv1", "--wait")
+        drained = ferry(lab, "drain", "hv1", "--wait")
         assert drained.code == 0, drained.stdout + drained.stderr
         (drain,) = await client.drains("hv1")
         item = next(i for i in drain.items if i.vm == "web.prod-1.example.com")
@@ -83,7 +83,7 @@ async def test_a_vm_goes_only_where_its_network_is(lab_with_ferry: Lab, guest_fa
         (vm,) = [vm for vm in view.vms if vm.name == guest]
         assert [(a.kind, a.source) for a in vm.attachments] == [("network", LAB_NETWORK)]
 
-        refused = ferry(lab.nats_servers, "migrate", guest, "--to", "hv2", "--wait", "--json")
+        refused = ferry(lab, "migrate", guest, "--to", "hv2", "--wait", "--json")
         assert refused.code == 1
         declined = refused.session()
         assert declined.state == SessionState.FAILED and declined.code == "network_missing"
@@ -91,10 +91,10 @@ async def test_a_vm_goes_only_where_its_network_is(lab_with_ferry: Lab, guest_fa
         assert "network_missing" in refused.stderr
         assert_runs_only_on(lab, guest, "hv1")
 
-        plan = ferry(lab.nats_servers, "migrate", guest, "--dry-run")
+        plan = ferry(lab, "migrate", guest, "--dry-run")
         assert plan.code == 0 and "hv2" in plan.stdout and "network" in plan.stdout, plan.stdout
 
-        moved = ferry(lab.nats_servers, "migrate", guest, "--wait", "--json")
+        moved = ferry(lab, "migrate", guest, "--wait", "--json")
         assert moved.code == 0, moved.stderr
         assert moved.session().dest == "hv3"
         assert_moved_intact(lab, guest, "hv3")

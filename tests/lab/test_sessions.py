@@ -16,12 +16,15 @@ import pytest
 from ferry.coordinator.agents import AgentClient
 from ferry.lab.lab import Lab
 from ferry.lab.layout import IMAGES_PATH
+from ferry.lab.nats_security import LAB_TOOLS
 from ferry.proto import subjects
 from ferry.proto.agent import MigrateRequest as AgentMigrateRequest
 from ferry.proto.agent import SessionProgress, SessionUpdate
 from ferry.proto.api import MigrateRequest
 from ferry.proto.errors import FerryError
 from ferry.proto.session import MigrateOptions, SessionState
+from ferry.runtime.connection import identity_options
+from ferry.runtime.identity import Role
 from tests.support.disks import assert_disk_holds
 from tests.support.ferry_cli import ferry
 from tests.support.guests import (
@@ -49,7 +52,7 @@ def test_migrate_wait_moves_a_busy_guest_to_a_host_ferry_chooses(lab_with_ferry:
     lab = lab_with_ferry
     guest = guest_factory(host="hv1", memory_mib=256, dirty_mb=16, wait_ticks=3)
 
-    result = ferry(lab.nats_servers, "migrate", guest, "--wait", "--json")
+    result = ferry(lab, "migrate", guest, "--wait", "--json")
 
     assert result.code == 0, result.stderr
     session = result.session()
@@ -63,7 +66,7 @@ def test_migrate_wait_moves_a_busy_guest_to_a_host_ferry_chooses(lab_with_ferry:
     assert_runs_only_on(lab, guest, session.dest)
     assert_never_restarted(lab, guest)
     # The record keeps what happened, for `ferry session ID`.
-    shown = ferry(lab.nats_servers, "session", session.id)
+    shown = ferry(lab, "session", session.id)
     assert shown.code == 0 and "completed" in shown.stdout and "downtime" in shown.stdout
 
 
@@ -99,7 +102,7 @@ async def test_bandwidth_limit_holds_and_raising_it_speeds_the_migration_up(lab_
         assert rate_limited >= 8 * 0.5, f"measured only {rate_limited:.2f} MiB/s"
 
         raised_at, processed_at_raise = time.time(), limited[-1][1]
-        changed = await asyncio.to_thread(ferry, lab.nats_servers, "bandwidth", session.id, "64")
+        changed = await asyncio.to_thread(ferry, lab, "bandwidth", session.id, "64")
         assert changed.code == 0, changed.stderr
 
         final = await session_end(client, session.id, timeout=120)
@@ -123,7 +126,7 @@ def test_tls_by_default_and_copy_storage_moves_a_local_disk_unchanged(lab_with_f
     source_image = lab.host("hv1").outside(IMAGES_PATH / f"{guest}.qcow2")
     dest_image = lab.host("hv3").outside(IMAGES_PATH / f"{guest}.qcow2")
 
-    result = ferry(lab.nats_servers, "migrate", guest, "--to", "hv3", "--copy-storage", "--wait", "--json")
+    result = ferry(lab, "migrate", guest, "--to", "hv3", "--copy-storage", "--wait", "--json")
 
     assert result.code == 0, result.stderr
     session = result.session()
@@ -142,7 +145,7 @@ def test_tls_by_default_and_copy_storage_moves_a_local_disk_unchanged(lab_with_f
 def test_no_tls_is_refused_with_tls_required_by_an_agent_with_the_default_config(lab_with_ferry: Lab, guest_factory) -> None:
     lab = lab_with_ferry
     guest = guest_factory(host="hv2")
-    result = ferry(lab.nats_servers, "migrate", guest, "--to", "hv1", "--no-tls", "--wait", "--json")
+    result = ferry(lab, "migrate", guest, "--to", "hv1", "--no-tls", "--wait", "--json")
     assert result.code == 1
     session = result.session()
     assert session.state == SessionState.FAILED and session.code == "tls_required", session.reason
@@ -158,7 +161,7 @@ def test_no_tls_runs_unencrypted_where_the_source_allows_it_and_the_record_says_
     # An operator's deliberate choice on a trusted network, in the source's own config.
     lab.restart_agent("hv2", migration={"require_tls": False})
     try:
-        result = ferry(lab.nats_servers, "migrate", guest, "--to", "hv1", "--no-tls", "--wait", "--json")
+        result = ferry(lab, "migrate", guest, "--to", "hv1", "--no-tls", "--wait", "--json")
     finally:
         lab.restart_agent("hv2")
     assert result.code == 0, result.stderr
@@ -172,7 +175,7 @@ async def test_a_migrate_request_naming_a_qemu_tcp_peer_is_refused_by_the_agent(
     guest = guest_factory(host="hv1")
     # Straight to the agent's migrate subject (where only coordinators may publish), naming
     # hv2's libvirtd over plain TCP, which the lab's libvirtd does listen on.
-    nc = await nats.connect(servers=lab.nats_urls)
+    nc = await nats.connect(servers=lab.nats_urls, **identity_options(lab.nats_settings(LAB_TOOLS, Role.COORDINATOR)))
     try:
         forged = AgentMigrateRequest(session_id="forged01", vm=guest, dest="hv2", peer_uri=lab.host("hv2").peer_uri_tcp)
         with pytest.raises(FerryError) as refused:
@@ -205,7 +208,7 @@ async def test_cancel_mid_migration_leaves_the_guest_on_its_source_and_nothing_o
         await eventually(copying, timeout=60, every=0.25, what="copying with progress")
         assert dest_image.exists(), "the destination pre-created the image for the copy"
 
-        cancelled = await asyncio.to_thread(ferry, lab.nats_servers, "cancel", session.id, "--wait")
+        cancelled = await asyncio.to_thread(ferry, lab, "cancel", session.id, "--wait")
         assert cancelled.code == 0, cancelled.stdout + cancelled.stderr
         final = await client.session(session.id)
     finally:
@@ -225,7 +228,7 @@ def test_a_destination_without_enough_memory_declines_with_no_capacity(lab_with_
     # hv3 keeps more memory free than this machine has: any VM is too big for it.
     lab.restart_agent("hv3", migration={"memory_margin_mib": 1 << 20})
     try:
-        result = ferry(lab.nats_servers, "migrate", guest, "--to", "hv3", "--wait", "--json")
+        result = ferry(lab, "migrate", guest, "--to", "hv3", "--wait", "--json")
     finally:
         lab.restart_agent("hv3")
     assert result.code == 1
@@ -244,10 +247,10 @@ def test_a_named_destination_that_is_lost_is_refused_with_its_reason(lab_with_fe
     lab.stop_agent("hv3")
     try:
         deadline = time.monotonic() + 30
-        while '"state": "lost"' not in ferry(lab.nats_servers, "hosts", "--json").stdout:
+        while '"state": "lost"' not in ferry(lab, "hosts", "--json").stdout:
             assert time.monotonic() < deadline, "hv3 never became lost"
             time.sleep(0.5)
-        result = ferry(lab.nats_servers, "migrate", guest, "--to", "hv3", "--wait")
+        result = ferry(lab, "migrate", guest, "--to", "hv3", "--wait")
     finally:
         lab.restart_agent("hv3")
     assert result.code == 1
@@ -257,13 +260,13 @@ def test_a_named_destination_that_is_lost_is_refused_with_its_reason(lab_with_fe
 
 
 def test_an_unknown_vm_gets_a_clear_error(lab_with_ferry: Lab) -> None:
-    result = ferry(lab_with_ferry.nats_servers, "migrate", "no-such-vm", "--wait")
+    result = ferry(lab_with_ferry, "migrate", "no-such-vm", "--wait")
     assert result.code == 1
     assert result.stderr.strip() == "ferry: unknown_vm: no host reports a VM named no-such-vm"
 
 
 def test_bad_input_gets_a_sentence(lab_with_ferry: Lab) -> None:
-    result = ferry(lab_with_ferry.nats_servers, "migrate", "bad.name", "--bandwidth", "-3")
+    result = ferry(lab_with_ferry, "migrate", "bad.name", "--bandwidth", "-3")
     assert result.code == 1
     assert result.stderr.startswith("ferry: bad_request: invalid migrate request")
     assert "Traceback" not in result.stderr
@@ -275,7 +278,7 @@ async def test_a_second_session_for_the_same_vm_is_refused(lab_with_ferry: Lab, 
     client = await client_for(lab)
     try:
         first = await client.migrate(MigrateRequest(vm=guest, dest="hv1", options=MigrateOptions(bandwidth_mib=4)))
-        second = await asyncio.to_thread(ferry, lab.nats_servers, "migrate", guest, "--to", "hv3")
+        second = await asyncio.to_thread(ferry, lab, "migrate", guest, "--to", "hv3")
         assert second.code == 1
         assert second.stderr.strip() == f"ferry: conflict: {guest} is already being moved by session {first.id}"
         await client.cancel(first.id)

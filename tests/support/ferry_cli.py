@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from ferry.lab.lab import Lab
 from ferry.proto.session import Session
 from tests.support.processes import script
 from tests.support.secured import cli_args
@@ -20,10 +21,12 @@ class CliResult:
         return msgspec.json.decode(self.stdout, type=Session)
 
 
-def ferry(servers: str, *args: str, timeout: float = 180.0) -> CliResult:
-    """Run the `ferry` CLI; ``servers``: one NATS URL, or several joined by commas (a lab's ``nats_servers``)."""
+def ferry(where: str | Lab, *args: str, timeout: float = 180.0) -> CliResult:
+    """Run the `ferry` CLI as the lab's admin operator; ``where``: a lab, or a test
+    server's URL (tests/support/secured.py gives it the identity and CA)."""
+    reach = where.cli_args() if isinstance(where, Lab) else cli_args(where)
     proc = subprocess.run(
-        [script("ferry"), *cli_args(servers), *args],
+        [script("ferry"), *reach, *args],
         capture_output=True, text=True, timeout=timeout,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)

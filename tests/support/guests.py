@@ -6,7 +6,6 @@ live migration never restarted it.
 
 from ferry.cli.client import FerryClient
 from ferry.lab.lab import Lab
-from ferry.runtime.config import NatsSettings
 
 
 def assert_runs_only_on(lab: Lab, guest: str, host: str) -> None:
@@ -33,4 +32,4 @@ def assert_moved_intact(lab: Lab, guest: str, host: str) -> None:
 
 
 async def client_for(lab: Lab) -> FerryClient:
-    return await FerryClient.connect(NatsSettings(servers=lab.nats_urls, request_timeout=10.0))
+    return await FerryClient.connect(lab.nats_settings(request_timeout=10.0))

@@ -112,7 +112,7 @@ def summary(s: Session) -> str:
     if s.state == SessionState.COMPLETED:
         o = s.outcome
         details = f" in {o.total_time_ms / 1000:.1f} s, downtime {o.downtime_ms} ms, {_mib(o.data_transferred)} sent" if o else ""
-        tls = "TLS" if s.options.tls else "no TLS"
+        tls = _encryption(s)
         return f"completed: {s.vm} moved {_route(s)}{details} ({tls})"
     if s.state.terminal:
         return f"{s.state}: {s.vm} {_route(s)}: {s.code}: {s.reason}"
@@ -238,6 +238,13 @@ async def _cmd_sessions(client: FerryClient, args: argparse.Namespace, console: 
     return 0
 
 
+def _encryption(s: Session) -> str:
+    """What the stream used, as the source reported it; what was asked for until then."""
+    if s.encryption:
+        return "TLS" if s.encryption == "tls" else "no TLS"
+    return "TLS" if s.options.tls else "no TLS"
+
+
 def print_session(s: Session, console: Console) -> None:
     """One session for people: its summary, options, progress, the policy's steps and its history."""
     console.print(plain(f"session {s.id}: {summary(s)}"))
@@ -249,8 +256,15 @@ def print_session(s: Session, console: Console) -> None:
             f"policy {o.policy}{', post-copy allowed' if o.allow_postcopy else ''}"
         )
     )
+    asked = f" (asked by {s.requested_by})" if s.requested_by else ""
     if s.origin != "user":
-        console.print(plain(f"  started by: {s.origin} of {s.drain_host}"))
+        console.print(plain(f"  started by: {s.origin} of {s.drain_host}{asked}"))
+    elif s.requested_by:
+        console.print(plain(f"  asked by: {s.requested_by}"))
+    if s.cancelled_by:
+        console.print(plain(f"  cancelled by: {s.cancelled_by}"))
+    if s.encryption:
+        console.print(plain(f"  stream: {_encryption(s)} (as the source agent ran it)"))
     if s.waiting and s.state == SessionState.QUEUED:
         console.print(plain(f"  waiting: {s.waiting}"))
     if s.bandwidth_applied_mib and s.bandwidth_applied_mib != o.bandwidth_mib:

@@ -51,6 +51,10 @@ def find_drain(records: WatchedBucket[Drain], host: str) -> Drain:
     return held[0]
 
 
+# Dirty-rate measurements a drain's dry run asks of a host at once.
+PREDICTIONS_AT_ONCE = 8
+
+
 class DrainController:
     """The leader's side of drains: it alone writes drain records, each write a
     compare-and-set on the revision the watched records hold."""
@@ -165,9 +169,16 @@ class DrainController:
     async def _predicted(self, drain: Drain) -> Drain:
         """Each planned VM with a prediction from its dirty rate measured now (in parallel)."""
 
+        # Fewer at once than an agent's measure limit: a big host's dry run is not refused `unavailable`.
+        slots = asyncio.Semaphore(PREDICTIONS_AT_ONCE)
+
         async def one(item: DrainItem) -> DrainItem:
             if item.dest is None:
                 return item
+            async with slots:
+                return await predicted(item)
+
+        async def predicted(item: DrainItem) -> DrainItem:
             request = MigrateRequest(
                 vm=item.vm, source=drain.host, dest=item.dest, options=MigrateOptions(policy=drain.policy)
             )

@@ -62,7 +62,7 @@ migrate_tls_x509_verify = 1
 
 
 def agent_toml(
-    host: HostLayout, nats_urls: Sequence[str], nats_identity: str = "", migration: dict[str, object] | None = None
+    host: HostLayout, nats_urls: Sequence[str], nats_identity: str = "", *, migration: dict[str, object] | None = None
 ) -> str:
     """``nats_identity``: the [nats] keys of its identity and CA (lab/nats_security.py);
     ``migration``: extra keys for the agent's [migration] table (tests tune limits with it)."""

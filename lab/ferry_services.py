@@ -45,7 +45,7 @@ def write_agent_config(
     """The agent's config, and the (empty) probe folder it names."""
     host.probes_dir.mkdir(parents=True, exist_ok=True)
     identity = NatsSecurity(layout.nats_security_dir).config_lines(host.name, Role.HOST)
-    host.agent_config.write_text(configs.agent_toml(host, nats_urls, identity, migration))
+    host.agent_config.write_text(configs.agent_toml(host, nats_urls, identity, migration=migration))
 
 
 def write_coordinator_config(layout: LabLayout, name: str, nats_urls: Sequence[str]) -> None:

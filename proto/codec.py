@@ -87,6 +87,12 @@ def huge_integer(data: bytes) -> int | None:
 def _decode(decoder: msgspec.json.Decoder, data: bytes, what: str, max_bytes: int) -> Any:
     """The capped read every decoder shares: the value, or FerryError(bad_request)."""
     refuse_oversized(data, max_bytes, what)
+    if not data.isascii():
+        # JSON is UTF-8 (RFC 8259); msgspec skips unknown fields unchecked, so check all of it.
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise FerryError(ErrorCode.BAD_REQUEST, f"{what} is not UTF-8 (byte {exc.start})") from None
     huge = huge_integer(data)
     if huge is not None:
         raise FerryError(

@@ -84,7 +84,7 @@ def test_agent_and_coordinator_configs(layout: LabLayout) -> None:
         "health": {"interval": 1.0, "probe_dir": str(hv2.probes_dir)},
         "migration": {"allow_unsafe": True},
     }
-    tuned = tomllib.loads(configs.agent_toml(hv2, URLS, {"memory_margin_mib": 4096}))
+    tuned = tomllib.loads(configs.agent_toml(hv2, URLS, migration={"memory_margin_mib": 4096}))
     assert tuned["migration"] == {"allow_unsafe": True, "memory_margin_mib": 4096}
     coordinator = tomllib.loads(configs.coordinator_toml(layout, "c2", URLS))
     assert coordinator == {"name": "c2", "heartbeat_timeout": 6.0, "nats": {"servers": URLS}}

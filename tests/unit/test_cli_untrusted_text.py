@@ -3,6 +3,7 @@ as rich markup, emoji codes or terminal control, whatever the console's settings
 
 import io
 
+import msgspec
 import pytest
 from rich.console import Console
 
@@ -154,3 +155,15 @@ def test_a_lease_from_beyond_any_calendar_is_shown_as_its_number(since, shown):
         answered_by="c1", role=Role.LEADER, leader=Lease(holder="c1", instance="i", term=1, since=since, renewed_at=0.0, lease_seconds=10.0)
     )
     assert cli_status.leader_line(reply).plain == f"leader       c1 (term 1, since {shown})"
+
+
+def test_a_session_says_who_asked_who_cancelled_and_what_the_stream_used():
+    s = msgspec.structs.replace(
+        session("g1"), requested_by="alice", cancelled_by="carol", encryption="tls",
+        options=msgspec.structs.replace(session("g1").options, tls=True),
+    )
+    c = console()
+    cli_main.print_session(s, c)
+    out = printed(c)
+    assert "asked by: alice" in out and "cancelled by: carol" in out
+    assert "stream: TLS (as the source agent ran it)" in out

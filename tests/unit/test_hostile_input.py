@@ -100,7 +100,7 @@ def test_a_hostile_value_in_any_field_of_a_request_is_a_bad_request(name, value)
          "invalid migrate request: Integer value out of range - at `$.options.priority`"),
         (b'{"vm":1e400}', "invalid migrate request: Number out of range - at `$.vm`"),
         (b'{"vm":5}', "invalid migrate request: Expected `str`, got `int` - at `$.vm`"),
-        (b'{"vm":"\xff"}', "migrate request is not valid JSON (Invalid UTF-8 encoded string)"),
+        (b'{"vm":"\xff"}', "migrate request is not UTF-8 (byte 7)"),
         (b"\x00", "migrate request is not valid JSON (JSON is malformed: invalid character (byte 0))"),
     ],
 )

@@ -19,7 +19,7 @@ def test_garbage_is_a_bad_request_not_a_crash(data):
     with pytest.raises(FerryError) as caught:
         Decoder(Named, "request").decode(data)
     assert caught.value.code == "bad_request"
-    assert caught.value.message.startswith(("invalid request", "request is not valid JSON"))
+    assert caught.value.message.startswith(("invalid request", "request is not valid JSON", "request is not UTF-8"))
 
 
 def test_empty_body_decodes_as_defaults():

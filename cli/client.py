@@ -85,12 +85,13 @@ class FerryClient:
     @classmethod
     async def connect(cls, settings: NatsSettings, *, via: str = "") -> "FerryClient":
         identity = None
-        try:
-            if settings.identity:
+        if settings.identity:
+            try:
                 identity = read_identity(settings.identity)
+            except ValueError as exc:
+                raise FerryError(ErrorCode.UNAUTHORIZED, str(exc)) from None
+        try:
             nc = await connect_once(settings, name="ferry-cli")
-        except ValueError as exc:
-            raise FerryError(ErrorCode.UNAUTHORIZED, str(exc)) from None
         except FerryError:
             raise
         except Exception as exc:

@@ -164,10 +164,12 @@ async def _connect_to(server: str, settings: NatsSettings, *, name: str) -> Clie
     try:
         # A person is waiting: bound each attempt.
         await asyncio.wait_for(nc.connect(**options), timeout=settings.connect_timeout * 2)
-    except nats.errors.NoServersError:
-        # Every server tried gave its reason (credentials refused, TLS): say the first,
-        # not nats-py's "no servers".
-        raise (seen[0] if seen else nats.errors.NoServersError()) from None
+    except (nats.errors.NoServersError, TimeoutError):
+        # The servers tried gave their reasons (credentials refused, an untrusted
+        # certificate): say the first, not "no servers" or "no answer in time".
+        if seen:
+            raise seen[0] from None
+        raise
     return nc
 
 

@@ -10,8 +10,10 @@ from ferry.proto.codec import Decoder
 from ferry.proto.events import HealthChanged
 from ferry.proto.host import HealthCheck, HealthState, HostStatus
 from ferry.runtime.identity import Role
-from tests.support.processes import simulated_agent_toml
+from tests.support.ferry_cli import ferry
+from tests.support.processes import coordinator_toml, simulated_agent_toml
 from tests.support.secured import connect_as
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +98,19 @@ async def test_a_hanging_probe_is_only_a_warning_and_the_agent_keeps_beating(dae
         assert HealthCheck("probe:stuck", HealthState.WARNING, "probe stuck timed out after 0.5 s") in status.checks
     finally:
         await nc.close()
+
+
+async def test_ferry_hosts_prints_a_probe_message_with_brackets_as_text(daemons, nats_server, tmp_path):
+    probes = tmp_path / "probes.d"
+    probes.mkdir()
+    install_probe(probes, "md", "echo 'md array [/dev/md0] degraded'; exit 1")
+    daemons.start("coordinator", "ferry-coordinator", coordinator_toml(nats_server.url))
+    daemons.start(HOST, "ferry-agent", simulated_agent_toml(HOST, nats_server.url, tmp_path, probe_dir=probes))
+
+    async def shown():
+        out = ferry(nats_server.url, "hosts")
+        return out if "probe:md" in out.stdout else None
+
+    out = await eventually(shown, timeout=20, every=0.5, what="the probe's check in ferry hosts")
+    assert out.code == 0, out.stderr
+    assert f"{HOST}: probe:md warning: md array [/dev/md0] degraded" in out.stdout

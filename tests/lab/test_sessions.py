@@ -174,7 +174,8 @@ async def test_a_migrate_request_naming_a_qemu_tcp_peer_is_refused_by_the_agent(
     lab = lab_with_ferry
     guest = guest_factory(host="hv1")
     # Straight to the agent's migrate subject (where only coordinators may publish), naming
-    # hv2's libvirtd over plain TCP, which the lab's libvirtd does listen on.
+    # hv2's libvirtd over plain TCP: refused before anything is dialled (the lab's
+    # libvirtds do not even listen on TCP).
     nc = await nats.connect(servers=lab.nats_urls, **identity_options(lab.nats_settings(LAB_TOOLS, Role.COORDINATOR)))
     try:
         forged = AgentMigrateRequest(session_id="forged01", vm=guest, dest="hv2", peer_uri=lab.host("hv2").peer_uri_tcp)

@@ -20,7 +20,9 @@ from ferry.agent.daemon import Agent
 from ferry.agent.hypervisor import open_hypervisor
 from ferry.runtime import logs
 from ferry.runtime.config import ConfigError, load_toml
+from ferry.runtime.identity import Role
 from tests.support.processes import simulated_agent_toml
+from tests.support.secured import ensure_identities
 
 
 def write_fleet(
@@ -43,6 +45,8 @@ def write_fleet(
     images = dir / "images"  # the agents' health probe wants an existing folder
     images.mkdir(parents=True, exist_ok=True)
     names = [name_format.format(i) for i in range(1, hosts + 1)]
+    # Every identity at once: one reload of the servers, not one per host.
+    ensure_identities(nats_url, [(host, Role.HOST) for host in names])
     for host in names:
         vms = [(f"{host}-vm{n}", 1, vm_memory_mib) for n in range(1, vms_per_host + 1)]
         toml = simulated_agent_toml(

@@ -27,6 +27,7 @@ from ferry.lab.layout import (
     STATE_FILE_NAME,
 )
 from ferry.lab.prereqs import check_root
+from ferry.runtime.logs import quiet_asyncio
 
 EXIT_FAILED = 1
 EXIT_PARTIAL = 3
@@ -75,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    quiet_asyncio()  # the lab talks TLS to its nats-servers
     try:
         return _run(args)
     except LabError as error:

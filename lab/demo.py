@@ -27,6 +27,7 @@ from ferry.lab.demo_support import console, ferry, fresh_guest, step, wait_hosts
 from ferry.lab.errors import LabError
 from ferry.lab.lab import Lab, agent_role
 from ferry.lab.networks import LAB_NETWORK, defines_lab_network, network_hosts
+from ferry.runtime.logs import quiet_asyncio
 
 
 def run(lab: Lab, keep: bool) -> None:
@@ -124,6 +125,7 @@ def run(lab: Lab, keep: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_asyncio()  # the demo talks TLS to the lab's nats-servers
     parser = argparse.ArgumentParser(prog="ferry-demo", description=__doc__)
     parser.add_argument("--hosts", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=Path(os.environ.get("FERRY_DEMO_DIR", "/var/tmp/ferry-demo")))

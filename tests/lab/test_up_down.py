@@ -70,7 +70,7 @@ def test_up_twice_then_down_leaves_nothing_running(own_slot: LabSlot) -> None:
     assert "started: libvirtd:hv2" in first.stdout
     with_ferry = first.returncode == 0
     for name in NATS_SERVERS:
-        assert f"started: nats-server:{name} at nats://127.0.0.1:" in first.stdout
+        assert f"started: nats-server:{name} at tls://127.0.0.1:" in first.stdout
     if with_ferry:
         assert all(f"started: coordinator:{name}" in first.stdout for name in COORDINATORS), first.stdout
     second = ferry_lab(own_slot, "up")

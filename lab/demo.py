@@ -26,7 +26,9 @@ from ferry.lab.demo_drain import (
 from ferry.lab.demo_support import console, ferry, fresh_guest, step, wait_hosts
 from ferry.lab.errors import LabError
 from ferry.lab.lab import Lab, agent_role
+from ferry.lab.nats_security import LAB_VIEWER
 from ferry.lab.networks import LAB_NETWORK, defines_lab_network, network_hosts
+from ferry.runtime.identity import Role
 from ferry.runtime.logs import quiet_asyncio
 
 
@@ -89,6 +91,17 @@ def run(lab: Lab, keep: bool) -> None:
     time.sleep(3)
     ferry(lab, "cancel", session["id"], "--wait")
     ferry(lab, "sessions")
+
+    step("Every daemon and person has its own identity: a viewer may look but not move, and no VM moves in clear")
+    other = next(h.name for h in lab.hosts if defines_lab_network(h) and h.name != names[0])
+    ferry(lab, "sessions", "--vm", web, who=(LAB_VIEWER, Role.VIEWER))
+    refused = ferry(lab, "migrate", web, "--to", other, who=(LAB_VIEWER, Role.VIEWER), check=False)
+    if "forbidden" not in refused:
+        raise LabError(f"the viewer was not refused: {refused.strip()}")
+    plain = ferry(lab, "migrate", web, "--to", other, "--no-tls", "--wait", check=False)
+    if "tls_required" not in plain:
+        raise LabError(f"a migration without TLS was not refused: {plain.strip()}")
+    console.print(f"  {lab.residency(web)[web].explain()}")
 
     step(f"{busy} rewrites 64 MiB/s, twice what a 32 MiB/s link copies: the default policy makes it converge")
     ferry(lab, "migrate", busy, "--dry-run", "--bandwidth", "32")

@@ -7,9 +7,12 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
 from ferry.lab.errors import LabError
 from ferry.lab.lab import Lab
+from ferry.lab.nats_security import LAB_ADMIN
+from ferry.runtime.identity import Role
 
 console = Console(highlight=False)
 FERRY = str(Path(sys.executable).parent / "ferry")
@@ -19,12 +22,16 @@ def step(text: str) -> None:
     console.print(f"\n[bold cyan]==>[/] [bold]{text}[/]")
 
 
-def ferry(lab: Lab, *args: str, show: bool = True, timeout: float = 60.0, check: bool = True) -> str:
-    """Run `ferry`, show its output; a failure is a LabError unless `check` is False
-    (then stderr is shown and returned with stdout)."""
-    command = [FERRY, *lab.cli_args(), *args]
+def ferry(
+    lab: Lab, *args: str, show: bool = True, timeout: float = 60.0, check: bool = True,
+    who: tuple[str, Role] = (LAB_ADMIN, Role.ADMIN),
+) -> str:
+    """Run `ferry` as `who` (the lab's admin unless said), show its output; a failure
+    is a LabError unless `check` is False (then stderr is shown and returned with stdout)."""
+    command = [FERRY, *lab.cli_args(*who), *args]
     if show:
-        console.print(f"[dim]$ ferry {' '.join(args)}[/]")
+        as_whom = "" if who[0] == LAB_ADMIN else f"FERRY_IDENTITY=<{who[0]}> "
+        console.print(Text(f"$ {as_whom}ferry {' '.join(args)}", style="dim"))
     try:
         out = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -4,6 +4,7 @@ and wait until they serve (the config text is in lab/nats_config.py)."""
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import ssl
 import time
@@ -31,20 +32,40 @@ JETSTREAM_TIMEOUT = 20.0
 PROBE_BUCKET = "ferry_lab_ready"
 
 
+def _static_ports() -> tuple[int, int]:
+    """Ports below the ephemeral range the kernel gives outgoing connections."""
+    try:
+        ephemeral_low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    return (10_000, max(ephemeral_low, 12_000))
+
+
+STATIC_PORTS = _static_ports()
+
+
 def free_ports(count: int, taken: Collection[int] = ()) -> list[int]:
     """``count`` distinct free ports, none in ``taken`` (ports recorded for servers
     that are stopped now, which must not go to another server)."""
     held: list[socket.socket] = []
     ports: list[int] = []
+    # Below the kernel's ephemeral range: a port given up by a killed server must not
+    # become the source port of some client's connection before the server is back.
+    low, high = STATIC_PORTS
     try:
-        while len(ports) < count:
-            # Each socket stays bound until all are chosen, so the kernel cannot hand out one twice.
+        for port in random.sample(range(low, high), high - low):
+            if len(ports) == count:
+                break
+            if port in taken:
+                continue
+            # Each socket stays bound until all are chosen, so no port is handed out twice.
             sock = socket.socket()
             held.append(sock)
-            sock.bind((NATS_HOST, 0))
-            port = sock.getsockname()[1]
-            if port not in taken:
-                ports.append(port)
+            try:
+                sock.bind((NATS_HOST, port))
+            except OSError:
+                continue
+            ports.append(port)
     finally:
         for sock in held:
             sock.close()

@@ -53,8 +53,9 @@ def read_manifest(folder: Path) -> list[Member]:
 def update(folder: Path, wanted: list[tuple[str, Role]], remove: list[str]) -> tuple[list[Member], list[Member]]:
     """Every member after the change, and the ones made now. Refuses, before
     writing anything, a name asked for with another role than it has."""
-    members = {m.name: m for m in read_manifest(folder) if m.name not in remove}
-    unknown = [name for name in remove if name not in {m.name for m in read_manifest(folder)}]
+    before = {m.name: m for m in read_manifest(folder)}
+    members = {name: m for name, m in before.items() if name not in remove}
+    unknown = [name for name in remove if name not in before]
     if unknown:
         raise SystemExit(f"ferry-admin: nothing to remove: {', '.join(unknown)} not in {folder / MANIFEST}")
     for name, role in wanted:
@@ -71,8 +72,7 @@ def update(folder: Path, wanted: list[tuple[str, Role]], remove: list[str]) -> t
     for identity in made.values():
         write_identity(identity_path(folder, Member(identity.name, identity.role, identity.public_key)), identity)
     for name in remove:
-        gone = next(m for m in read_manifest(folder) if m.name == name)
-        identity_path(folder, gone).unlink(missing_ok=True)
+        identity_path(folder, before[name]).unlink(missing_ok=True)
     (folder / MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(sorted(after, key=lambda m: m.name))) + b"\n")
     (folder / AUTHORIZATION).write_text(authorization_conf(after))
     return after, [m for m in after if m.name in made]

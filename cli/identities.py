@@ -69,7 +69,7 @@ def permissions(member: Member) -> dict[str, object]:
         allowed = [
             subject
             for verb in subjects.READ_VERBS
-            for subject in (subjects.api(verb, caller=member.name), subjects.via_api("*", verb, caller=member.name))
+            for subject in (subjects.api(verb, caller=tok), subjects.via_api("*", verb, caller=tok))
         ]
     return {"publish": {"allow": allowed}, "subscribe": {"allow": [inbox, *_WATCH]}}
 

@@ -41,7 +41,7 @@ from ferry.proto.api import (
     SessionsReply,
     SessionsRequest,
 )
-from ferry.proto.codec import Decoder, encode
+from ferry.proto.codec import encode, request_decoder
 from ferry.proto.drain import Drain, DrainReply, DrainRequest, DrainsReply, DrainsRequest, UndrainRequest
 from ferry.proto.errors import ErrorCode, ErrorReply, FerryError
 from ferry.proto.events import LimitsChanged
@@ -122,14 +122,12 @@ class Api:
 
     async def _add(self, service: Service, verb: str, type_: type, handler: Callable[[Any, str], Awaitable[Any]]) -> None:
         """One verb, for any caller (`ferry.api.*.<verb>`) and through this coordinator by name."""
+        answer = endpoint(request_decoder(type_, verb), handler, log=self._log, verb=verb, with_caller=True)
         for subject in (
             subjects.api(verb, caller=subjects.CALLER),
             subjects.via_api(self._coordinator.name, verb, caller=subjects.CALLER),
         ):
-            await service.add_endpoint(
-                name=verb, subject=subject,
-                handler=endpoint(Decoder(type_, f"{verb} request"), handler, log=self._log, verb=verb, with_caller=True),
-            )
+            await service.add_endpoint(name=verb, subject=subject, handler=answer)
 
     # ----- the leader's own subjects -----
 
@@ -144,7 +142,7 @@ class Api:
             await service.add_endpoint(
                 name=verb, subject=subjects.leader_api(verb, caller=subjects.CALLER),
                 handler=endpoint(
-                    Decoder(type_, f"{verb} request"), self._as_leader(local), log=self._log, verb=verb, with_caller=True
+                    request_decoder(type_, verb), self._as_leader(local), log=self._log, verb=verb, with_caller=True
                 ),
             )
         self._leader_service = service

@@ -28,7 +28,8 @@ class HostRecord:
     state: HostState = HostState.UP
     # VM entries of the last heartbeat the coordinator could not read, one sentence each.
     rejected_vms: list[str] = field(default_factory=list)
-    # Why the last heartbeat was refused ("" when it was not): said once per reason.
+    # The kind of refusal last reported for this host ("" since one was believed):
+    # each kind is said once.
     refused: str = ""
 
 

@@ -28,7 +28,6 @@ class Role(enum.StrEnum):
     VIEWER = "viewer"
 
 
-OPERATOR_ROLES = (Role.ADMIN, Role.VIEWER)
 # Coordinator and operator names: one subject token, readable in logs and records.
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")
 # Who asked, when the client has no identity (a cluster without permissions):

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import nats
 from nats.aio.client import Client
 
+from ferry.cli.identities import Member
 from ferry.lab.nats_security import LAB_ADMIN, NatsSecurity
 from ferry.runtime.config import NatsSettings
 from ferry.runtime.connection import connect_once, identity_options
@@ -51,18 +52,16 @@ class SecuredNats:
         self.servers: list[NatsServer] = []
 
     def ensure(self, wanted: Iterable[tuple[str, Role]]) -> None:
-        if not self.security.ensure(list(wanted)):
+        made = self.security.ensure(list(wanted))
+        if not made:
             return
         running = [s for s in self.servers if s.proc is not None and s.proc.poll() is None]
         for server in running:
             server.proc.send_signal(signal.SIGHUP)
-        self._wait_reloaded(running)
+        self._wait_reloaded(running, made[0])
 
-    def _wait_reloaded(self, servers: list[NatsServer]) -> None:
-        """Until the newest identity connects to every running server (the reload is asynchronous)."""
-        newest = self.security.members()[-1] if self.security.members() else None
-        if newest is None:
-            return
+    def _wait_reloaded(self, servers: list[NatsServer], newest: Member) -> None:
+        """Until an identity made now connects to every running server (the reload is asynchronous)."""
         for server in servers:
             settings = self.security.settings([server.url], newest.name, newest.role, connect_timeout=1.0)
             deadline = time.monotonic() + RELOAD_SECONDS

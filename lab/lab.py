@@ -61,6 +61,8 @@ NATS_ROLES = tuple(nats_role(name) for name in NATS_SERVERS)
 COORDINATOR_ROLES = tuple(coordinator_role(name) for name in COORDINATORS)
 # A part of `up` that is no process: JetStream answering on the cluster.
 JETSTREAM_PART = "jetstream"
+# How long a restarted nats-server waits for its recorded port to be released.
+PORT_RELEASE_WAIT = 10.0
 
 
 def libvirtd_role(host: HostLayout) -> str:
@@ -295,7 +297,7 @@ class Lab:
         for ports in (self._state.nats_ports, self._state.route_ports):
             for name in NATS_SERVERS:
                 port = ports.get(name, 0)
-                if port and (self._nats_running(name) or _port_free(port)):
+                if port and (self._nats_running(name) or _port_frees_up(port)):
                     continue
                 taken = {*self._state.nats_ports.values(), *self._state.route_ports.values()}
                 ports[name] = free_ports(1, taken)[0]
@@ -560,6 +562,18 @@ def sweep_namespaces(dir: Path, timeout: float = 10.0) -> list[int]:
         if time.monotonic() > deadline:
             raise LabError(f"Processes {pids} stay inside the lab's mount namespaces in {dir}; stop them by hand.")
     return sorted(set(killed))
+
+
+def _port_frees_up(port: int, wait: float = PORT_RELEASE_WAIT) -> bool:
+    """Whether a recorded port is free, or becomes free within ``wait`` seconds: the
+    sockets of a server killed a moment ago can hold it briefly, and a server that
+    comes back on another port leaves its peers' configs pointing at the old one."""
+    deadline = time.monotonic() + wait
+    while not _port_free(port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def _port_free(port: int) -> bool:

@@ -14,6 +14,7 @@ reload`). `--remove NAME` takes one out.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from pathlib import Path
@@ -21,8 +22,14 @@ from pathlib import Path
 import msgspec
 import nkeys
 
+from ferry.cli.backup import read_backup, restore, take_backup, write_backup
 from ferry.cli.identities import Member, authorization_conf, problems
+from ferry.cli.output import say_error
+from ferry.proto.errors import ErrorCode, FerryError
+from ferry.runtime.config import NatsSettings, nats_problems
+from ferry.runtime.connection import connect_error, connect_once
 from ferry.runtime.identity import IdentityFile, Role, write_identity
+from ferry.runtime.logs import quiet_asyncio
 from ferry.runtime.version import VERSION
 
 MANIFEST = "manifest.json"
@@ -78,6 +85,64 @@ def update(folder: Path, wanted: list[tuple[str, Role]], remove: list[str]) -> t
     return after, [m for m in after if m.name in made]
 
 
+def nats_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server", action="append", metavar="URL",
+        help="NATS server URL (repeatable, or comma-separated; default $FERRY_NATS_URL or nats://127.0.0.1:4222)",
+    )
+    parser.add_argument("--identity", default=os.environ.get("FERRY_IDENTITY", ""), metavar="FILE",
+                        help="a coordinator's identity file (default $FERRY_IDENTITY)")
+    parser.add_argument("--tls-ca", default=os.environ.get("FERRY_NATS_TLS_CA", ""), metavar="PEM",
+                        help="CA of the NATS servers' certificates (default $FERRY_NATS_TLS_CA)")
+    parser.add_argument("--tls-cert", default=os.environ.get("FERRY_NATS_TLS_CERT", ""), metavar="PEM")
+    parser.add_argument("--tls-key", default=os.environ.get("FERRY_NATS_TLS_KEY", ""), metavar="PEM")
+
+
+def nats_settings(args: argparse.Namespace) -> NatsSettings:
+    given = args.server or [os.environ.get("FERRY_NATS_URL", "nats://127.0.0.1:4222")]
+    settings = NatsSettings(
+        servers=[url.strip() for value in given for url in value.split(",") if url.strip()],
+        identity=args.identity, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+    )
+    found = nats_problems(settings, name=lambda key: "--" + key.replace("_", "-"))
+    if found:
+        raise FerryError(ErrorCode.BAD_REQUEST, "; ".join(found))
+    return settings
+
+
+async def _kv_command(args: argparse.Namespace) -> int:
+    quiet_asyncio()
+    try:
+        settings = nats_settings(args)
+        # A file that is no backup is said before anything connects.
+        saved = read_backup(args.file) if args.command == "restore" else None
+        try:
+            nc = await connect_once(settings, name="ferry-admin")
+        except FerryError:
+            raise
+        except Exception as exc:
+            raise connect_error(settings, exc) from None
+        try:
+            if args.command == "backup":
+                taken = await take_backup(nc)
+                write_backup(args.file, taken)
+                for bucket in taken.buckets:
+                    print(f"{bucket.name}: {len(bucket.entries)} keys")
+                print(f"backup written to {args.file}")
+            else:
+                assert saved is not None
+                done = await restore(nc, saved, force=args.force)
+                for name, (written, deleted) in done.items():
+                    print(f"{name}: {written} keys restored, {deleted} deleted")
+                print("restored; start the coordinators")
+        finally:
+            await nc.close()
+    except FerryError as exc:
+        say_error(exc.code, exc.message)
+        return 1
+    return 0
+
+
 def _names(value: str) -> list[str]:
     return [name.strip() for name in value.split(",") if name.strip()]
 
@@ -95,7 +160,24 @@ def main(argv: list[str] | None = None) -> int:
                        (Role.ADMIN, "--admins"), (Role.VIEWER, "--viewers")):
         ids.add_argument(flag, default="", metavar="NAMES", help=f"comma-separated {role} names")
     ids.add_argument("--remove", default="", metavar="NAMES", help="comma-separated names to take out")
+    backup = commands.add_parser(
+        "backup", help="save Ferry's KV buckets (sessions, claims, drains, settings) to a file",
+        description="Save every ferry_* KV bucket but the leader lease to FILE (mode 0600). "
+        "Connect as a coordinator identity: only coordinators may read KV.",
+    )
+    backup.add_argument("file", type=Path)
+    restore = commands.add_parser(
+        "restore", help="put Ferry's KV buckets back as a backup file has them (coordinators stopped)",
+        description="Make each bucket in FILE equal to it: keys written, keys the backup lacks deleted. "
+        "Refused while a coordinator renews the leader lease.",
+    )
+    restore.add_argument("file", type=Path)
+    restore.add_argument("--force", action="store_true", help="restore even though the lease looks renewed")
+    for command in (backup, restore):
+        nats_arguments(command)
     args = parser.parse_args(argv)
+    if args.command in ("backup", "restore"):
+        return asyncio.run(_kv_command(args))
 
     wanted = [
         (name, role)

@@ -147,7 +147,7 @@ def _names(value: str) -> list[str]:
     return [name.strip() for name in value.split(",") if name.strip()]
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferry-admin", description="Set up a Ferry cluster's identities.")
     parser.add_argument("--version", action="version", version=f"ferry-admin {VERSION}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -175,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     restore.add_argument("--force", action="store_true", help="restore even though the lease looks renewed")
     for command in (backup, restore):
         nats_arguments(command)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command in ("backup", "restore"):
         return asyncio.run(_kv_command(args))
 

@@ -80,11 +80,17 @@ def make_ca(now: datetime.datetime) -> Issued:
 
 
 def issue(ca: Issued, name: str, address: str, role: str, now: datetime.datetime) -> Issued:
-    """A leaf certificate for a host of this name and IP address; ``role`` is "server" or "client"."""
+    """A leaf certificate for a host of this name and IP address; ``role`` is "server",
+    "client", or "peer" (both: a nats-server's route certificate, presented when it
+    accepts a route and when it dials one)."""
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
     key = _new_key()
-    usage = ExtendedKeyUsageOID.SERVER_AUTH if role == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
+    usage = {
+        "server": [ExtendedKeyUsageOID.SERVER_AUTH],
+        "client": [ExtendedKeyUsageOID.CLIENT_AUTH],
+        "peer": [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+    }[role]
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(name))
@@ -102,7 +108,7 @@ def issue(ca: Issued, name: str, address: str, role: str, now: datetime.datetime
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
         .add_extension(
             x509.SubjectAlternativeName(
                 [x509.IPAddress(ipaddress.IPv4Address(address)), x509.DNSName(name)]

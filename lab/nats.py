@@ -74,9 +74,9 @@ def free_ports(count: int, taken: Collection[int] = ()) -> list[int]:
 
 def write_nats_config(layout: LabLayout, name: str, client_ports: Mapping[str, int], route_ports: Mapping[str, int]) -> None:
     layout.nats_store_dir(name).mkdir(parents=True, exist_ok=True)
-    text = nats_server_conf(name, client_ports, route_ports, layout.nats_store_dir(name))
-    security = NatsSecurity(layout.nats_security_dir).server_block(layout.nats_config(name).parent)
-    layout.nats_config(name).write_text(text + security)
+    security = NatsSecurity(layout.nats_security_dir)
+    text = nats_server_conf(name, client_ports, route_ports, layout.nats_store_dir(name), route_tls=security.route_tls())
+    layout.nats_config(name).write_text(text + security.server_block(layout.nats_config(name).parent))
 
 
 def spawn_nats_server(layout: LabLayout, name: str) -> ProcessRef:

@@ -25,9 +25,12 @@ def route_url(port: int) -> str:
     return f"nats-route://{NATS_HOST}:{port}"
 
 
-def nats_server_conf(name: str, client_ports: Mapping[str, int], route_ports: Mapping[str, int], store_dir: Path) -> str:
+def nats_server_conf(
+    name: str, client_ports: Mapping[str, int], route_ports: Mapping[str, int], store_dir: Path, route_tls: str = ""
+) -> str:
     """The config of server ``name``; ``client_ports`` and ``route_ports`` hold every
-    server of the cluster (name -> port), ``store_dir`` is this server's own JetStream store."""
+    server of the cluster (name -> port), ``store_dir`` is this server's own JetStream store,
+    ``route_tls`` the `tls` block of its routes (NatsSecurity.route_tls)."""
     routes = ", ".join(route_url(port) for port in route_ports.values())
     return f"""\
 # Written by ferry-lab: server {name} of the lab's NATS cluster.
@@ -40,5 +43,5 @@ cluster {{
   name: {CLUSTER_NAME}
   listen: "{NATS_HOST}:{route_ports[name]}"
   routes: [ {routes} ]
-}}
+{route_tls}}}
 """

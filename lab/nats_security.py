@@ -17,6 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
 from ferry.cli import admin
 from ferry.cli.identities import Member
 from ferry.lab.certs import issue, make_ca
@@ -53,11 +56,12 @@ class NatsSecurity:
     def create(cls, folder: Path) -> NatsSecurity:
         """The CA and the server certificate once (kept when the folder exists)."""
         security = cls(folder)
-        if not (security.ca_file.exists() and security.cert_file.exists() and security.key_file.exists()):
+        if not (security.ca_file.exists() and security.key_file.exists() and _serves_routes(security.cert_file)):
             folder.mkdir(parents=True, exist_ok=True)
             now = datetime.datetime.now(datetime.UTC)
             ca = make_ca(now)
-            server = issue(ca, NATS_TLS_NAME, NATS_TLS_ADDRESS, "server", now)
+            # One certificate for clients and for the routes, where each server is also a TLS client.
+            server = issue(ca, NATS_TLS_NAME, NATS_TLS_ADDRESS, "peer", now)
             security.key_file.write_bytes(server.key_pem)
             security.key_file.chmod(0o600)
             security.cert_file.write_bytes(server.cert_pem)
@@ -115,6 +119,19 @@ tls {{
 include {_toml(authorization)}
 """
 
+    def route_tls(self) -> str:
+        """The `tls` block of a server's `cluster` section: routes take TLS only, and
+        each server proves itself with the lab CA's certificate (`verify`)."""
+        return f"""\
+  tls {{
+    cert_file: {_toml(str(self.cert_file))}
+    key_file: {_toml(str(self.key_file))}
+    ca_file: {_toml(str(self.ca_file))}
+    verify: true
+    timeout: 5
+  }}
+"""
+
     def config_lines(self, name: str, role: Role) -> str:
         """The `[nats]` keys of a daemon's config that make it connect as this identity (made before)."""
         return f"identity = {_toml(str(self.identity_file(name, role)))}\ntls_ca = {_toml(str(self.ca_file))}\n"
@@ -124,3 +141,14 @@ include {_toml(authorization)}
         return NatsSettings(
             servers=servers, identity=str(self.identity_file(name, role)), tls_ca=str(self.ca_file), **options
         )
+
+
+def _serves_routes(cert_file: Path) -> bool:
+    """Whether the lab's server certificate exists and may also be a TLS client (routes);
+    labs made before routes took TLS have a server-only one, which is made again."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return False
+    return ExtendedKeyUsageOID.CLIENT_AUTH in usage

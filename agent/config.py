@@ -9,6 +9,7 @@ import msgspec
 from ferry.agent.peer_rules import DEFAULT_PEER_SCHEMES, peer_uri_problem
 from ferry.proto.names import HostName, VmName
 from ferry.runtime.config import NatsSettings, file_problem, nats_problems
+from ferry.runtime.metrics import address_problem
 
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
 # A URI scheme as libvirt spells them: qemu+tls, qemu+ssh, qemu+tcp.
@@ -112,6 +113,10 @@ class AgentConfig(msgspec.Struct, frozen=True):
     # start. A restarted agent reads it to follow a migration libvirt kept running
     # without it, and to know which reservations and images are its own.
     state_dir: str = "/var/lib/ferry/agent"
+    # Where /metrics (Prometheus) listens, "HOST:PORT"; "" turns it off. Loopback by
+    # default: the operator opens it to Prometheus deliberately (it names VMs). Not the
+    # coordinator's 9464, so both run on one machine without a config.
+    metrics_address: str = "127.0.0.1:9465"
     nats: NatsSettings = NatsSettings()
     hypervisor: HypervisorSettings = HypervisorSettings()
     health: HealthSettings = HealthSettings()
@@ -122,6 +127,8 @@ def problems(config: AgentConfig) -> list[str]:
     """What keeps this config from working beyond its keys and values: files and
     folders it names that are not there, and settings that contradict each other."""
     found = nats_problems(config.nats)
+    if (problem := address_problem("metrics_address", config.metrics_address)) is not None:
+        found.append(problem)
     images = file_problem("images_dir", config.images_dir, folder=True)
     if images is not None:
         found.append(images)

@@ -17,6 +17,7 @@ from ferry.agent.health import probe_host
 from ferry.agent.hypervisor import Hypervisor, HypervisorUnavailable, NodeFacts
 from ferry.agent.jobs import Jobs
 from ferry.agent.journal import Journal
+from ferry.agent.metrics import AgentMetrics, AgentSnapshot
 from ferry.agent.probes import run_probes
 from ferry.agent.source import Source
 from ferry.agent.status import AGENT_VERSION, Observation, build_status
@@ -25,6 +26,8 @@ from ferry.proto.agent import (
     BandwidthRequest,
     CommitReply,
     DescribeRequest,
+    DowntimeRequest,
+    ForceCompleteRequest,
     JobRole,
     JobsRequest,
     MeasureRequest,
@@ -38,7 +41,9 @@ from ferry.proto.events import HealthChanged
 from ferry.proto.host import HealthCheck, HealthState, HostStatus, UnreadableVm, VmInfo, VmState
 from ferry.proto.network import HostNetworks
 from ferry.runtime.connection import connect, disconnect
+from ferry.runtime.metrics import RunningMigration
 from ferry.runtime.service import endpoint
+from ferry.runtime.systemd import Notifier
 
 # How often the VM list is read: changes must reach the coordinator well
 # before the next regular heartbeat.
@@ -53,6 +58,8 @@ VERB_REQUESTS: dict[str, type] = {
     "migrate": MigrateRequest,
     "abort": SessionRef,
     "bandwidth": BandwidthRequest,
+    "force_complete": ForceCompleteRequest,
+    "downtime": DowntimeRequest,
     "commit": SessionRef,
     "rollback": SessionRef,
     "measure": MeasureRequest,
@@ -71,9 +78,11 @@ class Agent:
         hypervisor: Hypervisor,
         *,
         clock: Callable[[], float] = time.time,
+        notifier: Notifier | None = None,
     ) -> None:
         self._config = config
         self._hypervisor = hypervisor
+        self._notifier = notifier if notifier is not None else Notifier.from_environ()
         self._clock = clock
         self._log = structlog.get_logger().bind(host=config.host)
         self._boot_id = uuid.uuid4().hex[:12]
@@ -91,6 +100,7 @@ class Agent:
         self._source = Source(config, hypervisor, self._publish, self._journal, clock=clock)
         self._destination = Destination(config, hypervisor, clock, self._journal, images=images_folder(config))
         self._jobs = Jobs(config.host, hypervisor, [self._source, self._destination])
+        self._metrics = AgentMetrics(config.metrics_address, self.metrics_snapshot, config.host)
 
     async def run(self, stop: asyncio.Event) -> None:
         self._log.info("agent_starting", backend=self._hypervisor.backend, version=AGENT_VERSION)
@@ -116,12 +126,17 @@ class Agent:
                 await self._probe_health_once()
                 await self._read_inventory_once()
                 await self._read_networks_once()
+                # Serving, with a first look at libvirt. Ready even when libvirtd did not
+                # answer: the agent keeps trying, and its heartbeats say so to the coordinator.
+                self._notifier.ready(self._systemd_status())
                 async with asyncio.TaskGroup() as tg:
                     loops = [
                         tg.create_task(self._forever("health", self._probe_health_once, self._config.health.interval)),
                         tg.create_task(self._forever("inventory", self._read_inventory_once, INVENTORY_POLL_SECONDS)),
                         tg.create_task(self._forever("networks", self._read_networks_once, self._config.health.interval)),
                         tg.create_task(self._heartbeat_loop()),
+                        tg.create_task(self._notifier.keep_alive(self._systemd_status)),
+                        tg.create_task(self._metrics.run()),
                         tg.create_task(
                             self._forever("leases", self._destination.expire_leases, LEASE_CHECK_SECONDS)
                         ),
@@ -152,6 +167,8 @@ class Agent:
             "migrate": self._source.migrate,
             "abort": self._source.abort,
             "bandwidth": self._source.set_bandwidth,
+            "force_complete": self._source.force_complete,
+            "downtime": self._source.set_downtime,
             "commit": self._handle_commit,
             "rollback": self._destination.rollback,
             "measure": self._source.measure,
@@ -265,6 +282,22 @@ class Agent:
             migrations_in_flight=self._source.in_flight,
         )
 
+    def metrics_snapshot(self) -> AgentSnapshot:
+        """On the event loop: copies of what /metrics shows (read by the HTTP thread)."""
+        host = self._config.host
+        return AgentSnapshot(
+            host=host,
+            nats_connected=self._nc is not None and self._nc.is_connected,
+            checks=tuple(self._checks),
+            running_vms=sum(1 for vm in self._vms if vm.state == VmState.RUNNING),
+            heartbeats_sent=self._seq,
+            incoming=len(self._destination.reservations),
+            migrations=tuple(
+                RunningMigration(job.request.session_id, job.request.vm, host, job.request.dest, job.last_progress)
+                for job in self._source.running()
+            ),
+        )
+
     async def _heartbeat_loop(self) -> None:
         interval = self._config.heartbeat_interval
         while True:
@@ -280,6 +313,13 @@ class Agent:
                 await asyncio.wait_for(self._changed.wait(), timeout=interval)
             except TimeoutError:
                 pass
+
+    def _systemd_status(self) -> str:
+        """`systemctl status` shows this line."""
+        checks = ", ".join(f"{c.name} {c.state}" for c in self._checks if c.state != HealthState.OK)
+        return f"{len(self._vms)} VMs, health {HealthState.worst([c.state for c in self._checks])}" + (
+            f" ({checks})" if checks else ""
+        )
 
     async def _publish(self, subject: str, payload: bytes) -> None:
         assert self._nc is not None

@@ -10,6 +10,7 @@ libvirt kept running without it, or judges one that ended unwatched from where
 the VM is; a repeated `migrate` gets the journaled state, never a second job."""
 
 import asyncio
+import copy
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from ferry.agent.config import AgentConfig
 from ferry.agent.hypervisor import (
     Hypervisor,
     HypervisorUnavailable,
+    LeverRefused,
     MeasurementFailed,
     MigrationFailed,
     MigrationPlan,
@@ -37,6 +39,8 @@ from ferry.proto.agent import (
     CommitReply,
     DescribeRequest,
     DirtyRate,
+    DowntimeRequest,
+    ForceCompleteRequest,
     JobReport,
     JobRole,
     MeasureRequest,
@@ -46,8 +50,10 @@ from ferry.proto.agent import (
     SessionRef,
     SessionResult,
     SessionSteered,
+    SteerReply,
     VmDescription,
 )
+from ferry.proto.api import RefusalCode
 from ferry.proto.codec import encode
 from ferry.proto.convergence import POLICIES, ActionKind, PolicyAction
 from ferry.proto.errors import ErrorCode, FerryError
@@ -131,6 +137,10 @@ class Source:
     @property
     def in_flight(self) -> int:
         return sum(1 for job in self._jobs.values() if job.result is None)
+
+    def running(self) -> list[SourceJob]:
+        """The jobs not ended yet, each with its last progress sample (for /metrics)."""
+        return [job for job in self._jobs.values() if job.result is None]
 
     async def describe(self, request: DescribeRequest) -> VmDescription:
         try:
@@ -299,7 +309,9 @@ class Source:
             auto_converge=policy.auto_converge,
             auto_converge_initial=policy.auto_converge_initial,
             auto_converge_increment=policy.auto_converge_increment,
-            postcopy=job.steering.postcopy_enabled,
+            # Armed whenever the session allows post-copy: the policy's trigger or an
+            # operator's force-complete may switch later, and QEMU cannot arm it then.
+            postcopy=job.steering.postcopy_armed,
         )
         log.info(
             "migration_started", tls=plan.tls, bandwidth_mib=plan.bandwidth_mib, copy_disks=plan.copy_disks,
@@ -492,6 +504,64 @@ class Source:
             job.bandwidth_mib = request.bandwidth_mib
             self._log.info("bandwidth_changed", session_id=request.session_id, bandwidth_mib=request.bandwidth_mib)
         return job.state()
+
+    async def force_complete(self, request: ForceCompleteRequest) -> SteerReply:
+        """Finish the running migration now (agent/steering.py decides: post-copy or pause)."""
+        job, steering, sample = self._steerable(request.session_id)
+        return await self._operator_action(
+            job, steering, lambda s: s.force_complete(sample, self._clock(), by=request.requested_by)
+        )
+
+    async def set_downtime(self, request: DowntimeRequest) -> SteerReply:
+        job, steering, _sample = self._steerable(request.session_id)
+        return await self._operator_action(
+            job, steering,
+            lambda s: s.set_max_downtime(
+                request.max_downtime_ms, self._clock(), by=request.requested_by, sample=job.last_progress
+            ),
+        )
+
+    def _steerable(self, session_id: str) -> tuple[SourceJob, Steering, Progress]:
+        """The running job an operator's lever applies to, or a FerryError saying why not."""
+        job = self._jobs.get(session_id)
+        if job is None:
+            raise FerryError(ErrorCode.NOT_FOUND, f"{self._config.host} runs no migration for session {session_id}")
+        vm = job.request.vm
+        if job.result is not None:
+            raise FerryError(RefusalCode.NOT_RUNNING, f"the migration of {vm} has already ended (ok={job.result.ok})")
+        if job.abort_requested:
+            raise FerryError(RefusalCode.NOT_RUNNING, f"the migration of {vm} is being aborted")
+        if job.steering is None:
+            raise FerryError(ErrorCode.CONFLICT, f"the migration of {vm} is followed but not steered (unknown policy)")
+        if job.steering.finished:
+            what = "is in post-copy" if any(a.kind == ActionKind.POSTCOPY for a in job.actions) else "is being aborted"
+            raise FerryError(RefusalCode.NOT_RUNNING, f"the migration of {vm} {what}: nothing more can be steered")
+        if job.last_progress is None:
+            raise FerryError(
+                RefusalCode.NOT_RUNNING, f"the migration of {vm} has not begun copying yet; try again in a moment"
+            )
+        return job, job.steering, job.last_progress
+
+    async def _operator_action(
+        self, job: SourceJob, steering: Steering, decide: Callable[[Steering], PolicyAction | None]
+    ) -> SteerReply:
+        sid, vm = job.request.session_id, job.request.vm
+        # If libvirt refuses, the policy goes on as if nothing had been asked.
+        before = copy.copy(steering)
+        action = decide(steering)
+        if action is None:
+            raise FerryError(RefusalCode.NOT_RUNNING, f"the migration of {vm} is no longer steered")
+        try:
+            await self._steer(job, action, subjects.host_session(self._config.host, sid))
+        except (LeverRefused, VmNotFound, HypervisorUnavailable) as exc:
+            if job.steering is steering:
+                job.steering = before
+            if isinstance(exc, HypervisorUnavailable):
+                raise FerryError(ErrorCode.UNAVAILABLE, str(exc)) from None
+            raise FerryError(
+                ErrorCode.CONFLICT, f"libvirt on {self._config.host} refused {action.kind} for {vm}: {exc}"
+            ) from None
+        return SteerReply(session_id=sid, action=action)
 
     async def commit(self, request: SessionRef) -> CommitReply:
         """After the destination confirmed: remove the local images copied away."""

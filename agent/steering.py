@@ -46,13 +46,17 @@ class Steering:
        more is steered (aborting post-copy would lose the guest);
     4. pause, once, after pause_after_seconds: max downtime raised to what the
        rest needs (1.5 x data left / bandwidth, at least the session's max,
-       at most QEMU's 2000 s);
+       at most QEMU's 2000 s): QEMU then stops the guest and copies the rest;
     5. abort on the completion timeout (seconds per GiB of the largest data
        total seen, at least min_timeout_seconds), else
     6. abort when there was no progress for stall_seconds. Progress is data
        left reaching a new low in the first pass, and after it a pass smaller
        than every pass before (see `_track`), or QEMU tightening its throttle.
     After an abort every sample gets no action.
+
+    An operator acts between samples: `force_complete` (post-copy when the
+    session allows it, else the pause of rule 4 at once) and `set_max_downtime`
+    (the limit now, and the ceiling of the ramp from then on).
     """
 
     def __init__(
@@ -111,8 +115,51 @@ class Steering:
 
     @property
     def postcopy_enabled(self) -> bool:
-        """Whether this migration may switch to post-copy at all."""
+        """Whether the policy switches this migration to post-copy by itself (rule 3)."""
         return self.allow_postcopy and self.policy.postcopy_after_iterations > 0
+
+    @property
+    def postcopy_armed(self) -> bool:
+        """Whether the migration starts able to switch to post-copy: the session
+        allows it, whatever the policy's trigger (an operator may force it)."""
+        return self.allow_postcopy
+
+    def force_complete(self, sample: Progress, now: float, *, by: str = "") -> PolicyAction | None:
+        """An operator's `force-complete`, with the latest sample: post-copy when
+        the session allows it, else pause (max downtime raised to what the rest
+        needs, as rule 4 does). None when nothing more is steered (post-copy
+        already, or aborted)."""
+        if self.finished:
+            return None
+        who = f" by {by}" if by else ""
+        if self.postcopy_armed:
+            self._postcopy = True
+            reason = f"force-complete{who}: switching to post-copy with {_mib(sample.data_remaining)} left"
+            return PolicyAction(kind=ActionKind.POSTCOPY, reason=reason, at=now, sample=sample)
+        value = self._rest_downtime_ms(sample)
+        self._paused = True
+        self._downtime_ms = max(self._downtime_ms, value)
+        reason = (
+            f"force-complete{who} (post-copy not allowed): pausing the guest to copy the {_mib(sample.data_remaining)} "
+            f"left at {_mib(sample.bandwidth_bps)}/s; max downtime -> {value} ms"
+        )
+        return PolicyAction(kind=ActionKind.PAUSE, reason=reason, at=now, value=value, sample=sample)
+
+    def set_max_downtime(
+        self, downtime_ms: int, now: float, *, by: str = "", sample: Progress | None = None
+    ) -> PolicyAction | None:
+        """An operator's `downtime`: the limit now and from now on (the ramp of
+        rule 1 stays at or below it). None when nothing more is steered."""
+        if downtime_ms < 1:
+            raise ValueError(f"max downtime must be at least 1 ms, not {downtime_ms}")
+        if self.finished:
+            return None
+        before = self._downtime_ms
+        self.max_downtime_ms = downtime_ms
+        self._downtime_ms = downtime_ms
+        who = f" by {by}" if by else ""
+        reason = f"set{who}: max downtime {before} -> {downtime_ms} ms"
+        return PolicyAction(kind=ActionKind.SET_DOWNTIME, reason=reason, at=now, value=downtime_ms, sample=sample)
 
     def timeout_seconds(self) -> float:
         """The completion timeout for the largest data total seen so far."""
@@ -226,15 +273,20 @@ class Steering:
         if self._paused or after <= 0 or elapsed < after:
             return None
         self._paused = True
-        bandwidth = max(sample.bandwidth_bps, 1)
-        needed_ms = -(-sample.data_remaining * 10 * PAUSE_MARGIN_PERCENT // bandwidth)  # rounded up
-        value = min(max(needed_ms, self.max_downtime_ms), QEMU_MAX_DOWNTIME_MS)
+        value = self._rest_downtime_ms(sample)
         self._downtime_ms = max(self._downtime_ms, value)
         reason = (
             f"still copying after {_s(elapsed)} (pause after {_s(after)}): pausing the guest to copy the "
             f"{_mib(sample.data_remaining)} left at {_mib(sample.bandwidth_bps)}/s; max downtime -> {value} ms"
         )
         return ActionKind.PAUSE, reason, value
+
+    def _rest_downtime_ms(self, sample: Progress) -> int:
+        """The max downtime a pause needs: 1.5 x data left / bandwidth, at least the
+        session's max, at most QEMU's limit."""
+        bandwidth = max(sample.bandwidth_bps, 1)
+        needed_ms = -(-sample.data_remaining * 10 * PAUSE_MARGIN_PERCENT // bandwidth)  # rounded up
+        return min(max(needed_ms, self.max_downtime_ms), QEMU_MAX_DOWNTIME_MS)
 
     def _abort_due(self, sample: Progress, now: float) -> str | None:
         elapsed = sample.elapsed_ms / 1000

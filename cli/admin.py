@@ -149,7 +149,7 @@ def _names(value: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferry-admin", description="Set up a Ferry cluster's identities.")
-    parser.add_argument("--version", action="version", version=f"ferry-admin {VERSION}")
+    parser.add_argument("--version", action="version", version=f"ferry {VERSION}")
     commands = parser.add_subparsers(dest="command", required=True)
     ids = commands.add_parser(
         "identities", help="make identity files and the nats-server authorization config",

@@ -4,6 +4,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import nats.errors
@@ -14,6 +15,10 @@ from ferry.proto.agent import SessionProgress, SessionUpdate
 from ferry.proto.api import (
     BandwidthChange,
     CancelRequest,
+    CordonReply,
+    CordonRequest,
+    DowntimeChange,
+    ForceCompleteRequest,
     HostsReply,
     HostsRequest,
     MigrateRequest,
@@ -22,6 +27,7 @@ from ferry.proto.api import (
     SessionRequest,
     SessionsReply,
     SessionsRequest,
+    UncordonRequest,
 )
 from ferry.proto.codec import Decoder, ReplyDecoder, encode
 from ferry.proto.drain import (
@@ -34,6 +40,7 @@ from ferry.proto.drain import (
 )
 from ferry.proto.errors import ErrorCode, FerryError
 from ferry.proto.events import CoordinatorEvent, SessionChanged
+from ferry.proto.history import EventsReply, EventsRequest
 from ferry.proto.leader import StatusReply, StatusRequest
 from ferry.proto.limits import LimitsReply, LimitsRequest
 from ferry.proto.session import Progress, Session
@@ -51,6 +58,8 @@ _LIMITS = ReplyDecoder(LimitsReply, "limits")
 _DRAIN = ReplyDecoder(DrainReply, "drain")
 _DRAINS = ReplyDecoder(DrainsReply, "drains")
 _STATUS = ReplyDecoder(StatusReply, "status")
+_CORDON = ReplyDecoder(CordonReply, "cordon")
+_EVENTS = ReplyDecoder(EventsReply, "events")
 _UPDATE = Decoder(SessionUpdate, "session update")  # type: ignore[arg-type]
 _EVENT = Decoder(CoordinatorEvent, "coordinator event")  # type: ignore[arg-type]
 
@@ -165,12 +174,36 @@ class FerryClient:
     async def sessions(self, request: SessionsRequest = SessionsRequest()) -> list[Session]:
         return (await self.call("sessions", request, _SESSIONS)).sessions
 
-    async def cancel(self, session_id: str) -> Session:
-        return (await self.call("cancel", CancelRequest(id=session_id), _SESSION)).session
+    async def sessions_page(self, request: SessionsRequest) -> SessionsReply:
+        """One page, with whether older sessions remain and the cursor (`before`) of the next."""
+        return await self.call("sessions", request, _SESSIONS)
+
+    async def events(self, request: EventsRequest) -> EventsReply:
+        """Stored events in stream order; `last_seq` and `more` say where the next request starts."""
+        return await self.call("events", request, _EVENTS)
+
+    async def cancel(self, session_id: str | None = None, *, vm: str | None = None) -> Session:
+        """A session by its id, or `vm`'s one running session; with both, the session
+        of that id when there is one, else the VM's (the coordinator decides)."""
+        return (await self.call("cancel", CancelRequest(id=session_id, vm=vm), _SESSION)).session
 
     async def bandwidth(self, session_id: str, bandwidth_mib: int) -> Session:
         change = BandwidthChange(id=session_id, bandwidth_mib=bandwidth_mib)
         return (await self.call("bandwidth", change, _SESSION)).session
+
+    async def force_complete(self, session_id: str) -> Session:
+        """Post-copy if the session allows it, else the guest pauses for the last pass."""
+        return (await self.call("force_complete", ForceCompleteRequest(id=session_id), _SESSION)).session
+
+    async def downtime(self, session_id: str, max_downtime_ms: int) -> Session:
+        change = DowntimeChange(id=session_id, max_downtime_ms=max_downtime_ms)
+        return (await self.call("downtime", change, _SESSION)).session
+
+    async def cordon(self, host: str, reason: str = "") -> CordonReply:
+        return await self.call("cordon", CordonRequest(host=host, reason=reason), _CORDON)
+
+    async def uncordon(self, host: str) -> CordonReply:
+        return await self.call("uncordon", UncordonRequest(host=host), _CORDON)
 
     async def limits(self, request: LimitsRequest | None = None) -> LimitsReply:
         """The limits in force; with fields set, change them first."""
@@ -190,6 +223,26 @@ class FerryClient:
 
     async def drains(self, host: str | None = None) -> list[Drain]:
         return (await self.call("drains", DrainsRequest(host=host), _DRAINS)).drains
+
+    @asynccontextmanager
+    async def event_doorbell(self) -> AsyncIterator[asyncio.Event]:
+        """An asyncio.Event set each time the coordinator or a host announces an event:
+        a hint to read the event stream again (`events` with `after`), never the
+        events themselves (those come from the stream, in order, none missed)."""
+        rung = asyncio.Event()
+
+        async def ring(_msg: Any) -> None:
+            rung.set()
+
+        subs = [await self._nc.subscribe(subject, cb=ring) for subject in (subjects.COORDINATOR_EVENTS, subjects.ALL_HOST_EVENTS)]
+        try:
+            yield rung
+        finally:
+            for sub in subs:
+                try:
+                    await sub.unsubscribe()
+                except Exception:  # the connection closed first (Ctrl-C)
+                    pass
 
     async def follow(self, session: Session, *, poll: float = 1.0) -> AsyncIterator[Session | Progress]:
         """Live progress samples from the source, and the session each time its state

@@ -124,6 +124,9 @@ async def _cmd_drain(client: FerryClient, args: argparse.Namespace, console: Con
 
 async def _cmd_undrain(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
     drain = await client.undrain(args.host)
+    if args.json:
+        print_json(drain)
+        return 0
     unfinished = [i.vm for i in drain.items if not i.state.final]
     console.print(plain(f"{drain.host} is no longer draining: new VMs may be placed there again"))
     if unfinished:
@@ -188,6 +191,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     undrain = sub.add_parser("undrain", help="allow VMs on a host again (never automatic)")
     undrain.add_argument("host")
+    undrain.add_argument("--json", action="store_true", help="print the drain record as it was when undrained")
     undrain.set_defaults(run=_cmd_undrain)
 
     drains = sub.add_parser("drains", help="draining hosts, or one drain's per-VM report")

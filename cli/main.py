@@ -5,27 +5,34 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Mapping
 
+import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, TaskProgressColumn, TextColumn
 from rich.progress import Progress as Bar
 from rich.table import Table
 from rich.text import Text
 
+from ferry.cli import completion as cli_completion
 from ferry.cli import convergence as cli_convergence
 from ferry.cli import drain as cli_drain
+from ferry.cli import events as cli_events
+from ferry.cli import operate as cli_operate
+from ferry.cli import settings as cli_settings
 from ferry.cli import status as cli_status
 from ferry.cli.client import FerryClient
 from ferry.cli.output import plain, plain_console, print_json, say_error
-from ferry.proto.api import HostsReply, HostState, HostView, MigrateRequest, SessionsRequest
+from ferry.proto.api import CancelRequest, HostsReply, HostState, HostView, MigrateRequest, SessionsRequest
 from ferry.proto.codec import encode, request_decoder
 from ferry.proto.convergence import POLICIES
 from ferry.proto.errors import ErrorCode, FerryError
 from ferry.proto.host import HealthState
-from ferry.proto.names import printable
+from ferry.proto.names import SessionId, VmName, printable
 from ferry.proto.session import MigrateOptions, Progress, Session, SessionState, StorageMode
-from ferry.runtime.config import NatsSettings, nats_problems
+from ferry.runtime.config import NatsSettings
 from ferry.runtime.logs import quiet_asyncio
+from ferry.runtime.version import VERSION
 
 MIB = 1024 * 1024
 _MIGRATE_REQUEST = request_decoder(MigrateRequest, "migrate")
@@ -52,6 +59,8 @@ def _host_row(h: HostView) -> list[str | Text]:
     state = Text(str(h.state), style="red" if h.state == HostState.LOST else "")
     if h.draining:
         state.append(" (draining)", style="yellow")
+    if h.cordoned:
+        state.append(" (cordoned)", style="yellow")
     health = Text(str(h.health), style=_HEALTH_STYLE.get(h.health, ""))
     return [
         plain(h.host),
@@ -228,13 +237,26 @@ def sessions_table(sessions: list[Session]) -> Table:
 
 
 async def _cmd_sessions(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
-    sessions = await client.sessions(SessionsRequest(vm=args.vm, include_finished=not args.running))
+    if args.limit < 1:
+        raise FerryError(ErrorCode.BAD_REQUEST, f"--limit {args.limit}: give 1 or more")
+    since = cli_events.parse_since(args.since, time.time()) if args.since else 0.0
+    reply = await client.sessions_page(
+        SessionsRequest(
+            vm=args.vm, include_finished=not args.running, limit=min(args.limit, 10_000), since=since, before=args.before
+        )
+    )
+    sessions = reply.sessions
+    more = f"older sessions remain: ferry sessions --before {reply.next_before}" if reply.more else ""
     if args.json:
         print_json(sessions)
+        if more:
+            sys.stderr.write(more + "\n")  # stdout carries the JSON alone
     elif not sessions:
         console.print("no sessions")
     else:
         console.print(sessions_table(sessions))
+    if more and not args.json:
+        console.print(plain(more))
     return 0
 
 
@@ -294,52 +316,89 @@ async def _cmd_session(client: FerryClient, args: argparse.Namespace, console: C
     return 0
 
 
+def _fits(word: str, type_: object) -> bool:
+    try:
+        msgspec.convert(word, type_)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+def cancel_request(word: str) -> CancelRequest:
+    """`ferry cancel WORD`: a session id or a VM name. A word that may be either is sent
+    as both; the coordinator takes the session of that id if there is one, else the
+    VM's running session (one request, resolved where the records are)."""
+    request = CancelRequest(id=word if _fits(word, SessionId) else None, vm=word if _fits(word, VmName) else None)
+    if request.id is None and request.vm is None:
+        raise FerryError(ErrorCode.BAD_REQUEST, f"{printable(word)!r} is neither a session id nor a VM name")
+    return request
+
+
 async def _cmd_cancel(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
-    s = await client.cancel(args.id)
+    request = cancel_request(args.target)
+    s = await client.cancel(request.id, vm=request.vm)
+    # With --json, stdout carries the JSON alone; what people read goes to stderr.
+    people = plain_console(stderr=True) if args.json else console
     if s.state == SessionState.CANCELLED:
-        console.print(plain(f"session {s.id}: cancelled; {s.vm} stays on {s.source}"))
+        people.print(plain(f"session {s.id}: cancelled; {s.vm} stays on {s.source}"))
     else:
-        console.print(plain(f"session {s.id}: abort sent to {s.source}; {s.vm} stays there once it confirms"))
+        people.print(plain(f"session {s.id}: abort sent to {s.source}; {s.vm} stays there once it confirms"))
     if args.wait:
-        return 0 if (await follow(client, s, console)).state == SessionState.CANCELLED else 1
-    return 0
+        s = await follow(client, s, people, quiet=args.json)
+    if args.json:
+        print_json(s)
+    return 0 if not args.wait or s.state == SessionState.CANCELLED else 1
 
 
 async def _cmd_bandwidth(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
     s = await client.bandwidth(args.id, args.mib)
-    console.print(plain(f"session {s.id}: bandwidth {args.mib or 'unlimited'} MiB/s ({s.state})"))
+    if args.json:
+        print_json(s)
+    else:
+        console.print(plain(f"session {s.id}: bandwidth {args.mib or 'unlimited'} MiB/s ({s.state})"))
     return 0
 
 
+_SOURCES = """\
+Settings come from, each overriding the one before: /etc/ferry/ferry.toml,
+$XDG_CONFIG_HOME/ferry/ferry.toml (default ~/.config/ferry/ferry.toml), or instead
+of both the file --config or $FERRY_CONFIG names; then $FERRY_NATS_URL,
+$FERRY_IDENTITY, $FERRY_NATS_CREDS, $FERRY_NATS_TLS_CA, $FERRY_NATS_TLS_CERT,
+$FERRY_NATS_TLS_KEY, $FERRY_TIMEOUT, $FERRY_VIA; then these flags. File keys:
+servers, identity, creds, tls_ca, tls_cert, tls_key, timeout, via."""
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds above 0")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ferry", description="Operate a Ferry cluster.")
+    parser = argparse.ArgumentParser(
+        prog="ferry", description="Operate a Ferry cluster.", epilog=_SOURCES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ferry {VERSION}")
+    parser.add_argument("--config", metavar="FILE", help="read this config file instead of the default ones ($FERRY_CONFIG)")
     parser.add_argument(
-        "--server",
-        action="append",
-        help="NATS server URL (repeatable; default $FERRY_NATS_URL or nats://127.0.0.1:4222)",
+        "--server", action="append", metavar="URL",
+        help="NATS server URL (repeatable, or URL,URL,...; default nats://127.0.0.1:4222)",
+    )
+    parser.add_argument("--identity", metavar="FILE", help="your Ferry identity file, from ferry-admin identities")
+    parser.add_argument("--creds", metavar="FILE", help="NATS credentials file")
+    parser.add_argument("--tls-ca", metavar="PEM", help="CA that signed the NATS servers' certificates")
+    parser.add_argument("--tls-cert", metavar="PEM", help="client certificate, when the servers ask for one")
+    parser.add_argument("--tls-key", metavar="PEM", help="its key")
+    parser.add_argument(
+        "--timeout", type=_seconds, metavar="SECONDS", help=f"to wait for the coordinator (default {cli_settings.DEFAULT_TIMEOUT:g})"
     )
     parser.add_argument(
-        "--identity", default=os.environ.get("FERRY_IDENTITY", ""), metavar="FILE",
-        help="your Ferry identity file, from ferry-admin identities (default $FERRY_IDENTITY)",
-    )
-    parser.add_argument(
-        "--creds", default=os.environ.get("FERRY_NATS_CREDS", ""), help="NATS credentials file (default $FERRY_NATS_CREDS)"
-    )
-    parser.add_argument(
-        "--tls-ca", default=os.environ.get("FERRY_NATS_TLS_CA", ""), metavar="PEM",
-        help="CA that signed the NATS servers' certificates (default $FERRY_NATS_TLS_CA)",
-    )
-    parser.add_argument(
-        "--tls-cert", default=os.environ.get("FERRY_NATS_TLS_CERT", ""), metavar="PEM",
-        help="client certificate, when the servers ask for one (default $FERRY_NATS_TLS_CERT)",
-    )
-    parser.add_argument(
-        "--tls-key", default=os.environ.get("FERRY_NATS_TLS_KEY", ""), metavar="PEM",
-        help="its key (default $FERRY_NATS_TLS_KEY)",
-    )
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the coordinator")
-    parser.add_argument(
-        "--via", metavar="COORDINATOR", default="",
+        "--via", metavar="COORDINATOR",
         help="send the request through this coordinator (default: any; changes reach the leader either way)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -379,6 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
     sessions = sub.add_parser("sessions", help="list migration sessions")
     sessions.add_argument("--vm", help="only this VM's sessions")
     sessions.add_argument("--running", action="store_true", help="only sessions that have not ended")
+    sessions.add_argument(
+        "--since", metavar="T", help="only sessions going at or after T: 10m, 2h, 1d, or an ISO time (2026-12-01T10:00)"
+    )
+    sessions.add_argument(
+        "--limit", type=int, default=50, metavar="N", help="the newest N (default 50), listed oldest first: the latest at the bottom"
+    )
+    sessions.add_argument("--before", default="", metavar="CURSOR", help="the page of older sessions the last listing named")
     sessions.add_argument("--json", action="store_true")
     sessions.set_defaults(run=_cmd_sessions)
 
@@ -388,39 +454,60 @@ def build_parser() -> argparse.ArgumentParser:
     session.set_defaults(run=_cmd_session)
 
     cancel = sub.add_parser("cancel", help="stop a migration; the VM stays on its source")
-    cancel.add_argument("id")
+    cancel.add_argument("target", metavar="SESSION|VM", help="a session id, or a VM name: its one running session")
     cancel.add_argument("--wait", action="store_true", help="wait until the session has ended")
+    cancel.add_argument("--json", action="store_true", help="print the session as JSON")
     cancel.set_defaults(run=_cmd_cancel)
 
     bandwidth = sub.add_parser("bandwidth", help="change the speed limit of a session, also while it runs")
     bandwidth.add_argument("id")
     bandwidth.add_argument("mib", type=int, metavar="MiB/s", help="0: unlimited")
+    bandwidth.add_argument("--json", action="store_true", help="print the session as JSON")
     bandwidth.set_defaults(run=_cmd_bandwidth)
+    cli_completion.add_command(sub, parser)
     cli_drain.add_commands(sub)
+    cli_events.add_commands(sub)
+    cli_operate.add_commands(sub)
     cli_status.add_commands(sub)
     return parser
 
 
+def _flags(args: argparse.Namespace) -> cli_settings.ClientLayer:
+    """The connection flags given on the command line (the last layer of settings)."""
+    given = {
+        "servers": cli_settings.split_urls(args.server) if args.server else None,
+        "identity": args.identity, "creds": args.creds, "tls_ca": args.tls_ca, "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key, "timeout": args.timeout, "via": args.via,
+    }
+    return cli_settings.ClientLayer(**{key: value for key, value in given.items() if value is not None})
+
+
+def client_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> cli_settings.ClientSettings:
+    return cli_settings.load(_flags(args), environ, os.path.expanduser("~"), named=args.config)
+
+
 def _settings(args: argparse.Namespace) -> NatsSettings:
-    # Each --server may itself list several URLs joined by commas, like $FERRY_NATS_URL.
-    given = args.server or [os.environ.get("FERRY_NATS_URL", "nats://127.0.0.1:4222")]
-    servers = [url.strip() for value in given for url in value.split(",") if url.strip()]
-    settings = NatsSettings(
-        servers=servers, identity=args.identity, creds=args.creds, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
-        request_timeout=args.timeout,
-    )
-    problems = nats_problems(settings, name=lambda key: "--" + key.replace("_", "-"))
-    if problems:
-        raise FerryError(ErrorCode.BAD_REQUEST, "; ".join(problems))
-    return settings
+    return client_settings(args, os.environ).nats
+
+
+def with_version_everywhere(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`--version` after any command too (`ferry hosts --version`), commands that
+    other modules register included."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                if "--version" not in command._option_string_actions:
+                    command.add_argument("--version", action="version", version=f"ferry {VERSION}")
+                with_version_everywhere(command)
+    return parser
 
 
 async def _main(args: argparse.Namespace) -> int:
     # Lines are not wrapped: scripts and logs read them whole.
     console = plain_console()
     try:
-        settings = _settings(args)
-        async with await FerryClient.connect(settings, via=args.via) as client:
+        settings = client_settings(args, os.environ)
+        async with await FerryClient.connect(settings.nats, via=settings.via) as client:
             return await args.run(client, args, console)
     except FerryError as exc:
         say_error(exc.code, exc.message)
@@ -428,7 +515,10 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = with_version_everywhere(build_parser()).parse_args(argv)
+    local = getattr(args, "local", None)
+    if local is not None:
+        return local(args)  # needs no connection (`ferry completion`)
     quiet_asyncio()
     try:
         return asyncio.run(_main(args))

@@ -43,7 +43,10 @@ def wall_time(at: float) -> str:
         return f"{at:g} (not a date)"
 
 
-PIPE_WIDTH = 250
+# Not a terminal: no width to fit. Wider than any row Ferry prints (names are at
+# most 255 characters), so rich never wraps or crops a cell; tables and Text are
+# not padded to the console's width, so nothing grows with it.
+PIPE_WIDTH = 1 << 24
 
 
 def plain_console(*, stderr: bool = False) -> Console:
@@ -54,6 +57,6 @@ def plain_console(*, stderr: bool = False) -> Console:
     no output depends on these settings.)"""
     console = Console(stderr=stderr, soft_wrap=True, markup=False, highlight=False, emoji=False)
     if not console.is_terminal:
-        # Tables to a pipe or a log: one row per line, not wrapped at 80 columns.
+        # Tables to a pipe or a log: one row per line, whole, however long.
         console.width = PIPE_WIDTH
     return console

@@ -12,6 +12,8 @@ from ferry.proto.agent import (
     CommitReply,
     DescribeRequest,
     DirtyRate,
+    DowntimeRequest,
+    ForceCompleteRequest,
     JobsReply,
     JobsRequest,
     MeasureRequest,
@@ -21,6 +23,7 @@ from ferry.proto.agent import (
     PrepareRequest,
     RollbackReply,
     SessionRef,
+    SteerReply,
     VmDescription,
 )
 from ferry.proto.codec import ReplyDecoder, encode
@@ -36,6 +39,7 @@ _DIRTY_RATE = ReplyDecoder(DirtyRate, "dirty rate")
 _COMMIT = ReplyDecoder(CommitReply, "commit")
 _ROLLBACK = ReplyDecoder(RollbackReply, "rollback")
 _JOBS = ReplyDecoder(JobsReply, "jobs")
+_STEER = ReplyDecoder(SteerReply, "steer")
 
 
 class AgentClient:
@@ -73,6 +77,12 @@ class AgentClient:
 
     async def bandwidth(self, host: str, request: BandwidthRequest) -> MigrationState:
         return await self._request(host, "bandwidth", request, _MIGRATION)
+
+    async def force_complete(self, host: str, request: ForceCompleteRequest) -> SteerReply:
+        return await self._request(host, "force_complete", request, _STEER)
+
+    async def downtime(self, host: str, request: DowntimeRequest) -> SteerReply:
+        return await self._request(host, "downtime", request, _STEER)
 
     async def commit(self, host: str, ref: SessionRef) -> CommitReply:
         return await self._request(host, "commit", ref, _COMMIT)

@@ -22,15 +22,24 @@ from nats.micro.service import Service
 from ferry.coordinator import drains as drain_records_module
 from ferry.coordinator import leadership as leadership_module
 from ferry.coordinator import limits_keeper, session_store
+from ferry.coordinator.cordons import Cordons
 from ferry.coordinator.drains import draining_marks, find_drain
+from ferry.coordinator.event_history import EventHistory
 from ferry.coordinator.kv import WatchedBucket, replicas_of
 from ferry.coordinator.limits_keeper import LimitsKeeper
+from ferry.coordinator.session_archive import SessionArchive
 from ferry.coordinator.session_store import SessionStore
+from ferry.coordinator.sessions.cancel_target import needs_sessions, session_to_cancel
 from ferry.coordinator.term import LeaderTerm
 from ferry.proto import subjects
 from ferry.proto.api import (
     BandwidthChange,
     CancelRequest,
+    Cordon,
+    CordonReply,
+    CordonRequest,
+    DowntimeChange,
+    ForceCompleteRequest,
     HostsReply,
     HostsRequest,
     HostState,
@@ -40,11 +49,13 @@ from ferry.proto.api import (
     SessionRequest,
     SessionsReply,
     SessionsRequest,
+    UncordonRequest,
 )
 from ferry.proto.codec import encode, request_decoder
 from ferry.proto.drain import Drain, DrainReply, DrainRequest, DrainsReply, DrainsRequest, UndrainRequest
 from ferry.proto.errors import ErrorCode, ErrorReply, FerryError
 from ferry.proto.events import LimitsChanged
+from ferry.proto.history import EventsReply, EventsRequest
 from ferry.proto.leader import BucketView, MemberView, Role, StatusReply, StatusRequest
 from ferry.proto.limits import LimitsReply, LimitsRequest
 from ferry.runtime.service import endpoint
@@ -78,11 +89,13 @@ class Api:
         store: SessionStore,
         limits: LimitsKeeper,
         drain_records: WatchedBucket[Drain],
+        cordon_records: WatchedBucket[Cordon],
     ) -> None:
         self._coordinator = coordinator
         self._store = store
         self._limits = limits
         self._drains = drain_records
+        self._cordons = Cordons(cordon_records, wall=coordinator.clock.wall)
         self._log = structlog.get_logger().bind(component="api", coordinator=coordinator.name)
         self._leader_service: Service | None = None
         self._nc: Client | None = None
@@ -95,6 +108,10 @@ class Api:
             "drain": (DrainRequest, self._drain),
             "undrain": (UndrainRequest, self._undrain),
             "set_limits": (LimitsRequest, self._change_limits),
+            "cordon": (CordonRequest, self._cordon),
+            "uncordon": (UncordonRequest, self._uncordon),
+            "force_complete": (ForceCompleteRequest, self._force_complete),
+            "downtime": (DowntimeChange, self._downtime),
         }
 
     @asynccontextmanager
@@ -112,6 +129,7 @@ class Api:
                 "drains": (DrainsRequest, self._list_drains),
                 "status": (StatusRequest, self._status),
                 "limits": (LimitsRequest, self._limits_verb),
+                "events": (EventsRequest, self._events),
             }
             assert set(reads) == set(subjects.READ_VERBS) and set(self._writes) == set(subjects.WRITE_VERBS)
             for verb, (type_, handler) in reads.items():
@@ -220,20 +238,28 @@ class Api:
         return HostsReply(hosts=views, leader=self._leader_name(), answered_by=self._coordinator.name)
 
     async def _sessions(self, request: SessionsRequest) -> SessionsReply:
+        # The hot bucket whole (running and recently finished: small), the archive only as far as the page needs.
         term = self._coordinator.term
-        sessions = await term.sessions.all() if term is not None else await self._store.all()
-        if request.vm is not None:
-            sessions = [s for s in sessions if s.vm == request.vm]
-        if not request.include_finished:
-            sessions = [s for s in sessions if not s.state.terminal]
-        return SessionsReply(sessions=sessions[-request.limit :])
+        hot = await term.sessions.all() if term is not None else await self._store.all()
+        return await SessionArchive(self._store.js).page(hot, request)
 
     async def _session(self, request: SessionRequest) -> SessionReply:
         term = self._coordinator.term
-        if term is not None:
-            return SessionReply(session=await term.sessions.get(request.id))
-        session, _ = await self._store.get(request.id)
-        return SessionReply(session=session)
+        try:
+            if term is not None:
+                return SessionReply(session=await term.sessions.get(request.id))
+            session, _ = await self._store.get(request.id)
+            return SessionReply(session=session)
+        except FerryError as exc:
+            if exc.code != ErrorCode.NOT_FOUND:
+                raise
+        archived = await SessionArchive(self._store.js).find(request.id)
+        if archived is None:
+            raise FerryError(ErrorCode.NOT_FOUND, f"there is no session {request.id}")
+        return SessionReply(session=archived)
+
+    async def _events(self, request: EventsRequest) -> EventsReply:
+        return await EventHistory(self._coordinator.nc.jetstream()).read(request)
 
     async def _list_drains(self, request: DrainsRequest) -> DrainsReply:
         if request.host is not None:
@@ -300,11 +326,37 @@ class Api:
         return await term.sessions.plan(request)
 
     async def _cancel(self, term: LeaderTerm, request: CancelRequest, caller: str) -> SessionReply:
-        return SessionReply(session=await term.sessions.cancel(request.id, by=caller))
+        # Resolved on the leader, in the one request: a VM's session cannot change between lookup and cancel
+        # unseen (a session that ends meanwhile is answered `conflict: already ended`).
+        session_id = session_to_cancel(request, await term.sessions.all() if needs_sessions(request) else [])
+        return SessionReply(session=await term.sessions.cancel(session_id, by=caller))
 
     async def _bandwidth(self, term: LeaderTerm, request: BandwidthChange, caller: str) -> SessionReply:
         self._log.info("bandwidth_change", session_id=request.id, by=caller)
         return SessionReply(session=await term.sessions.set_bandwidth(request))
+
+    async def _cordon(self, term: LeaderTerm, request: CordonRequest, caller: str) -> CordonReply:
+        reply, event = await self._cordons.cordon(request, [v.host for v in self._coordinator.views()], by=caller)
+        if event is not None:
+            self._log.info("host_cordoned", host=request.host, reason=request.reason, by=caller)
+            await term.announce(event)
+        return reply
+
+    async def _uncordon(self, term: LeaderTerm, request: UncordonRequest, caller: str) -> CordonReply:
+        reply, event = await self._cordons.uncordon(request.host, by=caller)
+        self._log.info("host_uncordoned", host=request.host, by=caller)
+        await term.announce(event)
+        # Queued sessions may have waited for room that this host has.
+        term.sessions.wake()
+        return reply
+
+    async def _force_complete(self, term: LeaderTerm, request: ForceCompleteRequest, caller: str) -> SessionReply:
+        self._log.info("force_complete", session_id=request.id, by=caller)
+        return SessionReply(session=await term.sessions.force_complete(request.id, by=caller))
+
+    async def _downtime(self, term: LeaderTerm, request: DowntimeChange, caller: str) -> SessionReply:
+        self._log.info("downtime_change", session_id=request.id, max_downtime_ms=request.max_downtime_ms, by=caller)
+        return SessionReply(session=await term.sessions.set_downtime(request, by=caller))
 
     async def _drain(self, term: LeaderTerm, request: DrainRequest, caller: str) -> DrainReply:
         return await term.drains.drain(request, requested_by=caller)

@@ -7,6 +7,7 @@ import msgspec
 
 from ferry.proto.limits import Limits
 from ferry.runtime.config import NatsSettings, nats_problems
+from ferry.runtime.metrics import address_problem
 
 # A coordinator's name is a KV key token (`member.<name>`) and shows in logs.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
@@ -37,6 +38,22 @@ class LeaderSettings(msgspec.Struct, frozen=True):
     step_down_after: Annotated[float, msgspec.Meta(gt=0, le=300)] = 2.5
 
 
+class HistorySettings(msgspec.Struct, frozen=True):
+    # Events (`ferry events`) are kept this long (seconds; 7 days), and the stream
+    # at most this big (bytes; 0: no cap beyond the age): the oldest go first.
+    events_max_age: Annotated[float, msgspec.Meta(ge=60, le=366 * 86400)] = 7 * 86400.0
+    events_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1 << 30
+    # A session that ended this long ago (seconds) leaves the hot bucket for the
+    # archive stream; `ferry session ID` and `ferry sessions` still find it there.
+    keep_finished: Annotated[float, msgspec.Meta(ge=0, le=30 * 86400)] = 3600.0
+    # How often the leader looks for sessions to archive (seconds).
+    archive_every: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
+    # Archived sessions are kept this long (seconds; 90 days), and the archive at most
+    # this big (bytes; 0: no cap beyond the age).
+    archive_max_age: Annotated[float, msgspec.Meta(ge=60, le=3660 * 86400)] = 90 * 86400.0
+    archive_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
 class CoordinatorConfig(msgspec.Struct, frozen=True):
     # How this coordinator is called in the leader lease, `ferry status` and
     # the logs; "" means the machine's host name. Give each of several
@@ -59,17 +76,23 @@ class CoordinatorConfig(msgspec.Struct, frozen=True):
     # (three on three servers, at most five); buckets with fewer are scaled up.
     kv_replicas: Annotated[int, msgspec.Meta(ge=0, le=5)] = 0
     log_level: str = "info"
+    # Where /metrics (Prometheus) listens, "HOST:PORT"; "" turns it off. Loopback by
+    # default: the operator opens it to Prometheus deliberately (it names hosts and VMs).
+    metrics_address: str = "127.0.0.1:9464"
     nats: NatsSettings = NatsSettings()
     # The starting limits; `ferry limits` changes them at runtime (kept in KV).
     limits: Limits = Limits()
     drain: DrainSettings = DrainSettings()
     evacuation: EvacuationSettings = EvacuationSettings()
     leader: LeaderSettings = LeaderSettings()
+    history: HistorySettings = HistorySettings()
 
 
 def problems(config: CoordinatorConfig) -> list[str]:
     """What keeps this config from working beyond its keys and values (files it names)."""
     problems = nats_problems(config.nats)
+    if (problem := address_problem("metrics_address", config.metrics_address)) is not None:
+        problems.append(problem)
     if config.name and not NAME.match(config.name):
         problems.append(
             f"name {config.name!r}: use letters, digits, '.', '_' and '-' (at most 64, starting with a letter or digit)"

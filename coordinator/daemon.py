@@ -16,18 +16,21 @@ from nats.aio.msg import Msg
 from ferry.coordinator.agents import AgentClient
 from ferry.coordinator.api import Api
 from ferry.coordinator.config import CoordinatorConfig
+from ferry.coordinator.cordons import open_cordon_records, with_cordons
 from ferry.coordinator.drains import draining_marks, open_drain_records
+from ferry.coordinator.history_streams import open_history_streams
 from ferry.coordinator.kv import TypedBucket, WatchedBucket, open_bucket, replicas_for
 from ferry.coordinator.leadership import Leadership
 from ferry.coordinator.lease import Timing
 from ferry.coordinator.limits_keeper import BUCKET as SETTINGS_BUCKET
 from ferry.coordinator.limits_keeper import LimitsKeeper
+from ferry.coordinator.metrics import CoordinatorMetrics, take_snapshot
 from ferry.coordinator.registry import Registry
 from ferry.coordinator.session_store import SessionStore, VmClaims
 from ferry.coordinator.sessions.ports import Clock
 from ferry.coordinator.term import LeaderTerm
 from ferry.proto import subjects
-from ferry.proto.api import HostView
+from ferry.proto.api import Cordon, HostView
 from ferry.proto.codec import encode
 from ferry.proto.drain import Drain
 from ferry.proto.errors import FerryError
@@ -44,6 +47,7 @@ from ferry.proto.host import StatusDecoder
 from ferry.proto.leader import Lease
 from ferry.proto.limits import Limits
 from ferry.runtime.connection import connect, disconnect
+from ferry.runtime.systemd import Notifier
 from ferry.runtime.version import VERSION
 
 SWEEP_SECONDS = 0.25
@@ -66,8 +70,10 @@ class Coordinator:
         *,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        notifier: Notifier | None = None,
     ) -> None:
         self._config = config
+        self._notifier = notifier if notifier is not None else Notifier.from_environ()
         self.name = coordinator_name(config)
         self._clock = Clock(wall=wall, monotonic=monotonic)
         self._log = structlog.get_logger().bind(component="coordinator", coordinator=self.name)
@@ -81,8 +87,10 @@ class Coordinator:
         self._term_task: asyncio.Task | None = None
         self._leadership: Leadership | None = None
         self._drain_records: WatchedBucket[Drain] | None = None
+        self._cordon_records: WatchedBucket[Cordon] | None = None
         self._connected_at = monotonic()
         self._new_term: Callable[[Lease], LeaderTerm] | None = None
+        self._metrics = CoordinatorMetrics(config.metrics_address, lambda: take_snapshot(self), self.name)
 
     # ----- what every coordinator has -----
 
@@ -112,13 +120,14 @@ class Coordinator:
         return self._nc
 
     def views(self) -> list[HostView]:
-        """The hosts as reported, with the draining marks KV holds."""
+        """The hosts as reported, with the draining and cordon marks KV holds."""
         views = self._registry.views(self._clock.monotonic())
         marks = draining_marks(self._drain_records) if self._drain_records is not None else {}
-        return [
-            msgspec.structs.replace(v, draining=True, drain_reason=marks[v.host]) if v.host in marks else v
-            for v in views
-        ]
+        cordons = self._cordon_records.values() if self._cordon_records is not None else {}
+        return with_cordons(
+            [msgspec.structs.replace(v, draining=True, drain_reason=marks[v.host]) if v.host in marks else v for v in views],
+            cordons,
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         nc = self._nc = await connect(
@@ -130,11 +139,13 @@ class Coordinator:
             js = nc.jetstream()
             replicas = replicas_for(nc._server_info, self._config.kv_replicas)
             store = await SessionStore.open(js, replicas=replicas)
+            await open_history_streams(js, self._config.history, replicas=replicas)
             claims = await VmClaims.open(js, store, replicas=replicas)
             settings = await open_bucket(js, SETTINGS_BUCKET, "Ferry: settings changed at runtime", replicas=replicas)
             limits = LimitsKeeper(TypedBucket(settings, Limits, "setting"), self._config.limits)
             drain_records = self._drain_records = await open_drain_records(js, replicas=replicas)
-            for part in (limits, drain_records):
+            cordon_records = self._cordon_records = await open_cordon_records(js, replicas=replicas)
+            for part in (limits, drain_records, cordon_records):
                 await part.start()
                 watched.append(part)
             leadership = self._leadership = await Leadership.open(
@@ -150,7 +161,7 @@ class Coordinator:
                 )
 
             self._new_term = new_term
-            api = Api(self, store, limits, drain_records)
+            api = Api(self, store, limits, drain_records, cordon_records)
             await nc.subscribe(subjects.ALL_HOST_STATUS, cb=self._on_status)
             await nc.subscribe(subjects.ALL_HOST_SESSIONS, cb=self._on_session_update)
             async with api.serve(nc):
@@ -158,9 +169,13 @@ class Coordinator:
                     "coordinator_started", version=VERSION, kv_replicas=replicas,
                     limits=msgspec.structs.asdict(limits.current()),
                 )
+                # Config read, NATS connected, buckets open, API served: ready for systemd.
+                self._notifier.ready(self._systemd_status())
                 started_at = self._clock.wall()
                 loops = [
                     asyncio.create_task(self._sweep_loop(), name="sweep"),
+                    asyncio.create_task(self._notifier.keep_alive(self._systemd_status), name="systemd"),
+                    asyncio.create_task(self._metrics.run(), name="metrics"),
                     asyncio.create_task(
                         leadership.run(
                             lambda lease, reason, previous: self._gain(lease, reason, previous, api),
@@ -183,6 +198,12 @@ class Coordinator:
             await disconnect(nc)
             self._log.info("coordinator_stopped")
 
+    def _systemd_status(self) -> str:
+        """`systemctl status` shows this line."""
+        term = self.term
+        role = f"leading (term {term.lease.term})" if term is not None else "standby"
+        return f"{role}, {len(self._registry.views(self._clock.monotonic()))} hosts"
+
     def _server(self) -> str:
         url = self._nc.connected_url if self._nc is not None else None
         return str(url.netloc) if url else ""
@@ -193,6 +214,7 @@ class Coordinator:
         await self._end_term("a new term begins")
         assert self._new_term is not None
         term = self._term = self._new_term(lease)
+        term.sessions.on_end(self._metrics.session_ended)
         self._term_task = asyncio.create_task(self._run_term(term), name=f"term-{lease.term}")
         await api.start_leading()
         await self._emit([LeaderElected(leader=self.name, term=lease.term, reason=reason, previous=previous)])

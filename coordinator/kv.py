@@ -57,6 +57,8 @@ async def keys_of(bucket: Bucket) -> list[str]:
     return sorted(subject.removeprefix(bucket.prefix) for subject in (info.state.subjects or {}))
 
 
+# Reads of one bucket in flight at once (TypedBucket.entries).
+READS_IN_FLIGHT = 64
 # JetStream keeps at most this many copies of a stream.
 MAX_REPLICAS = 5
 # A cluster elects its JetStream meta leader a moment after it starts (and after
@@ -224,12 +226,18 @@ class TypedBucket(Generic[T]):
         return await keys_of(self._bucket)
 
     async def all(self) -> list[T]:
-        values = []
-        for key in await self.keys():
-            found = await self.find(key)
-            if found is not None:  # deleted between listing and reading otherwise
-                values.append(found[0])
-        return values
+        return [value for value, _revision in await self.entries()]
+
+    async def entries(self) -> list[tuple[T, int]]:
+        """Every record with the revision it was read at (deleted ones skipped). A
+        few reads are in flight at once: thousands of keys (a first start after an
+        upgrade) take seconds, not minutes, without flooding the servers."""
+        keys = await self.keys()
+        found: list[tuple[T, int]] = []
+        for at in range(0, len(keys), READS_IN_FLIGHT):
+            entries = await asyncio.gather(*(self.find(key) for key in keys[at : at + READS_IN_FLIGHT]))
+            found.extend(entry for entry in entries if entry is not None)  # None: deleted since the listing
+        return found
 
 
 class WatchedBucket(Generic[T]):

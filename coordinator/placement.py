@@ -24,6 +24,8 @@ class HostFacts:
     qemu_version: str
     arch: str = "x86_64"
     draining: bool = False
+    # Cordoned by an operator: nothing new goes there, what runs there stays.
+    cordoned: bool = False
     # Held by sessions that are preparing or migrating towards this host.
     reserved_vcpus: int = 0
     reserved_memory_mib: int = 0
@@ -90,6 +92,8 @@ def reject_reason(vm: VmDemand, host: HostFacts, rules: PlacementRules) -> Rejec
         return no("host_lost", f"{host.name} is lost (no heartbeat)")
     if host.draining:
         return no("host_draining", f"{host.name} is draining: no new VMs are placed there")
+    if host.cordoned:
+        return no("host_cordoned", f"{host.name} is cordoned: no new VMs are placed there")
     if host.health != HealthState.OK:
         return no("host_unhealthy", f"{host.name} health is {host.health}")
     if host.arch != vm.arch:

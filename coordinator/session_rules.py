@@ -134,6 +134,7 @@ def host_facts(hosts: Iterable[HostView], in_flight: Iterable[Session]) -> list[
                 qemu_version=h.versions.qemu,
                 arch=h.arch or "x86_64",
                 draining=h.draining,
+                cordoned=h.cordoned,
                 reserved_vcpus=vcpus,
                 reserved_memory_mib=memory,
                 networks=h.networks,

@@ -22,6 +22,11 @@ class SessionStore:
     async def open(cls, js: JetStreamContext, *, bucket: str = BUCKET, replicas: int = 1) -> "SessionStore":
         return cls(await open_bucket(js, bucket, "Ferry migration sessions", replicas=replicas))
 
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context the bucket lives in (the archive stream is beside it)."""
+        return self._records.bucket.js
+
     async def create(self, session: Session) -> int:
         return await self._records.create(session.id, session)
 
@@ -37,6 +42,28 @@ class SessionStore:
 
     async def all(self) -> list[Session]:
         return sorted(await self._records.all(), key=lambda s: s.created_at)
+
+    async def entries(self) -> list[tuple[Session, int]]:
+        """Every session in the bucket with the revision it was read at."""
+        return await self._records.entries()
+
+    async def remove_if(self, session_id: str, revision: int) -> None:
+        """Take a session out of the bucket (it was archived), only if it is still at
+        `revision`; FerryError(conflict) when it changed meanwhile. The delete
+        marker goes too, with every earlier revision: the bucket's key listing
+        stays as small as what it holds, however many sessions were ever archived."""
+        bucket = self._records.bucket
+        subject = f"{bucket.prefix}{session_id}"
+        try:
+            ack = await bucket.js.publish(
+                subject, b"", headers={"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(revision)}
+            )
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in (10071, 10164):  # the wrong last sequence: someone wrote it since
+                raise FerryError(ErrorCode.CONFLICT, f"session {session_id} changed under us (revision {revision} is stale)") from None
+            raise
+        # Only up to the marker: a write after it (there should be none) stays.
+        await bucket.js.purge_stream(bucket.stream, subject=subject, seq=ack.seq + 1)
 
 
 CLAIMS_BUCKET = "ferry_vm_claims"

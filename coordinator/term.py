@@ -13,11 +13,13 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from ferry.coordinator.agents import AgentClient
+from ferry.coordinator.archiver import Archiver
 from ferry.coordinator.config import CoordinatorConfig
 from ferry.coordinator.drains import DrainController
 from ferry.coordinator.health_watch import HealthWatch, Verdict
 from ferry.coordinator.kv import WatchedBucket
 from ferry.coordinator.limits_keeper import LimitsKeeper
+from ferry.coordinator.session_archive import SessionArchive
 from ferry.coordinator.session_store import SessionStore, VmClaims
 from ferry.coordinator.sessions import SessionManager
 from ferry.coordinator.sessions.ports import Clock
@@ -53,6 +55,7 @@ class LeaderTerm:
         self.sessions = SessionManager(store, claims, agents, views, emit, limits.current, clock=clock)
         self.drains = DrainController(drain_records, self.sessions, views, emit, config.drain, wall=clock.wall)
         self.health = HealthWatch(config.evacuation.debounce_seconds, enabled=config.evacuation.enabled)
+        self._archiver = Archiver(store, SessionArchive(store.js), claims.holding_sessions, config.history, wall=clock.wall)
         self._emit = emit
         evacuated = {host for host, drain in drain_records.values().items() if drain.automatic}
         for view in views():
@@ -69,7 +72,7 @@ class LeaderTerm:
             warm_for = await warm_up()
             adopted = await self.sessions.adopt()
             self._log.info("sessions_adopted", adopted=adopted, warm_up_seconds=round(warm_for, 2))
-            await asyncio.gather(self.sessions.run(), self.drains.run())
+            await asyncio.gather(self.sessions.run(), self.drains.run(), self._archiver.run())
         finally:
             stop_listening()
             await self.sessions.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import libvirt
 
+from ferry.lab import ferry_services
 from ferry.lab.errors import LabError
 from ferry.lab.guests import DISK_KINDS
 from ferry.lab.lab import JETSTREAM_PART, NATS_ROLES, Lab, libvirtd_role, sweep_namespaces
@@ -28,6 +29,7 @@ from ferry.lab.layout import (
 )
 from ferry.lab.prereqs import check_root
 from ferry.runtime.logs import quiet_asyncio
+from ferry.runtime.version import VERSION
 
 EXIT_FAILED = 1
 EXIT_PARTIAL = 3
@@ -35,6 +37,7 @@ EXIT_PARTIAL = 3
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferry-lab", description="A local multi-host libvirt lab for Ferry.")
+    parser.add_argument("--version", action="version", version=f"ferry {VERSION}")
     parser.add_argument(
         "--dir", type=Path, default=Path(os.environ.get("FERRY_LAB_DIR", DEFAULT_DIR)),
         help=f"the lab's folder (default: $FERRY_LAB_DIR or {DEFAULT_DIR})",
@@ -154,8 +157,10 @@ def _status(lab: Lab) -> int:
     if status.nats_urls:
         for name, url in zip(NATS_SERVERS, lab.nats_urls, strict=True):
             print(f"  {name}  {url}")
+    metrics = ferry_services.metrics_urls(lab.layout)
     for part in status.parts:
-        print(f"  {'running' if part.running else 'stopped':8} {part.role}" + (f" (pid {part.pid})" if part.pid else ""))
+        line = f"  {'running' if part.running else 'stopped':8} {part.role}" + (f" (pid {part.pid})" if part.pid else "")
+        print(line + (f"  metrics {metrics[part.role]}" if part.role in metrics else ""))
     for guest in status.guests:
         print(f"  guest {guest.name} on {guest.host}: {guest.state}")
     for problem in status.problems:

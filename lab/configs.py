@@ -5,12 +5,26 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from ferry.lab.layout import IMAGES_PATH, PKI_PATH, QEMU_TLS_PATH, HostLayout, LabLayout
+from ferry.lab.layout import COORDINATORS, IMAGES_PATH, PKI_PATH, QEMU_TLS_PATH, HostLayout, LabLayout
 
 HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_TIMEOUT = 6.0
 # Short, so a probe a test drops into a host's probe folder shows within a second or two.
 HEALTH_INTERVAL = 1.0
+# /metrics: the daemons' default ports, each daemon on an address of its own inside
+# the lab's 127.0.N range (an agent on its host's, the coordinators on .201 and up,
+# past any host), so labs and daemons never share a socket and nothing is recorded.
+AGENT_METRICS_PORT = 9465
+COORDINATOR_METRICS_PORT = 9464
+COORDINATOR_METRICS_HOST = 200
+
+
+def agent_metrics_address(host: HostLayout) -> str:
+    return f"{host.address}:{AGENT_METRICS_PORT}"
+
+
+def coordinator_metrics_address(layout: LabLayout, name: str) -> str:
+    return f"{layout.address_base}.{COORDINATOR_METRICS_HOST + 1 + COORDINATORS.index(name)}:{COORDINATOR_METRICS_PORT}"
 
 
 def _q(value: str) -> str:
@@ -77,6 +91,7 @@ images_dir = {_q(str(host.images_dir))}
 images_dir_in_domain = {_q(str(IMAGES_PATH))}
 # The agent's journal of sessions, per host (the agent creates it).
 state_dir = {_q(str(host.state_dir))}
+metrics_address = {_q(agent_metrics_address(host))}
 
 [nats]
 servers = {_servers(nats_urls)}
@@ -105,6 +120,7 @@ def coordinator_toml(layout: LabLayout, name: str, nats_urls: Sequence[str], nat
 # Written by ferry-lab for the lab in {layout.dir}.
 name = {_q(name)}
 heartbeat_timeout = {HEARTBEAT_TIMEOUT}
+metrics_address = {_q(coordinator_metrics_address(layout, name))}
 
 [nats]
 servers = {_servers(nats_urls)}

@@ -12,7 +12,7 @@ set -eu
 QEMU_MIN=9.0
 LIBVIRT_MIN=10.0
 # prometheus: promtool checks the metrics and the shipped alert rules; systemd: systemd-analyze checks the units.
-BASE="pkg-config busybox-static cpio iproute2 procps util-linux nftables prometheus systemd"
+BASE="pkg-config busybox-static cpio iproute2 procps util-linux nftables prometheus systemd zsh"
 VIRT="qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev"
 BACKPORTS_LIST=/etc/apt/sources.list.d/ferry-bookworm-backports.list
 

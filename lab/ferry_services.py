@@ -15,6 +15,7 @@ from ferry.lab.layout import COORDINATORS, HostLayout, LabLayout
 from ferry.lab.nats_security import NatsSecurity
 from ferry.lab.processes import ProcessRef
 from ferry.runtime.identity import Role
+from ferry.runtime.metrics import metrics_url
 
 # A daemon still alive this long after start is taken as started; one with a
 # broken config or import dies well within it.
@@ -51,6 +52,13 @@ def write_agent_config(
 def write_coordinator_config(layout: LabLayout, name: str, nats_urls: Sequence[str]) -> None:
     identity = NatsSecurity(layout.nats_security_dir).config_lines(name, Role.COORDINATOR)
     layout.coordinator_config(name).write_text(configs.coordinator_toml(layout, name, nats_urls, identity))
+
+
+def metrics_urls(layout: LabLayout) -> dict[str, str]:
+    """Each Ferry daemon's /metrics, by daemon ("agent:hv1", "coordinator:c1")."""
+    urls = {f"agent:{host.name}": metrics_url(configs.agent_metrics_address(host)) for host in layout.hosts}
+    urls |= {f"coordinator:{name}": metrics_url(configs.coordinator_metrics_address(layout, name)) for name in COORDINATORS}
+    return urls
 
 
 def start_agent(host: HostLayout) -> ProcessRef:

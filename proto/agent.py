@@ -135,6 +135,34 @@ class BandwidthRequest(msgspec.Struct, frozen=True):
     bandwidth_mib: MiBps
 
 
+# The longest pause a migration may end with, as an operator sets it (as MigrateOptions.max_downtime_ms).
+DowntimeMs = Annotated[int, msgspec.Meta(ge=1, le=60_000)]
+
+
+class ForceCompleteRequest(msgspec.Struct, frozen=True):
+    """Finish the running migration now: post-copy if the session allows it, else
+    pause the guest for the last pass (agent/steering.py decides)."""
+
+    session_id: SessionId
+    # The operator identity that asked, for the action's reason.
+    requested_by: str = ""
+
+
+class DowntimeRequest(msgspec.Struct, frozen=True):
+    """Set the running migration's max downtime (the policy's ramp stays below it)."""
+
+    session_id: SessionId
+    max_downtime_ms: DowntimeMs
+    requested_by: str = ""
+
+
+class SteerReply(msgspec.Struct, frozen=True, tag="steer"):
+    """What the source did for an operator's request (also published as SessionSteered)."""
+
+    session_id: SessionId
+    action: PolicyAction
+
+
 class SessionProgress(msgspec.Struct, frozen=True, tag="progress"):
     session_id: SessionId
     vm: VmName

@@ -5,6 +5,7 @@ from typing import Annotated
 
 import msgspec
 
+from ferry.proto.agent import DowntimeMs
 from ferry.proto.convergence import Prediction
 from ferry.proto.host import Capacity, HealthCheck, HealthState, Versions, VmInfo
 from ferry.proto.names import HostName, NonNegative, SessionId, VmName
@@ -15,6 +16,26 @@ from ferry.proto.session import MiBps, MigrateOptions, Session
 class HostState(enum.StrEnum):
     UP = "up"
     LOST = "lost"
+
+
+class RefusalCode(enum.StrEnum):
+    """Refusals of the operator verbs below, beside proto/errors.py ErrorCode (the
+    wire field `ErrorReply.code` is a str)."""
+
+    # The destination named with `--to` is cordoned.
+    HOST_CORDONED = "host_cordoned"
+    # The session's migration is not running (queued, preparing, in post-copy or ended).
+    NOT_RUNNING = "not_running"
+
+
+class Cordon(msgspec.Struct, frozen=True):
+    """A host no new VM is placed on (its KV record); what runs there stays."""
+
+    host: HostName
+    reason: str = ""
+    # The operator identity that cordoned it, and when (wall clock).
+    by: str = ""
+    at: float = 0.0
 
 
 class HostsRequest(msgspec.Struct, frozen=True):
@@ -47,6 +68,9 @@ class HostView(msgspec.Struct, frozen=True):
     # How other hosts' libvirtd reach this one, as its own heartbeat announces: the
     # only peer URI a source is sent to (an offer naming another is refused).
     peer_uri: str = ""
+    # Cordoned (`ferry cordon`): no new VMs are placed here; the VMs it runs stay.
+    cordoned: bool = False
+    cordon: Cordon | None = None
 
 
 class HostsReply(msgspec.Struct, frozen=True, tag="hosts"):
@@ -90,14 +114,25 @@ class SessionReply(msgspec.Struct, frozen=True, tag="session"):
 
 
 class SessionsRequest(msgspec.Struct, frozen=True):
+    """One page of sessions: the newest `limit` that match (fewer when the reply
+    would grow too big), sent oldest first; `before` (a reply's `next_before`)
+    asks for the page of older ones."""
+
     vm: VmName | None = None
     # Finished sessions (completed, failed, cancelled) too.
     include_finished: bool = True
     limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 200
+    # Sessions still going at this wall time or started after it (updated since); 0: any.
+    since: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # Where the previous page stopped (its `next_before`); "": the newest.
+    before: Annotated[str, msgspec.Meta(max_length=100)] = ""
 
 
 class SessionsReply(msgspec.Struct, frozen=True, tag="sessions"):
     sessions: list[Session]
+    # Older sessions may match too: ask again with `before = next_before`.
+    more: bool = False
+    next_before: str = ""
 
 
 class SessionRequest(msgspec.Struct, frozen=True):
@@ -105,9 +140,38 @@ class SessionRequest(msgspec.Struct, frozen=True):
 
 
 class CancelRequest(msgspec.Struct, frozen=True):
-    id: SessionId
+    """The session `id`, or the one running session of `vm`; with both (a word that
+    may be either, as `ferry cancel WORD` sends it), the session of that id when
+    there is one, else the VM's."""
+
+    id: SessionId | None = None
+    vm: VmName | None = None
 
 
 class BandwidthChange(msgspec.Struct, frozen=True):
     id: SessionId
     bandwidth_mib: MiBps
+
+
+class CordonRequest(msgspec.Struct, frozen=True):
+    host: HostName
+    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
+
+
+class UncordonRequest(msgspec.Struct, frozen=True):
+    host: HostName
+
+
+class CordonReply(msgspec.Struct, frozen=True, tag="cordon"):
+    cordon: Cordon
+    # False when nothing changed: the host was cordoned already (the first record stays).
+    changed: bool = True
+
+
+class ForceCompleteRequest(msgspec.Struct, frozen=True):
+    id: SessionId
+
+
+class DowntimeChange(msgspec.Struct, frozen=True):
+    id: SessionId
+    max_downtime_ms: DowntimeMs

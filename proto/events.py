@@ -164,6 +164,43 @@ class HostUndrained(msgspec.Struct, frozen=True, tag="host_undrained"):
     at: float = 0.0
 
 
+class HostCordoned(msgspec.Struct, frozen=True, tag="host_cordoned"):
+    """No new VMs are placed on the host (`ferry cordon`); the VMs it runs stay."""
+
+    host: HostName
+    reason: str = ""
+    by: str = ""
+    at: float = 0.0
+
+
+class HostUncordoned(msgspec.Struct, frozen=True, tag="host_uncordoned"):
+    host: HostName
+    by: str = ""
+    at: float = 0.0
+
+
+class MigrationForced(msgspec.Struct, frozen=True, tag="migration_forced"):
+    """An operator forced a running migration to finish (`ferry force-complete`):
+    `action` is "postcopy" or "pause" (proto/convergence.py ActionKind)."""
+
+    session_id: SessionId
+    vm: VmName
+    action: str
+    reason: str
+    by: str = ""
+    at: float = 0.0
+
+
+class DowntimeSet(msgspec.Struct, frozen=True, tag="downtime_set"):
+    """An operator set a running migration's max downtime (`ferry downtime`)."""
+
+    session_id: SessionId
+    vm: VmName
+    max_downtime_ms: int
+    by: str = ""
+    at: float = 0.0
+
+
 class LimitsChanged(msgspec.Struct, frozen=True, tag="limits_changed"):
     """An operator changed the admission limits (in force at once, on every coordinator)."""
 
@@ -210,6 +247,10 @@ CoordinatorEvent = (
     | DrainGaveUp
     | DrainFinished
     | HostUndrained
+    | HostCordoned
+    | HostUncordoned
+    | MigrationForced
+    | DowntimeSet
     | LimitsChanged
     | HeartbeatRefused
 )

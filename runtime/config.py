@@ -8,6 +8,7 @@ Wire messages keep ignoring unknown fields so mixed versions still talk.
 
 import difflib
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,6 +47,44 @@ class NatsSettings(msgspec.Struct, frozen=True):
     connect_timeout: float = 2.0
     reconnect_wait: float = 1.0
     request_timeout: float = 5.0
+
+
+# A path in [nats] that starts with this names a systemd credential: the unit loads
+# the file (LoadCredential=NAME:/etc/ferry/credentials/NAME) into a folder only the
+# service can read, and sets $CREDENTIALS_DIRECTORY to it. The config spells the
+# variable as systemd's documentation does; the daemon resolves it at start, so the
+# secrets never sit where the (unprivileged) service could read anything else.
+CREDENTIALS_PREFIX = "${CREDENTIALS_DIRECTORY}/"
+CREDENTIAL_KEYS = ("identity", "creds", "tls_ca", "tls_cert", "tls_key")
+# What systemd accepts as a credential's name: one file name, never '.' or '..'.
+_CREDENTIAL_NAME = re.compile(r"^(?!\.{1,2}\Z)[^/\x00]{1,255}\Z")
+
+
+def credential_name(path: str) -> str | None:
+    """The credential `path` names (`${CREDENTIALS_DIRECTORY}/NAME`), or None when it names none."""
+    return path[len(CREDENTIALS_PREFIX):] if path.startswith(CREDENTIALS_PREFIX) else None
+
+
+def resolve_credentials(nats: NatsSettings, directory: str | None) -> NatsSettings:
+    """`nats` with each credential path under `directory` ($CREDENTIALS_DIRECTORY).
+    Without a directory, or with a name that is no file name, the path is left as
+    written: `nats_problems` then says why it cannot be used."""
+    if not directory:
+        return nats
+    changes = {
+        key: os.path.join(directory, name)
+        for key in CREDENTIAL_KEYS
+        if (name := credential_name(getattr(nats, key))) is not None and _CREDENTIAL_NAME.match(name)
+    }
+    return msgspec.structs.replace(nats, **changes) if changes else nats
+
+
+def with_credentials(config: T, directory: str | None) -> T:
+    """`config` with the credential paths of its [nats] section resolved (a config without one is returned as is)."""
+    nats = getattr(config, "nats", None)
+    if not isinstance(nats, NatsSettings):
+        return config
+    return msgspec.structs.replace(config, nats=resolve_credentials(nats, directory))  # type: ignore[type-var]
 
 
 def read_config(path: str | Path, type_: type[T]) -> tuple[T | None, list[str]]:
@@ -130,6 +169,10 @@ def nats_problems(nats: NatsSettings, name: Callable[[str], str] = config_key) -
     """Files the [nats] section names that are missing, and settings that cannot work
     together; `name` says how a setting is called where it came from (a config key,
     a command-line flag)."""
+    unresolved = [p for key in CREDENTIAL_KEYS if (p := _credential_problem(name(key), getattr(nats, key))) is not None]
+    if unresolved:
+        # The files cannot be checked before they are found.
+        return unresolved
     problems = [
         p
         for key in ("creds", "tls_ca", "tls_cert", "tls_key")
@@ -150,3 +193,16 @@ def nats_problems(nats: NatsSettings, name: Callable[[str], str] = config_key) -
     if not nats.servers:
         problems.append(f"{name('servers')} is empty")
     return problems
+
+
+def _credential_problem(key: str, path: str) -> str | None:
+    """Why a credential path was left unresolved (see `resolve_credentials`)."""
+    credential = credential_name(path)
+    if credential is None:
+        return None
+    if not _CREDENTIAL_NAME.match(credential):
+        return f"{key}: {path} must name one credential, a plain file name as LoadCredential= gives it"
+    return (
+        f"{key} is {path}, a systemd credential, but CREDENTIALS_DIRECTORY is not set: start the daemon from its"
+        " unit (LoadCredential=), or set CREDENTIALS_DIRECTORY to the folder that holds the credentials"
+    )

@@ -20,6 +20,11 @@ class MigrationFailed(Exception):
     """The hypervisor ended the migration job with an error (or because it was aborted)."""
 
 
+class LeverRefused(Exception):
+    """The hypervisor refused to change a running migration (no job any more, post-copy
+    not armed at its start, a value QEMU rejects). The message is a sentence for people."""
+
+
 class MeasurementFailed(Exception):
     """The hypervisor could not measure the guest (not running, unsupported, busy, timed out).
     The message is a sentence for people."""
@@ -135,11 +140,12 @@ class Hypervisor(Protocol):
     async def set_bandwidth(self, name: str, bandwidth_mib: int) -> None: ...
 
     async def set_max_downtime(self, name: str, downtime_ms: int) -> None:
-        """The longest pause the running migration may end with."""
+        """The longest pause the running migration may end with. Raises LeverRefused."""
         ...
 
     async def start_postcopy(self, name: str) -> None:
-        """Switch the running migration (started with `postcopy`) to post-copy."""
+        """Switch the running migration (started with `postcopy`) to post-copy.
+        Raises LeverRefused (no job, or one started without `postcopy`)."""
         ...
 
     async def destroy_incoming(self, name: str) -> bool:

@@ -18,6 +18,7 @@ import libvirt
 from ferry.agent.hypervisor.base import (
     HypervisorUnavailable,
     JobStats,
+    LeverRefused,
     MeasurementFailed,
     MigrationFailed,
     MigrationPlan,
@@ -272,10 +273,17 @@ class LibvirtHypervisor:
         await self._on_domain(name, lambda dom: dom.migrateSetMaxSpeed(bandwidth_mib or UNLIMITED_MIB, 0))
 
     async def set_max_downtime(self, name: str, downtime_ms: int) -> None:
-        await self._on_domain(name, lambda dom: dom.migrateSetMaxDowntime(downtime_ms, 0))
+        await self._lever(name, lambda dom: dom.migrateSetMaxDowntime(downtime_ms, 0))
 
     async def start_postcopy(self, name: str) -> None:
-        await self._on_domain(name, lambda dom: dom.migrateStartPostCopy(0))
+        await self._lever(name, lambda dom: dom.migrateStartPostCopy(0))
+
+    async def _lever(self, name: str, fn: Callable[[libvirt.virDomain], object]) -> None:
+        """A change to the running migration; libvirt's refusal as LeverRefused."""
+        try:
+            await self._on_domain(name, fn)
+        except libvirt.libvirtError as exc:
+            raise LeverRefused(exc.get_error_message()) from None
 
     async def destroy_incoming(self, name: str) -> bool:
         def destroy(dom: libvirt.virDomain) -> bool:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from ferry.agent.config import SimulatedHost
 from ferry.agent.hypervisor.base import (
     JobStats,
+    LeverRefused,
     MeasurementFailed,
     MigrationFailed,
     MigrationPlan,
@@ -52,6 +53,8 @@ class _Job:
     bps: int = 0
     dirty_bps: int = 0
     max_downtime_ms: int = 300
+    # Started with post-copy allowed (as VIR_MIGRATE_POSTCOPY), and switched to it.
+    postcopy_armed: bool = False
     postcopy: bool = False
 
 
@@ -174,7 +177,7 @@ class SimulatedHypervisor:
         total = vm.memory_mib * MIB
         job = self._jobs[name] = _Job(
             started=time.monotonic(), total=total, remaining=total, pass_left=total, bandwidth_mib=plan.bandwidth_mib,
-            max_downtime_ms=plan.max_downtime_ms,
+            max_downtime_ms=plan.max_downtime_ms, postcopy_armed=plan.postcopy,
         )
         try:
             while job.remaining > 0:
@@ -251,9 +254,13 @@ class SimulatedHypervisor:
 
     async def start_postcopy(self, name: str) -> None:
         job = self._jobs.get(name)
-        if job is not None:
-            # The guest runs on the destination now; what is left is fetched on demand.
-            job.postcopy = True
+        if job is None:
+            raise LeverRefused(f"no migration of {name} runs")
+        if not job.postcopy_armed:
+            # As libvirt: post-copy must be allowed when the migration starts.
+            raise LeverRefused(f"the migration of {name} was not started with post-copy enabled")
+        # The guest runs on the destination now; what is left is fetched on demand.
+        job.postcopy = True
 
     async def set_bandwidth(self, name: str, bandwidth_mib: int) -> None:
         job = self._jobs.get(name)

@@ -50,6 +50,8 @@ class RecordBook:
         self._finished: dict[str, Session] = {}
         # Claims of ended sessions whose release failed (KV away): session id -> VM, tried again.
         self._unreleased: dict[str, str] = {}
+        # Told of every session that reaches a terminal state (the leader's /metrics).
+        self._on_end: Callable[[Session], None] | None = None
 
     # ----- reading -----
 
@@ -148,7 +150,16 @@ class RecordBook:
         await self.announce(session)
         return session
 
+    def on_end(self, hook: Callable[[Session], None]) -> None:
+        self._on_end = hook
+
     async def announce(self, session: Session) -> None:
+        if session.state.terminal and self._on_end is not None:
+            try:
+                self._on_end(session)
+            except Exception:
+                # Counting an end must never keep it from being announced.
+                self._log.exception("session_end_hook_failed", session_id=session.id)
         await self._emit(
             [
                 SessionChanged(

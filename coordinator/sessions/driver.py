@@ -346,13 +346,12 @@ class Driver:
                 reply = await self._agents.prepare(host, request)
             except FerryError as exc:
                 reply = Decline(session_id=session.id, host=host, code=SessionCode.DEST_UNREACHABLE, reason=exc.message)
-            if isinstance(reply, Offer) and self._draining(host) and not session.dest_requested:
-                # The host began draining after admission: do not bring it a VM it must send away again.
+            closed = self._closed(host)
+            if isinstance(reply, Offer) and closed is not None and not session.dest_requested:
+                # The host began draining (or was cordoned) after admission: do not bring
+                # it a VM it must send away again, or that it was closed to.
                 await self._rollback(host, session, log)
-                reply = Decline(
-                    session_id=session.id, host=host, code="host_draining",
-                    reason=f"{host} began draining; no new VMs are placed there",
-                )
+                reply = Decline(session_id=session.id, host=host, code=closed[0], reason=closed[1])
             if isinstance(reply, Offer):
                 log.info("destination_offered", dest=host, copy_disks=reply.copy_disks)
                 self._prepared[session.id] = (host, request)
@@ -392,8 +391,14 @@ class Driver:
                 ),
             )
 
-    def _draining(self, host: str) -> bool:
-        return any(h.host == host and h.draining for h in self._hosts())
+    def _closed(self, host: str) -> tuple[str, str] | None:
+        """(code, sentence) when no new VM may go to the host now, else None."""
+        view = next((h for h in self._hosts() if h.host == host), None)
+        if view is not None and view.draining:
+            return "host_draining", f"{host} began draining; no new VMs are placed there"
+        if view is not None and view.cordoned:
+            return "host_cordoned", f"{host} was cordoned; no new VMs are placed there"
+        return None
 
     # ----- migrating -----
 

@@ -11,10 +11,12 @@ and follows whatever won.
 
 import asyncio
 import secrets
+from collections.abc import Callable
 
 import msgspec
 import structlog
 
+from ferry.coordinator.cordons import refuse_cordoned_dest
 from ferry.coordinator.placement import rank
 from ferry.coordinator.session_rules import (
     check_named_dest,
@@ -27,15 +29,15 @@ from ferry.coordinator.session_rules import (
 )
 from ferry.coordinator.sessions.book import RecordBook, Superseded, unsettled
 from ferry.coordinator.sessions.driver import Driver
+from ferry.coordinator.sessions.levers import Levers
 from ferry.coordinator.sessions.ports import AgentPort, ClaimStore, Clock, Emit, Hosts, LimitsNow, RecordStore
 from ferry.coordinator.sessions.scheduler import Scheduler
 from ferry.coordinator.sessions.sharing import BandwidthShare
 from ferry.coordinator.transitions import advance
 from ferry.proto import subjects
 from ferry.proto.agent import MeasureRequest, SessionProgress, SessionRef, SessionSteered, SessionUpdate
-from ferry.proto.api import BandwidthChange, MigrateRequest, PlanReply
+from ferry.proto.api import BandwidthChange, DowntimeChange, MigrateRequest, PlanReply
 from ferry.proto.codec import Decoder
-from ferry.proto.convergence import ActionKind
 from ferry.proto.errors import ErrorCode, FerryError
 from ferry.proto.limits import Limits
 from ferry.proto.session import Demand, Session, SessionCode, SessionOrigin, SessionState, Transition
@@ -69,6 +71,7 @@ class SessionManager:
         self._scheduler = Scheduler(self._book, hosts, limits, emit, clock.wall)
         self._share = BandwidthShare(self._book, agents, limits, emit)
         self._driver = Driver(self._book, self._scheduler, self._share, agents, hosts, limits, clock)
+        self._levers = Levers(self._book, store, agents, emit, clock)
         # Set once the registry is warm and every stored session is adopted:
         # until then nothing is scheduled and no move starts.
         self._ready = asyncio.Event()
@@ -140,6 +143,7 @@ class SessionManager:
         source = find_source(request.vm, request.source, hosts)
         if request.dest is not None:
             check_named_dest(request.dest, source.host, hosts)
+            refuse_cordoned_dest(request.dest, hosts)
         demand = reported_demand(request.vm, source)
         now = self._clock.wall()
         session = Session(
@@ -175,6 +179,7 @@ class SessionManager:
         )
         if request.dest is not None:
             check_named_dest(request.dest, source.host, hosts)
+            refuse_cordoned_dest(request.dest, hosts)
             candidates, rejections = [request.dest], []
         else:
             ranking = rank(reported_demand(request.vm, source), host_facts(hosts, self.holding()), rules_for(draft))
@@ -218,6 +223,14 @@ class SessionManager:
 
     def in_flight(self) -> list[Session]:
         return self._book.in_flight()
+
+    def live_in_flight(self) -> list[Session]:
+        """In flight, with the source's latest progress (for /metrics)."""
+        return [self._live(s) for s in self._book.in_flight()]
+
+    def on_end(self, hook: Callable[[Session], None]) -> None:
+        """`hook` is called (on the loop, once per announce) for each session that ends."""
+        self._book.on_end(hook)
 
     def holding(self) -> list[Session]:
         return self._book.holding()
@@ -277,6 +290,13 @@ class SessionManager:
             await self._share.rebalance()
         return self._book.current(change.id) or session
 
+    async def force_complete(self, session_id: str, *, by: str = "") -> Session:
+        """Post-copy if the session allows it, else pause the guest for the last pass."""
+        return self._live(await self._levers.force_complete(session_id, by=by))
+
+    async def set_downtime(self, change: DowntimeChange, *, by: str = "") -> Session:
+        return self._live(await self._levers.set_downtime(change, by=by))
+
     async def _change(self, session_id: str, fn) -> Session:
         try:
             return await self._book.change(session_id, fn)
@@ -305,24 +325,12 @@ class SessionManager:
             self._driver.on_result(update)
 
     async def _record_action(self, update: SessionSteered) -> None:
-        """A policy action into the session's record; post-copy is a state of its own."""
-        action = update.action
-
-        def record(s: Session) -> Session:
-            if s.state.terminal or action in s.steering:
-                return s
-            s = msgspec.structs.replace(s, steering=[*s.steering, action])
-            if action.kind == ActionKind.POSTCOPY and s.state == S.MIGRATING:
-                s = advance(s, S.POSTCOPY, at=action.at or self._clock.wall(), reason=action.reason)
-            return s
-
+        """A policy action into the session's record; post-copy is a state of its own
+        (coordinator/sessions/levers.py records it once, whoever reports it first)."""
         try:
-            session = await self._book.change(update.session_id, record)
+            await self._levers.record(update.session_id, update.action)
         except (Superseded, FerryError) as exc:
             self._log.warning("policy_action_not_recorded", session_id=update.session_id, error=str(exc))
-            return
-        if session.state == S.POSTCOPY and action.kind == ActionKind.POSTCOPY:
-            await self._book.announce(session)
 
     # ----- the rest of the coordinator -----
 

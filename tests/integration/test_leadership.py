@@ -178,11 +178,14 @@ async def test_a_paused_leader_steps_down_and_never_leads_beside_the_new_one(dae
         standby = next(n for n in NAMES if n != leader)
         daemons.procs[leader].send_signal(signal.SIGSTOP)
         try:
-            async def standby_leads():
-                status = await client.status()
-                return status.leader is not None and status.leader.holder == standby
+            # Through the standby: a request to any coordinator would go to the paused one
+            # half the time (NATS picks one of the queue group) and wait out its timeout.
+            async with await client_of(nats_server.url, via=standby) as through_standby:
+                async def standby_leads():
+                    status = await through_standby.status()
+                    return status.leader is not None and status.leader.holder == standby
 
-            await eventually(standby_leads, timeout=15, what=f"{standby} leading")
+                await eventually(standby_leads, timeout=15, what=f"{standby} leading")
         finally:
             daemons.procs[leader].send_signal(signal.SIGCONT)
         async with await client_of(nats_server.url, via=leader) as through_old:

@@ -93,8 +93,12 @@ def simulated_agent_toml(
     probe_timeout: float | None = None,
     nats_extra: str = "",
     state_dir: Path | str | None = None,
+    metrics_address: str = "",
 ) -> str:
     """agent.toml for a simulated host (keys as in agent/config.py).
+
+    `metrics_address` is off ("") unless a test asks: test daemons must not
+    fight over the default port.
 
     `state_dir` (the agent's journal) defaults to a per-host folder in the test's
     folder, `<images_dir>/agent-state/<host>`: never the system's /var/lib/ferry.
@@ -124,6 +128,7 @@ def simulated_agent_toml(
         f"heartbeat_interval = {interval}",
         f"images_dir = {_quoted(str(images_dir))}",
         f"state_dir = {_quoted(str(state_dir if state_dir is not None else Path(images_dir) / 'agent-state' / host))}",
+        f"metrics_address = {_quoted(metrics_address)}",
         "[nats]",
         f"servers = {_quoted(_urls(nats_url))}",
         "reconnect_wait = 0.2",
@@ -164,11 +169,15 @@ def _urls(nats_url: str | list[str]) -> list[str]:
     return [nats_url] if isinstance(nats_url, str) else list(nats_url)
 
 
-def coordinator_toml(nats_url: str | list[str], *, heartbeat_timeout: float = 0.0, name: str = "") -> str:
-    """`nats_url`: one server or a cluster's; `name`: the coordinator's (several run at once)."""
+def coordinator_toml(
+    nats_url: str | list[str], *, heartbeat_timeout: float = 0.0, name: str = "", metrics_address: str = ""
+) -> str:
+    """`nats_url`: one server or a cluster's; `name`: the coordinator's (several run at once);
+    `metrics_address`: off unless a test asks (test daemons must not fight over the default port)."""
     return f"""
 heartbeat_timeout = {heartbeat_timeout}
 name = {_quoted(name)}
+metrics_address = {_quoted(metrics_address)}
 [nats]
 servers = {_quoted(_urls(nats_url))}
 reconnect_wait = 0.2

@@ -10,7 +10,7 @@ VENV_STAMP := $(VENV)/.installed
 # The libvirt version libvirt-python was last built against (rebuilt when it changes).
 LIBVIRT_PY_STAMP := $(VENV)/.libvirt-python-built-for
 
-.PHONY: all deps venv demo test test-unit test-integration test-lab bench bench-overhead bench-drain bench-convergence bench-lost-writes chaos clean lab-down
+.PHONY: all deps venv demo test test-unit test-integration test-lab bench bench-overhead bench-drain bench-convergence bench-lost-writes bench-history chaos clean lab-down
 
 all: venv
 
@@ -66,6 +66,11 @@ bench-convergence: venv
 
 bench-lost-writes: venv
 	$(BIN)/python -m bench.lost_writes
+
+# ferry sessions --limit 50 with 20,000 finished sessions, hot against archived
+# (a nats-server and a coordinator of its own; no lab). ARGS="--sessions 5000".
+bench-history: venv
+	$(BIN)/python -m bench.sessions_history $(ARGS)
 
 # kill -9 the coordinator, agents and nats-server while guests move (20 rounds
 # each; `make test` runs a sample of 3). ARGS="--rounds 5 --seed 7" to vary.

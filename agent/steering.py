@@ -45,8 +45,8 @@ class Steering:
        was made during the previous iteration or since; afterwards nothing
        more is steered (aborting post-copy would lose the guest);
     4. pause, once, after pause_after_seconds: max downtime raised to what the
-       rest needs (1.5 x data left / bandwidth, at least the session's max,
-       at most QEMU's 2000 s): QEMU then stops the guest and copies the rest;
+       rest needs (1.5 x data left / bandwidth, counting a whole pass after the
+       first; at least the session's max, at most QEMU's 2000 s): QEMU then stops the guest and copies the rest;
     5. abort on the completion timeout (seconds per GiB of the largest data
        total seen, at least min_timeout_seconds), else
     6. abort when there was no progress for stall_seconds. Progress is data
@@ -140,8 +140,8 @@ class Steering:
         self._paused = True
         self._downtime_ms = max(self._downtime_ms, value)
         reason = (
-            f"force-complete{who} (post-copy not allowed): pausing the guest to copy the {_mib(sample.data_remaining)} "
-            f"left at {_mib(sample.bandwidth_bps)}/s; max downtime -> {value} ms"
+            f"force-complete{who} (post-copy not allowed): pausing the guest to copy a last pass of "
+            f"{_mib(self._last_pass(sample))} at {_mib(sample.bandwidth_bps)}/s; max downtime -> {value} ms"
         )
         return PolicyAction(kind=ActionKind.PAUSE, reason=reason, at=now, value=value, sample=sample)
 
@@ -276,16 +276,23 @@ class Steering:
         value = self._rest_downtime_ms(sample)
         self._downtime_ms = max(self._downtime_ms, value)
         reason = (
-            f"still copying after {_s(elapsed)} (pause after {_s(after)}): pausing the guest to copy the "
-            f"{_mib(sample.data_remaining)} left at {_mib(sample.bandwidth_bps)}/s; max downtime -> {value} ms"
+            f"still copying after {_s(elapsed)} (pause after {_s(after)}): pausing the guest to copy a "
+            f"last pass of {_mib(self._last_pass(sample))} at {_mib(sample.bandwidth_bps)}/s; max downtime -> {value} ms"
         )
         return ActionKind.PAUSE, reason, value
 
+    def _last_pass(self, sample: Progress) -> int:
+        """What a pause copies with the guest stopped (see `_rest_downtime_ms`)."""
+        return max(sample.data_remaining, self._pass_size if sample.iteration > 1 else 0)
+
     def _rest_downtime_ms(self, sample: Progress) -> int:
         """The max downtime a pause needs: 1.5 x data left / bandwidth, at least the
-        session's max, at most QEMU's limit."""
+        session's max, at most QEMU's limit. After the first pass the data left
+        is counted as the whole pass: mid-pass it is only what this pass still
+        copies, while QEMU stops the guest at the end of one, with what the
+        guest dirtied meanwhile left (a pause sized by a mid-pass sample never came)."""
         bandwidth = max(sample.bandwidth_bps, 1)
-        needed_ms = -(-sample.data_remaining * 10 * PAUSE_MARGIN_PERCENT // bandwidth)  # rounded up
+        needed_ms = -(-self._last_pass(sample) * 10 * PAUSE_MARGIN_PERCENT // bandwidth)  # rounded up
         return min(max(needed_ms, self.max_downtime_ms), QEMU_MAX_DOWNTIME_MS)
 
     def _abort_due(self, sample: Progress, now: float) -> str | None:

@@ -75,6 +75,7 @@ def test_agent_and_coordinator_configs(layout: LabLayout) -> None:
         "images_dir": str(hv2.images_dir),
         "images_dir_in_domain": "/var/lib/libvirt/images",
         "state_dir": str(hv2.state_dir),
+        "metrics_address": "127.0.11.2:9465",
         "nats": {"servers": URLS},
         "hypervisor": {
             "backend": "libvirt",
@@ -88,7 +89,11 @@ def test_agent_and_coordinator_configs(layout: LabLayout) -> None:
     tuned = tomllib.loads(configs.agent_toml(hv2, URLS, migration={"memory_margin_mib": 4096}))
     assert tuned["migration"] == {"allow_unsafe": True, "memory_margin_mib": 4096}
     coordinator = tomllib.loads(configs.coordinator_toml(layout, "c2", URLS))
-    assert coordinator == {"name": "c2", "heartbeat_timeout": 6.0, "nats": {"servers": URLS}}
+    assert coordinator == {
+        "name": "c2", "heartbeat_timeout": 6.0, "metrics_address": configs.coordinator_metrics_address(layout, "c2"),
+        "nats": {"servers": URLS},
+    }
+    assert coordinator["metrics_address"].endswith(":9464")
 
 
 def test_the_coordinator_reads_the_lab_coordinator_config(layout: LabLayout) -> None:

@@ -363,9 +363,10 @@ def test_an_oscillating_guest_with_postcopy_allowed(policy, expected):
     [
         ("default", [*RAMP, (ABORT, 121, 0)]),
         ("gentle", [*RAMP, (ABORT, 61, 0)]),
-        # after 120 s, pause the guest: 377 MiB left at 128 MiB/s takes 2945 ms, x 1.5;
+        # after 120 s, pause the guest: a pass of 633 MiB at 128 MiB/s takes 4945 ms, x 1.5
+        # (377 MiB are left of the pass under way, but QEMU stops at a pass's end);
         # the timeout of 300 s per GiB still applies
-        ("insist", [*RAMP, (PAUSE, 120, 4418), (ABORT, 301, 0)]),
+        ("insist", [*RAMP, (PAUSE, 120, 7418), (ABORT, 301, 0)]),
         ("plain", [(ABORT, 121, 0)]),
     ],
 )
@@ -389,8 +390,8 @@ def test_the_pause_reason_and_the_downtime_it_sets():
     actions = run(steering("insist"), busy_guest(new_low_every=3), until_s=120)
     assert actions[-1].kind is PAUSE
     assert actions[-1].reason == (
-        "still copying after 120 s (pause after 120 s): pausing the guest to copy the 377 MiB left at 128 MiB/s; "
-        "max downtime -> 4418 ms"
+        "still copying after 120 s (pause after 120 s): pausing the guest to copy a last pass of 633 MiB at 128 MiB/s; "
+        "max downtime -> 7418 ms"
     )
 
 

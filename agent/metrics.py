@@ -12,11 +12,9 @@ from ferry.proto.host import HealthCheck, HealthState
 from ferry.runtime.metrics import (
     Family,
     RunningMigration,
-    SnapshotCollector,
+    SnapshotMetrics,
     migration_families,
     nats_family,
-    new_registry,
-    serve,
 )
 
 # The built-in check that says whether the hypervisor (libvirt) answers (agent/health.py).
@@ -60,21 +58,9 @@ def agent_families(snapshot: AgentSnapshot) -> list[Family]:
     ]
 
 
-class AgentMetrics:
+class AgentMetrics(SnapshotMetrics[AgentSnapshot]):
     """The registry of one agent and its /metrics server."""
 
     def __init__(self, address: str, snapshot: Callable[[], AgentSnapshot], host: str) -> None:
-        self._address = address
-        self._take = snapshot
-        self._log = structlog.get_logger().bind(component="metrics", host=host)
-        self._snapshot = AgentSnapshot(host=host)
-        self.registry = new_registry("agent")
-        # The HTTP thread reads only the latest frozen snapshot, never the loop's state.
-        self.registry.register(SnapshotCollector(lambda: agent_families(self._snapshot)))
-
-    async def run(self) -> None:
-        """Serve until cancelled (nothing when the address is "")."""
-        await serve(self._address, self.registry, self.refresh, self._log)
-
-    def refresh(self) -> None:
-        self._snapshot = self._take()
+        log = structlog.get_logger().bind(component="metrics", host=host)
+        super().__init__("agent", address, snapshot, AgentSnapshot(host=host), agent_families, log)

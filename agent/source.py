@@ -590,6 +590,12 @@ class Source:
                 if await self._hypervisor.remove_disk(path):
                     removed.append(path)
             job.copied_paths = []
+            # libvirt undefines the source domain itself (UNDEFINE_SOURCE), but not
+            # always when the agent that started the job died before it ended; a
+            # shut-off copy left here could be started by mistake: a VM run twice.
+            if state == VmState.SHUTOFF and await self._hypervisor.remove_inactive(request.vm):
+                log.info("source_definition_removed")
+                removed.append(f"domain {request.vm}")
         if job is not None and job.result is not None:
             # The session is over on this host; the job stays in memory for repeats.
             await self._forget_entry(request.session_id, log)

@@ -19,6 +19,7 @@ from nats.aio.client import Client
 from nats.micro import add_service
 from nats.micro.service import Service
 
+from ferry.coordinator import cordons as cordons_module
 from ferry.coordinator import drains as drain_records_module
 from ferry.coordinator import leadership as leadership_module
 from ferry.coordinator import limits_keeper, session_store
@@ -74,6 +75,7 @@ BUCKETS = (
     drain_records_module.BUCKET,
     limits_keeper.BUCKET,
     leadership_module.BUCKET,
+    cordons_module.BUCKET,
 )
 
 _ERROR = msgspec.json.Decoder(ErrorReply)

@@ -25,11 +25,9 @@ from ferry.proto.session import Outcome, Session, SessionCode, SessionState
 from ferry.runtime.metrics import (
     Family,
     RunningMigration,
-    SnapshotCollector,
+    SnapshotMetrics,
     migration_families,
     nats_family,
-    new_registry,
-    serve,
 )
 
 # A guest notices a pause above a second; most live migrations stop it for tens of milliseconds.
@@ -180,17 +178,14 @@ def take_snapshot(coordinator: Observed) -> CoordinatorSnapshot:
     )
 
 
-class CoordinatorMetrics:
+class CoordinatorMetrics(SnapshotMetrics[CoordinatorSnapshot]):
     """The registry of one coordinator, its /metrics server and the leader's counters."""
 
     def __init__(self, address: str, snapshot: Callable[[], CoordinatorSnapshot], coordinator: str) -> None:
-        self._address = address
-        self._take = snapshot
-        self._log = structlog.get_logger().bind(component="metrics", coordinator=coordinator)
-        self._snapshot = CoordinatorSnapshot(coordinator=coordinator)
-        self.registry = new_registry("coordinator")
-        # The HTTP thread reads only the latest frozen snapshot, never the loop's dicts.
-        self.registry.register(SnapshotCollector(lambda: coordinator_families(self._snapshot)))
+        log = structlog.get_logger().bind(component="metrics", coordinator=coordinator)
+        super().__init__(
+            "coordinator", address, snapshot, CoordinatorSnapshot(coordinator=coordinator), coordinator_families, log
+        )
         self._succeeded = Counter(
             "ferry_migration_succeeded", "Sessions that completed (counted by the leader).", registry=self.registry
         )
@@ -210,13 +205,6 @@ class CoordinatorMetrics:
             buckets=DURATION_BUCKETS, registry=self.registry,
         )
         self._ended: OrderedDict[str, None] = OrderedDict()
-
-    async def run(self) -> None:
-        """Serve until cancelled (nothing when the address is "")."""
-        await serve(self._address, self.registry, self.refresh, self._log)
-
-    def refresh(self) -> None:
-        self._snapshot = self._take()
 
     def session_ended(self, session: Session) -> None:
         """The leader's hook for a session that reached a terminal state."""

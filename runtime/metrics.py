@@ -11,7 +11,7 @@ loop, and the collector only maps the latest snapshot (`SnapshotCollector`).
 import asyncio
 import ipaddress
 from collections.abc import Callable, Iterable, Iterator
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import msgspec
 from prometheus_client import CollectorRegistry, Info, start_http_server
@@ -131,6 +131,31 @@ def _prometheus_family(family: Family) -> Metric:
     for values, value in family.samples:
         metric.add_metric(list(values), value)
     return metric
+
+
+S = TypeVar("S")
+
+
+class SnapshotMetrics(Generic[S]):
+    """A daemon's registry and /metrics server, answering from the latest frozen
+    snapshot of its state: the HTTP thread never reads the loop's own dicts."""
+
+    def __init__(
+        self, daemon: str, address: str, snapshot: Callable[[], S], first: S, families: Callable[[S], list[Family]], log
+    ) -> None:
+        self._address = address
+        self._take = snapshot
+        self._log = log
+        self._snapshot = first
+        self.registry = new_registry(daemon)
+        self.registry.register(SnapshotCollector(lambda: families(self._snapshot)))
+
+    async def run(self) -> None:
+        """Serve until cancelled (nothing when the address is "")."""
+        await serve(self._address, self.registry, self.refresh, self._log)
+
+    def refresh(self) -> None:
+        self._snapshot = self._take()
 
 
 def new_registry(daemon: str) -> CollectorRegistry:

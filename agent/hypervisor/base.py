@@ -128,7 +128,9 @@ class Hypervisor(Protocol):
         ...
 
     async def job_stats(self, name: str) -> JobStats | None:
-        """The running job's statistics; None when no job runs."""
+        """The running job's statistics; None when no job runs. On a destination,
+        libvirt keeps an incoming migration's statistics to the source: the job is
+        then reported with `incoming` set and no figures."""
         ...
 
     async def completed_job_stats(self, name: str) -> JobStats:
@@ -151,6 +153,12 @@ class Hypervisor(Protocol):
     async def destroy_incoming(self, name: str) -> bool:
         """Removes a paused, not yet running incoming domain left by a failed migration.
         Never touches a running one. False when there was none."""
+        ...
+
+    async def remove_inactive(self, name: str) -> bool:
+        """Undefines a domain of that name that is defined but not active (what
+        UNDEFINE_SOURCE leaves behind when libvirt did not finish its side). Never
+        touches an active one. False when there was nothing to remove."""
         ...
 
     async def adopt_incoming(self, vm: VmDescription) -> None:

@@ -49,6 +49,8 @@ UNLIMITED_MIB = 8796093022207
 # Long-running migrations get their own threads so they never starve short calls.
 MAX_CONCURRENT_MIGRATIONS = 16
 MIB = 1024 * 1024
+# Why an incoming domain waits paused: QEMU started with -incoming, memory not yet all here.
+INCOMING_PAUSE_REASONS = (libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP)
 # A dirty-rate measurement is given this long beyond its own seconds to report.
 MEASURE_GRACE_SECONDS = 3.0
 MEASURE_POLL_SECONDS = 0.1
@@ -238,7 +240,7 @@ class LibvirtHypervisor:
 
     async def job_stats(self, name: str) -> JobStats | None:
         try:
-            stats = await self._on_domain(name, lambda dom: dom.jobStats())
+            stats = await self._on_domain(name, _job_stats)
         except VmNotFound:
             return None
         if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
@@ -288,10 +290,7 @@ class LibvirtHypervisor:
     async def destroy_incoming(self, name: str) -> bool:
         def destroy(dom: libvirt.virDomain) -> bool:
             state, reason = dom.state()
-            incoming = state == libvirt.VIR_DOMAIN_PAUSED and reason in (
-                libvirt.VIR_DOMAIN_PAUSED_MIGRATION,
-                libvirt.VIR_DOMAIN_PAUSED_STARTING_UP,
-            )
+            incoming = state == libvirt.VIR_DOMAIN_PAUSED and reason in INCOMING_PAUSE_REASONS
             if not incoming:
                 return False
             dom.destroy()
@@ -299,6 +298,24 @@ class LibvirtHypervisor:
 
         try:
             return await self._on_domain(name, destroy)
+        except VmNotFound:
+            return False
+
+    async def remove_inactive(self, name: str) -> bool:
+        def undefine(dom: libvirt.virDomain) -> bool:
+            if dom.isActive():
+                return False
+            # The NVRAM file is left alone: the copy that runs elsewhere may share it.
+            dom.undefineFlags(
+                libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+                | libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
+            )
+            return True
+
+        try:
+            return await self._on_domain(name, undefine)
         except VmNotFound:
             return False
 
@@ -487,3 +504,24 @@ def _migrate_params(plan: MigrationPlan) -> dict[str, object]:
         params[libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL] = plan.auto_converge_initial
         params[libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT] = plan.auto_converge_increment
     return params
+
+
+def _job_stats(dom: libvirt.virDomain) -> JobStats:
+    """virDomainGetJobStats, which a destination refuses while a migration comes
+    in ("available only on the source host"): that refusal, with the domain
+    waiting for its memory or running post-copy, is itself the news that a job
+    runs. A shut-off domain has none (libvirt calls asking an error)."""
+    try:
+        return dom.jobStats()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and not dom.isActive():
+            return {"type": libvirt.VIR_DOMAIN_JOB_NONE}  # defined, shut off: no job can run
+        if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_UNSUPPORTED:
+            raise
+        state, reason = dom.state()
+        incoming = (state == libvirt.VIR_DOMAIN_PAUSED and reason in INCOMING_PAUSE_REASONS) or (
+            state == libvirt.VIR_DOMAIN_RUNNING and reason == libvirt.VIR_DOMAIN_RUNNING_POSTCOPY
+        ) or (state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)
+        if not incoming:
+            raise
+        return {"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED, "incoming": True}

@@ -270,6 +270,13 @@ class SimulatedHypervisor:
     async def destroy_incoming(self, name: str) -> bool:
         return False  # a simulated destination holds nothing until commit
 
+    async def remove_inactive(self, name: str) -> bool:
+        vm = self._vms.get(name)
+        if vm is None or vm.state != VmState.SHUTOFF:
+            return False
+        del self._vms[name]
+        return True
+
     async def adopt_incoming(self, vm: VmDescription) -> None:
         if vm.name not in self._vms:
             self.add_vm(

@@ -147,22 +147,16 @@ async def test_agent_answers_status_requests_and_is_a_micro_service(daemons, nat
     try:
         status = json.loads((await nc.request("ferry.agent.hv1.status", b"", timeout=3)).data)
         assert status["type"] == "status" and status["host"] == "hv1"
-        pings = []
-        inbox = nc.new_inbox()
 
-        async def collect(msg):
-            pings.append(json.loads(msg.data))
+        async def answers(name: str) -> dict:
+            # Discovery by service name, as `nats micro ping NAME` does; asked again
+            # until it answers (a service still starting under load misses a ping).
+            reply = json.loads((await nc.request(f"$SRV.PING.{name}", b"", timeout=2)).data)
+            return reply if reply.get("name") == name else {}
 
-        sub = await nc.subscribe(inbox, cb=collect)
-
-        async def both_answered() -> bool:
-            # Asked again each round: a service still starting under load misses one ping.
-            await nc.publish("$SRV.PING", b"", reply=inbox)
-            await asyncio.sleep(0.2)
-            return {p["name"] for p in pings} >= {"ferry-agent", "ferry-coordinator"}
-
-        await eventually(both_answered, timeout=10, what="both services answer $SRV.PING")
-        await sub.unsubscribe()
+        agent = await eventually(lambda: answers("ferry-agent"), timeout=15, what="ferry-agent answers $SRV.PING")
+        assert agent["metadata"] == {"host": "hv1"}
+        await eventually(lambda: answers("ferry-coordinator"), timeout=15, what="ferry-coordinator answers $SRV.PING")
     finally:
         await nc.close()
 

@@ -18,8 +18,8 @@ from ferry.lab.lab import Lab
 from ferry.lab.layout import IMAGES_PATH
 from ferry.lab.nats_security import LAB_TOOLS
 from ferry.proto import subjects
+from ferry.proto.agent import JobsRequest, SessionProgress, SessionUpdate
 from ferry.proto.agent import MigrateRequest as AgentMigrateRequest
-from ferry.proto.agent import SessionProgress, SessionUpdate
 from ferry.proto.api import MigrateRequest
 from ferry.proto.errors import FerryError
 from ferry.proto.session import MigrateOptions, SessionState
@@ -208,6 +208,14 @@ async def test_cancel_mid_migration_leaves_the_guest_on_its_source_and_nothing_o
 
         await eventually(copying, timeout=60, every=0.25, what="copying with progress")
         assert dest_image.exists(), "the destination pre-created the image for the copy"
+        # The destination answers for its incoming job, although libvirt keeps the
+        # job's figures to the source: a coordinator taking over must hear both sides.
+        nc = await nats.connect(servers=lab.nats_urls, **identity_options(lab.nats_settings(LAB_TOOLS, Role.COORDINATOR)))
+        try:
+            incoming = await AgentClient(nc, timeout=10.0).jobs("hv2", JobsRequest(session_ids=[session.id], vms=[guest]))
+        finally:
+            await nc.close()
+        assert [(j.session_id, j.job_running) for j in incoming.jobs] == [(session.id, True)]
 
         cancelled = await asyncio.to_thread(ferry, lab, "cancel", session.id, "--wait")
         assert cancelled.code == 0, cancelled.stdout + cancelled.stderr

@@ -48,6 +48,7 @@ class FakeHypervisor:
     aborted: list[str] = field(default_factory=list)
     destroyed: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    undefined: list[str] = field(default_factory=list)
     bandwidths: list[tuple[str, int]] = field(default_factory=list)
 
     def end_job(self, name: str, *, moved: bool) -> None:
@@ -140,6 +141,14 @@ class FakeHypervisor:
             return False
         del self.vms[name]
         self.destroyed.append(name)
+        return True
+
+    async def remove_inactive(self, name: str) -> bool:
+        self._up()
+        if self.vms.get(name) != VmState.SHUTOFF:
+            return False
+        del self.vms[name]
+        self.undefined.append(name)
         return True
 
     async def adopt_incoming(self, vm: VmDescription) -> None:

@@ -154,6 +154,30 @@ async def test_a_commit_that_arrives_while_a_followed_job_is_concluded_still_rem
     assert reply.removed == ["/img/web.qcow2"]
 
 
+async def test_a_commit_removes_a_shut_off_definition_libvirt_left_after_the_agent_died(config, journal):
+    # Seen in CI: the source agent was killed mid-job; libvirt finished the move
+    # but left the source domain defined and shut off (no UNDEFINE_SOURCE).
+    await journal.write(running_entry())
+    hv = FakeHypervisor(vms={"web": VmState.RUNNING}, jobs={"web": job_sample()}, images={"/img/web.qcow2"})
+    published = Published()
+    source = await restarted_source(config, journal, hv, published)
+    hv.jobs.pop("web")
+    hv.vms["web"] = VmState.SHUTOFF
+    assert (await the_result(published)).ok
+    reply = await source.commit(SessionRef(session_id=SID, vm="web"))
+    assert hv.undefined == ["web"] and "web" not in hv.vms
+    assert reply.removed == ["/img/web.qcow2", "domain web"]
+
+
+async def test_a_commit_never_undefines_a_vm_after_a_failed_job(config, journal):
+    failed = SessionResult(session_id=SID, vm="web", host=HOST, at=time.time(), ok=False, code="migration_failed")
+    await journal.write(running_entry(result=failed))
+    hv = FakeHypervisor(vms={"web": VmState.SHUTOFF})
+    source = await restarted_source(config, journal, hv)
+    await source.commit(SessionRef(session_id=SID, vm="web"))
+    assert hv.undefined == [] and hv.vms == {"web": VmState.SHUTOFF}
+
+
 async def test_a_followed_job_that_ends_with_the_vm_still_here_failed(config, journal):
     await journal.write(running_entry())
     hv = FakeHypervisor(vms={"web": VmState.RUNNING}, jobs={"web": job_sample()})

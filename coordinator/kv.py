@@ -92,8 +92,15 @@ async def open_bucket(
             kv = await _open_or_create(js, bucket, description, history, replicas)
             await _scale_up(js, bucket, replicas)
             return Bucket(kv, js, bucket)
-        except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            # No JetStream meta leader yet (a cluster starting, or electing).
+        except (
+            nats.js.errors.ServiceUnavailableError,
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.js.errors.NotFoundError,
+        ):
+            # No JetStream meta leader yet (a cluster starting, or electing); or a
+            # stream another coordinator created a moment ago that this server
+            # does not show yet ("stream not found" right after it was found).
             if asyncio.get_running_loop().time() > deadline:
                 raise FerryError(
                     ErrorCode.UNAVAILABLE, f"JetStream did not answer for bucket {bucket} within {JETSTREAM_READY_SECONDS:.0f} s"

@@ -4,6 +4,7 @@ Every host that is not chosen gets a rejection with a code and a sentence, so
 an operator can see why a VM did not go where they expected.
 """
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from ferry.proto.host import HealthState, version_tuple
@@ -147,3 +148,19 @@ def rank(vm: VmDemand, hosts: list[HostFacts], rules: PlacementRules = Placement
             rejections.append(rejection)
     choices.sort(key=lambda c: (-c[1], c[0]))
     return Ranking(choices=choices, rejections=rejections)
+
+
+# A dry run over thousands of hosts shows the best few and why the first few others
+# would not do; the rest are counted (a reply stays far below NATS's max_payload).
+CANDIDATES_SHOWN = 20
+REJECTIONS_SHOWN = 20
+
+
+def rejection_lines(rejections: list[Rejection], shown: int = REJECTIONS_SHOWN) -> list[str]:
+    """One sentence per rejected host, the first `shown`; then one line counting the rest by code."""
+    lines = [f"{r.host}: {r.reason}" for r in rejections[:shown]]
+    rest = Counter(r.code for r in rejections[shown:])
+    if rest:
+        counts = ", ".join(f"{code} {n:,}" for code, n in sorted(rest.items(), key=lambda item: (-item[1], item[0])))
+        lines.append(f"{sum(rest.values()):,} more hosts: {counts}")
+    return lines

@@ -3,9 +3,11 @@
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import msgspec
+
 from ferry.proto.api import HostState, HostView
 from ferry.proto.events import CoordinatorEvent, HeartbeatRefused, HostAppeared, HostLost, HostReturned
-from ferry.proto.host import HostStatus, VmState
+from ferry.proto.host import HostBeat, HostStatus, VmState
 from ferry.proto.names import printable
 
 # Heartbeat intervals an agent may announce: faster floods the coordinator,
@@ -38,7 +40,7 @@ class Refusal(NamedTuple):
     reason: str
 
 
-def heartbeat_problem(current: HostStatus | None, incoming: HostStatus, elapsed: float) -> Refusal | None:
+def heartbeat_problem(current: HostStatus | None, incoming: HostStatus | HostBeat, elapsed: float) -> Refusal | None:
     """Why a heartbeat cannot be believed; None when it can. `current`: the one
     held for that host, `elapsed`: seconds since it arrived.
 
@@ -110,6 +112,30 @@ class Registry:
             return [HostReturned(host=status.host)]
         return []
 
+    def beat(self, beat: HostBeat, now: float) -> tuple[bool, list[CoordinatorEvent]]:
+        """A short heartbeat: believed when it vouches for the report held (same
+        agent process, same digest); then the host is seen, as with a full report.
+        False: the report it names is not the one held (unknown host, a restarted
+        agent, a change whose full report was missed): ask the agent for it."""
+        record = self._hosts.get(beat.host)
+        if record is None or record.status.boot_id != beat.boot_id or record.status.digest != beat.digest:
+            return False, []
+        refusal = heartbeat_problem(record.status, beat, now - record.last_seen)
+        if refusal is not None:
+            if record.refused == refusal.kind:
+                return True, []
+            record.refused = refusal.kind
+            return True, [HeartbeatRefused(host=beat.host, reason=refusal.reason)]
+        if beat.seq <= record.status.seq:
+            return True, []  # late: one held is newer
+        record.status = msgspec.structs.replace(record.status, seq=beat.seq, sent_at=beat.sent_at)
+        record.last_seen = now
+        record.refused = ""
+        if record.state == HostState.LOST:
+            record.state = HostState.UP
+            return True, [HostReturned(host=beat.host)]
+        return True, []
+
     def sweep(self, now: float) -> list[CoordinatorEvent]:
         events: list[CoordinatorEvent] = []
         for name, record in self._hosts.items():
@@ -149,6 +175,9 @@ class Registry:
     def get(self, host: str) -> HostRecord | None:
         return self._hosts.get(host)
 
+    def __len__(self) -> int:
+        return len(self._hosts)
+
     def views(self, now: float) -> list[HostView]:
         return [self.view(name, now) for name in sorted(self._hosts)]
 
@@ -178,6 +207,7 @@ class Registry:
             ],
             networks=status.networks,
             peer_uri=status.peer_uri,
+            vm_count=sum(1 for vm in status.vms if vm.state in (VmState.RUNNING, VmState.PAUSED)),
         )
 
 

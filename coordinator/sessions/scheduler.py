@@ -43,6 +43,11 @@ class Scheduler:
         self._log = structlog.get_logger().bind(component="sessions")
         self._slots: dict[str, Slot] = {}
         self._wake = asyncio.Event()
+        # Told how long each pass took to decide, and over how many queued sessions.
+        self._on_pass: Callable[[float, int], None] | None = None
+
+    def on_pass(self, hook: Callable[[float, int], None]) -> None:
+        self._on_pass = hook
 
     # ----- slots -----
 
@@ -75,6 +80,7 @@ class Scheduler:
                 self._log.exception("scheduling_failed")
 
     async def schedule(self, start_driver: StartDriver) -> None:
+        started = time.perf_counter()
         queued = [s for s in self._book.queued() if s.id not in self._slots]
         if not queued:
             return
@@ -108,6 +114,8 @@ class Scheduler:
                 )
             )
         decisions = admit(self._limits(), waiting, list(self._slots.values()), host_facts(hosts.values(), self._book.holding()))
+        if self._on_pass is not None:
+            self._on_pass(time.perf_counter() - started, len(queued))
         by_id = {s.id: s for s in queued}
         # Take every slot before the first await: nothing else may count them meanwhile.
         for d in decisions:

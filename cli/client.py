@@ -111,6 +111,11 @@ class FerryClient:
             caller=identity.name if identity else ANONYMOUS, role=identity.role if identity else None,
         )
 
+    @property
+    def max_payload(self) -> int:
+        """The largest message the connected server accepts."""
+        return self._nc.max_payload
+
     async def close(self) -> None:
         if not self._nc.is_closed:
             await self._nc.close()

@@ -126,7 +126,14 @@ class Coordinator:
 
     def views(self) -> list[HostView]:
         """The hosts as reported, with the draining and cordon marks KV holds."""
-        views = self._registry.views(self._clock.monotonic())
+        return self._marked(self._registry.views(self._clock.monotonic()))
+
+    def current_views(self) -> list[HostView]:
+        """As `views`, without `last_seen_age`, and the same objects from one call
+        to the next while nothing changed: what placement reads, thousands at a time."""
+        return self._marked(self._registry.current_views())
+
+    def _marked(self, views: list[HostView]) -> list[HostView]:
         marks = draining_marks(self._drain_records) if self._drain_records is not None else {}
         cordons = self._cordon_records.values() if self._cordon_records is not None else {}
         return with_cordons(
@@ -162,7 +169,8 @@ class Coordinator:
             def new_term(lease: Lease) -> LeaderTerm:
                 return LeaderTerm(
                     lease, self._config, store=store, claims=claims, agents=agents, limits=limits,
-                    drain_records=drain_records, views=self.views, emit=self._emit, clock=self._clock,
+                    drain_records=drain_records, views=self.current_views, emit=self._emit, clock=self._clock,
+                    locate=self._registry.reporting,
                 )
 
             self._new_term = new_term

@@ -1,6 +1,7 @@
 """What an agent says about its host: the heartbeat on `ferry.host.<host>.status`."""
 
 import enum
+import functools
 import hashlib
 import re
 from typing import Annotated
@@ -223,6 +224,7 @@ class StatusDecoder:
         return f"VM entry {index}{label} was dropped: {why}"
 
 
+@functools.lru_cache(maxsize=4096)
 def version_tuple(version: str, width: int = 3) -> tuple[int, ...]:
     """Leading digits of each dot-separated piece: "8.2.0-rc1" -> (8, 2, 0).
     Padded with zeros to `width` pieces, so "9.0" and "9.0.0" compare equal."""

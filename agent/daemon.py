@@ -10,6 +10,7 @@ import structlog
 from nats.aio.client import Client
 from nats.micro import add_service
 
+from ferry.agent.beats import Beats
 from ferry.agent.config import AgentConfig
 from ferry.agent.destination import Destination
 from ferry.agent.disk_paths import images_folder
@@ -36,9 +37,10 @@ from ferry.proto.agent import (
     SessionRef,
 )
 from ferry.proto.api import AgentStatusRequest
-from ferry.proto.codec import encode, request_decoder
+from ferry.proto.codec import MAX_REQUEST_BYTES, Decoder, encode, request_decoder
+from ferry.proto.errors import FerryError
 from ferry.proto.events import HealthChanged
-from ferry.proto.host import HealthCheck, HealthState, HostStatus, UnreadableVm, VmInfo, VmState
+from ferry.proto.host import HealthCheck, HealthState, HostStatus, ReportRequest, UnreadableVm, VmInfo, VmState
 from ferry.proto.network import HostNetworks
 from ferry.runtime.connection import connect, disconnect
 from ferry.runtime.metrics import RunningMigration
@@ -96,6 +98,8 @@ class Agent:
         self._changed = asyncio.Event()
         self._nc: Client | None = None
         self._last_status: HostStatus | None = None
+        self._beats = Beats()
+        self._report_decoder = Decoder(ReportRequest, "report request", max_bytes=MAX_REQUEST_BYTES)
         self._journal = Journal(config.state_dir, clock=clock)
         self._source = Source(config, hypervisor, self._publish, self._journal, clock=clock)
         self._destination = Destination(config, hypervisor, clock, self._journal, images=images_folder(config))
@@ -107,6 +111,8 @@ class Agent:
         nc = self._nc = await connect(self._config.nats, name=f"ferry-agent-{self._config.host}", log=self._log)
         try:
             await self._recover()
+            # Not a service endpoint: a coordinator publishes it and waits for no answer.
+            await nc.subscribe(subjects.agent_verb(self._config.host, "report"), cb=self._on_report_request)
             service = await add_service(
                 nc,
                 name="ferry-agent",
@@ -280,6 +286,7 @@ class Agent:
             ),
             last_facts=self._facts,
             migrations_in_flight=self._source.in_flight,
+            short_beats=self._beats.allowed,
         )
 
     def metrics_snapshot(self) -> AgentSnapshot:
@@ -306,13 +313,22 @@ class Agent:
                 self._seq += 1
                 status = self.current_status()
                 self._last_status = status
-                await self._publish(subjects.host_status(self._config.host), encode(status))
+                await self._publish(subjects.host_status(self._config.host), encode(self._beats.next(status)))
             except Exception:
                 self._log.exception("heartbeat_failed")
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout=interval)
             except TimeoutError:
                 pass
+
+    async def _on_report_request(self, msg) -> None:
+        try:
+            request = self._report_decoder.decode(msg.data)
+        except FerryError as exc:
+            self._log.warning("bad_report_request", reason=exc.message)
+            return
+        self._beats.ask(request.short_beats)
+        self._changed.set()  # the full report goes out now, not at the next beat
 
     def _systemd_status(self) -> str:
         """`systemctl status` shows this line."""

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass, field
 
+import msgspec
+
 from ferry.agent.hypervisor import NodeFacts
 from ferry.proto.host import (
     Capacity,
@@ -12,6 +14,7 @@ from ferry.proto.host import (
     Versions,
     VmInfo,
     VmState,
+    report_digest,
 )
 from ferry.proto.network import HostNetworks
 from ferry.runtime.version import VERSION
@@ -41,6 +44,7 @@ def build_status(
     observation: Observation,
     last_facts: NodeFacts | None,
     migrations_in_flight: int = 0,
+    short_beats: bool = False,
 ) -> HostStatus:
     """`last_facts` fills the capacity when the hypervisor is unreachable right now,
     so a host does not look empty because of one failed read."""
@@ -53,7 +57,7 @@ def build_status(
         vcpus_used=sum(vm.vcpus for vm in running),
         memory_used_mib=sum(vm.memory_mib for vm in running),
     )
-    return HostStatus(
+    status = HostStatus(
         host=host,
         seq=seq,
         boot_id=boot_id,
@@ -77,4 +81,6 @@ def build_status(
         migrations_in_flight=migrations_in_flight,
         unreadable_vms=list(observation.unreadable),
         networks=observation.networks,
+        short_beats=short_beats,
     )
+    return msgspec.structs.replace(status, digest=report_digest(status))

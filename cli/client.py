@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import msgspec
 import nats.errors
 from nats.aio.client import Client
 
@@ -110,6 +111,11 @@ class FerryClient:
             caller=identity.name if identity else ANONYMOUS, role=identity.role if identity else None,
         )
 
+    @property
+    def max_payload(self) -> int:
+        """The largest message the connected server accepts."""
+        return self._nc.max_payload
+
     async def close(self) -> None:
         if not self._nc.is_closed:
             await self._nc.close()
@@ -159,7 +165,20 @@ class FerryClient:
             await asyncio.sleep(RETRY_PAUSE_SECONDS)
 
     async def hosts(self, request: HostsRequest = HostsRequest()) -> HostsReply:
-        return await self.call("hosts", request, _HOSTS)
+        """Every host the request matches, in as many pages as the coordinator sends."""
+        pages = [page async for page in self.host_pages(request)]
+        hosts = [h for page in pages for h in page.hosts]
+        return msgspec.structs.replace(pages[-1], hosts=hosts, more=False, next_after="", total=len(hosts))
+
+    async def host_pages(self, request: HostsRequest = HostsRequest()) -> AsyncIterator[HostsReply]:
+        """The hosts page by page (each reply stays under NATS's max_payload)."""
+        while True:
+            page = await self.call("hosts", request, _HOSTS)
+            yield page
+            # A coordinator from before pages sends everything at once (`more` unset).
+            if not page.more or not page.next_after or page.next_after <= request.after:
+                return
+            request = msgspec.structs.replace(request, after=page.next_after)
 
     async def migrate(self, request: MigrateRequest) -> Session:
         return (await self.call("migrate", request, _SESSION)).session

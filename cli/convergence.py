@@ -34,7 +34,9 @@ def print_plan(plan: PlanReply, console: Console) -> None:
     where = plan.dest or "nowhere: no host can take it"
     console.print(plain(f"dry run: {plan.vm} would move {plan.source} -> {where} (policy {plan.policy}); nothing moves"))
     if len(plan.candidates) > 1:
-        console.print(plain(f"  then, if it declines: {', '.join(plan.candidates[1:])}"))
+        unshown = plan.candidate_count - len(plan.candidates)
+        more = f" and {unshown:,} more" if unshown > 0 else ""
+        console.print(plain(f"  then, if it declines: {', '.join(plan.candidates[1:])}{more}"))
     for why in plan.rejections:
         console.print(plain(f"  not {why}"))
     if plan.prediction is not None:

@@ -23,7 +23,15 @@ from ferry.cli import settings as cli_settings
 from ferry.cli import status as cli_status
 from ferry.cli.client import FerryClient
 from ferry.cli.output import plain, plain_console, print_json, say_error
-from ferry.proto.api import CancelRequest, HostsReply, HostState, HostView, MigrateRequest, SessionsRequest
+from ferry.proto.api import (
+    CancelRequest,
+    HostsReply,
+    HostsRequest,
+    HostState,
+    HostView,
+    MigrateRequest,
+    SessionsRequest,
+)
 from ferry.proto.codec import encode, request_decoder
 from ferry.proto.convergence import POLICIES
 from ferry.proto.errors import ErrorCode, FerryError
@@ -68,7 +76,8 @@ def _host_row(h: HostView) -> list[str | Text]:
         health,
         f"{cap.vcpus_used}/{cap.cpus}",
         f"{cap.memory_used_mib}/{cap.memory_total_mib}",
-        str(sum(1 for vm in h.vms if vm.state in ("running", "paused"))),
+        # A summary leaves the VM list out; a coordinator from before counts sends none.
+        str(max(h.vm_count, sum(1 for vm in h.vms if vm.state in ("running", "paused")))),
         plain(h.versions.libvirt or "-"),
         plain(h.versions.qemu or "-"),
         plain(h.cpu_model or "-"),
@@ -94,7 +103,8 @@ def print_hosts(reply: HostsReply, console: Console) -> None:
 
 
 async def _cmd_hosts(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
-    reply = await client.hosts()
+    # The table shows counts, never the VM lists: thousands of hosts stay a few small replies.
+    reply = await client.hosts(HostsRequest(vms=args.json and not args.summary))
     if args.json:
         print_json(reply)
     else:
@@ -404,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     hosts = sub.add_parser("hosts", help="list hosts with state, health and capacity")
     hosts.add_argument("--json", action="store_true", help="machine-readable output")
+    hosts.add_argument(
+        "--summary", action="store_true", help="with --json: leave each host's VM list out (vm_count says how many run)"
+    )
     hosts.set_defaults(run=_cmd_hosts)
 
     migrate = sub.add_parser("migrate", help="live-migrate a running VM to another host")

@@ -26,6 +26,7 @@ from ferry.coordinator import limits_keeper, session_store
 from ferry.coordinator.cordons import Cordons
 from ferry.coordinator.drains import draining_marks, find_drain
 from ferry.coordinator.event_history import EventHistory
+from ferry.coordinator.host_pages import hosts_page
 from ferry.coordinator.kv import WatchedBucket, replicas_of
 from ferry.coordinator.limits_keeper import LimitsKeeper
 from ferry.coordinator.session_archive import SessionArchive
@@ -234,10 +235,9 @@ class Api:
     # ----- reads -----
 
     async def _hosts(self, request: HostsRequest) -> HostsReply:
-        views = self._coordinator.views()
-        if not request.include_lost:
-            views = [v for v in views if v.state != HostState.LOST]
-        return HostsReply(hosts=views, leader=self._leader_name(), answered_by=self._coordinator.name)
+        return hosts_page(
+            self._coordinator.views(), request, leader=self._leader_name(), answered_by=self._coordinator.name
+        )
 
     async def _sessions(self, request: SessionsRequest) -> SessionsReply:
         # The hot bucket whole (running and recently finished: small), the archive only as far as the page needs.

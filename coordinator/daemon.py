@@ -25,7 +25,8 @@ from ferry.coordinator.lease import Timing
 from ferry.coordinator.limits_keeper import BUCKET as SETTINGS_BUCKET
 from ferry.coordinator.limits_keeper import LimitsKeeper
 from ferry.coordinator.metrics import CoordinatorMetrics, take_snapshot
-from ferry.coordinator.registry import Registry
+from ferry.coordinator.rate_limit import RateLimit
+from ferry.coordinator.registry import MAX_HOSTS, Registry
 from ferry.coordinator.session_store import SessionStore, VmClaims
 from ferry.coordinator.sessions.ports import Clock
 from ferry.coordinator.term import LeaderTerm
@@ -43,7 +44,7 @@ from ferry.proto.events import (
     LeaderElected,
     PlacementsStopped,
 )
-from ferry.proto.host import StatusDecoder
+from ferry.proto.host import HostBeat, ReportRequest, StatusDecoder
 from ferry.proto.leader import Lease
 from ferry.proto.limits import Limits
 from ferry.runtime.connection import connect, disconnect
@@ -51,6 +52,9 @@ from ferry.runtime.systemd import Notifier
 from ferry.runtime.version import VERSION
 
 SWEEP_SECONDS = 0.25
+# An agent is asked for its full report at most this often (a short beat that
+# names a report this coordinator does not hold, or an agent still sending full ones).
+REPORT_ASK_SECONDS = 5.0
 # Before a term adopts sessions: one heartbeat round since this process
 # connected, at least this long, plus a margin.
 MIN_WARM_UP_SECONDS = 1.0
@@ -82,6 +86,7 @@ class Coordinator:
             timeout=config.heartbeat_timeout or None,
         )
         self._status_decoder = StatusDecoder()
+        self._report_asks = RateLimit(REPORT_ASK_SECONDS, capacity=MAX_HOSTS)
         self._nc: Client | None = None
         self._term: LeaderTerm | None = None
         self._term_task: asyncio.Task | None = None
@@ -121,7 +126,14 @@ class Coordinator:
 
     def views(self) -> list[HostView]:
         """The hosts as reported, with the draining and cordon marks KV holds."""
-        views = self._registry.views(self._clock.monotonic())
+        return self._marked(self._registry.views(self._clock.monotonic()))
+
+    def current_views(self) -> list[HostView]:
+        """As `views`, without `last_seen_age`, and the same objects from one call
+        to the next while nothing changed: what placement reads, thousands at a time."""
+        return self._marked(self._registry.current_views())
+
+    def _marked(self, views: list[HostView]) -> list[HostView]:
         marks = draining_marks(self._drain_records) if self._drain_records is not None else {}
         cordons = self._cordon_records.values() if self._cordon_records is not None else {}
         return with_cordons(
@@ -157,7 +169,8 @@ class Coordinator:
             def new_term(lease: Lease) -> LeaderTerm:
                 return LeaderTerm(
                     lease, self._config, store=store, claims=claims, agents=agents, limits=limits,
-                    drain_records=drain_records, views=self.views, emit=self._emit, clock=self._clock,
+                    drain_records=drain_records, views=self.current_views, emit=self._emit, clock=self._clock,
+                    locate=self._registry.reporting,
                 )
 
             self._new_term = new_term
@@ -202,7 +215,7 @@ class Coordinator:
         """`systemctl status` shows this line."""
         term = self.term
         role = f"leading (term {term.lease.term})" if term is not None else "standby"
-        return f"{role}, {len(self._registry.views(self._clock.monotonic()))} hosts"
+        return f"{role}, {len(self._registry)} hosts"
 
     def _server(self) -> str:
         url = self._nc.connected_url if self._nc is not None else None
@@ -215,6 +228,7 @@ class Coordinator:
         assert self._new_term is not None
         term = self._term = self._new_term(lease)
         term.sessions.on_end(self._metrics.session_ended)
+        term.sessions.on_admission_pass(self._metrics.admission_pass)
         self._term_task = asyncio.create_task(self._run_term(term), name=f"term-{lease.term}")
         await api.start_leading()
         await self._emit([LeaderElected(leader=self.name, term=lease.term, reason=reason, previous=previous)])
@@ -270,14 +284,34 @@ class Coordinator:
             # An agent may only speak for its own host (permissions pin its subjects).
             self._log.warning("heartbeat_host_mismatch", subject=msg.subject, host=status.host)
             return
+        now = self._clock.monotonic()
+        if isinstance(status, HostBeat):
+            matched, events = self._registry.beat(status, now)
+            await self._emit(events)
+            if not matched:
+                await self._ask_report(status.host, now)
+            elif (term := self.term) is not None and (record := self._registry.get(status.host)) is not None:
+                await term.observe_health(status.host, record.status.health, record.status.checks)
+            return
+        if status.digest and not status.short_beats:
+            await self._ask_report(status.host, now)  # and say short beats are understood here
         previous = self._registry.get(status.host)
         if rejected and (previous is None or previous.rejected_vms != rejected):
             # Once per change, not once per heartbeat: the host stays, these VMs are left out.
             self._log.warning("heartbeat_vms_rejected", host=status.host, entries=rejected)
-        await self._emit(self._registry.observe(status, self._clock.monotonic(), rejected))
+        await self._emit(self._registry.observe(status, now, rejected))
         term = self.term
         if term is not None and self._registry.believed(status):
             await term.observe_health(status.host, status.health, status.checks)
+
+    async def _ask_report(self, host: str, now: float) -> None:
+        """Ask an agent for its full report (at most once per REPORT_ASK_SECONDS per host)."""
+        if not self._report_asks.due(host, now):
+            return
+        try:
+            await self.nc.publish(subjects.agent_verb(host, "report"), encode(ReportRequest()))
+        except Exception as exc:
+            self._log.warning("publish_failed", subject=subjects.agent_verb(host, "report"), error=str(exc))
 
     async def _on_session_update(self, msg: Msg) -> None:
         term = self.term

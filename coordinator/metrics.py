@@ -15,7 +15,7 @@ from typing import Literal, Protocol
 import msgspec
 import structlog
 from nats.aio.client import Client
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from ferry.coordinator.leadership import Leadership
 from ferry.coordinator.term import LeaderTerm
@@ -33,6 +33,8 @@ from ferry.runtime.metrics import (
 # A guest notices a pause above a second; most live migrations stop it for tens of milliseconds.
 DOWNTIME_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # From seconds (a small idle guest) to an hour (a large busy one with disks).
+# A pass over 1,000 queued sessions is meant to take well under 50 ms.
+ADMISSION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 DURATION_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 # Session ids remembered so a session that ends twice (a `not_confirmed` one
 # settled later) is counted once; far more than end within a term's memory.
@@ -205,6 +207,18 @@ class CoordinatorMetrics(SnapshotMetrics[CoordinatorSnapshot]):
             buckets=DURATION_BUCKETS, registry=self.registry,
         )
         self._ended: OrderedDict[str, None] = OrderedDict()
+        self._admission = Histogram(
+            "ferry_admission_pass_seconds", "How long an admission pass took to decide (the leader's, with sessions queued).",
+            buckets=ADMISSION_BUCKETS, registry=self.registry,
+        )
+        self._last_admission = Gauge(
+            "ferry_admission_last_pass_seconds", "How long the last admission pass took to decide.", registry=self.registry
+        )
+
+    def admission_pass(self, seconds: float, queued: int) -> None:
+        """The leader's hook after each admission pass over `queued` sessions."""
+        self._admission.observe(seconds)
+        self._last_admission.set(seconds)
 
     def session_ended(self, session: Session) -> None:
         """The leader's hook for a session that reached a terminal state."""

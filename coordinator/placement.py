@@ -4,10 +4,12 @@ Every host that is not chosen gets a rejection with a code and a sentence, so
 an operator can see why a VM did not go where they expected.
 """
 
+import functools
+from collections import Counter
 from dataclasses import dataclass, field
 
 from ferry.proto.host import HealthState, version_tuple
-from ferry.proto.network import Attachment, HostNetworks, missing_attachments
+from ferry.proto.network import Attachment, HostNetworks, NetworkOffer, missing_attachments
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class HostFacts:
     # Shared storage this host reaches (for example the mount points of shared pools).
     storage: frozenset[str] = frozenset()
     # What it offers VMs' interfaces; None when its agent does not say (prepare judges then).
-    networks: HostNetworks | None = None
+    networks: HostNetworks | NetworkOffer | None = None
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,21 @@ def available_memory_mib(host: HostFacts) -> int:
     return min(host.memory_free_mib, by_accounting) - host.reserved_memory_mib
 
 
-def reject_reason(vm: VmDemand, host: HostFacts, rules: PlacementRules) -> Rejection | None:
-    def no(code: str, reason: str) -> Rejection:
-        return Rejection(host.name, code, reason)
+@functools.lru_cache(maxsize=4096)
+def _older(version: str, than: str) -> bool:
+    return version_tuple(version) < version_tuple(than)
 
+
+def reject_reason(vm: VmDemand, host: HostFacts, rules: PlacementRules) -> Rejection | None:
+    judged = judge(vm, host, rules)
+    return judged if isinstance(judged, Rejection) else None
+
+
+def judge(vm: VmDemand, host: HostFacts, rules: PlacementRules) -> Rejection | float:
+    """Why `host` cannot take `vm`, or how good a choice it is (`score`): one pass
+    over the host, as placement makes thousands of them per VM."""
+
+    no = functools.partial(Rejection, host.name)
     if host.name == vm.source:
         return no("same_host", f"{host.name} is where {vm.name} runs now")
     if not host.up:
@@ -98,13 +111,13 @@ def reject_reason(vm: VmDemand, host: HostFacts, rules: PlacementRules) -> Rejec
         return no("host_unhealthy", f"{host.name} health is {host.health}")
     if host.arch != vm.arch:
         return no("arch_mismatch", f"{host.name} is {host.arch}, {vm.name} needs {vm.arch}")
-    for what, dest_v, src_v in (
-        ("libvirt", host.libvirt_version, vm.libvirt_version),
-        ("QEMU", host.qemu_version, vm.qemu_version),
-    ):
-        if version_tuple(dest_v) < version_tuple(src_v):
-            return no("version_older", f"{host.name} runs {what} {dest_v}, older than {src_v} on {vm.source}")
-    if host.networks is not None and (missing := missing_attachments(list(vm.attachments), host.networks)):
+    if _older(host.libvirt_version, vm.libvirt_version):
+        return no(
+            "version_older", f"{host.name} runs libvirt {host.libvirt_version}, older than {vm.libvirt_version} on {vm.source}"
+        )
+    if _older(host.qemu_version, vm.qemu_version):
+        return no("version_older", f"{host.name} runs QEMU {host.qemu_version}, older than {vm.qemu_version} on {vm.source}")
+    if host.networks is not None and vm.attachments and (missing := missing_attachments(vm.attachments, host.networks)):
         return no("network_missing", f"{host.name} lacks what {vm.name}'s interfaces need: {'; '.join(missing)}")
     need = vm.memory_mib + rules.memory_margin_mib
     have = available_memory_mib(host)
@@ -124,26 +137,46 @@ def reject_reason(vm: VmDemand, host: HostFacts, rules: PlacementRules) -> Rejec
             "storage_unreachable",
             f"{host.name} does not reach {vm.name}'s {what} and storage copy is not allowed",
         )
-    return None
+    return _score(vm, host, rules, have, unreachable)
 
 
 def score(vm: VmDemand, host: HostFacts, rules: PlacementRules) -> float:
     """Higher is better: spread load by preferring the host with the most room left."""
-    memory_left = (available_memory_mib(host) - vm.memory_mib) / max(host.memory_total_mib, 1)
+    return _score(vm, host, rules, available_memory_mib(host), vm.shared_storage - host.storage)
+
+
+def _score(vm: VmDemand, host: HostFacts, rules: PlacementRules, available_mib: int, unreachable: frozenset[str]) -> float:
+    memory_left = (available_mib - vm.memory_mib) / max(host.memory_total_mib, 1)
     vcpu_limit = host.cpus * rules.cpu_allocation_ratio
     vcpu_left = (vcpu_limit - host.vcpus_used - host.reserved_vcpus - vm.vcpus) / max(vcpu_limit, 1)
     # Shared storage beats copying disks: less data to move.
-    no_copy = 1.0 if not (vm.shared_storage - host.storage) else 0.0
+    no_copy = 0.0 if unreachable else 1.0
     return round(0.6 * memory_left + 0.3 * vcpu_left + 0.1 * no_copy, 6)
 
 
 def rank(vm: VmDemand, hosts: list[HostFacts], rules: PlacementRules = PlacementRules()) -> Ranking:
     choices, rejections = [], []
     for host in hosts:
-        rejection = reject_reason(vm, host, rules)
-        if rejection is None:
-            choices.append((host.name, score(vm, host, rules)))
+        judged = judge(vm, host, rules)
+        if isinstance(judged, Rejection):
+            rejections.append(judged)
         else:
-            rejections.append(rejection)
+            choices.append((host.name, judged))
     choices.sort(key=lambda c: (-c[1], c[0]))
     return Ranking(choices=choices, rejections=rejections)
+
+
+# A dry run over thousands of hosts shows the best few and why the first few others
+# would not do; the rest are counted (a reply stays far below NATS's max_payload).
+CANDIDATES_SHOWN = 20
+REJECTIONS_SHOWN = 20
+
+
+def rejection_lines(rejections: list[Rejection], shown: int = REJECTIONS_SHOWN) -> list[str]:
+    """One sentence per rejected host, the first `shown`; then one line counting the rest by code."""
+    lines = [f"{r.host}: {r.reason}" for r in rejections[:shown]]
+    rest = Counter(r.code for r in rejections[shown:])
+    if rest:
+        counts = ", ".join(f"{code} {n:,}" for code, n in sorted(rest.items(), key=lambda item: (-item[1], item[0])))
+        lines.append(f"{sum(rest.values()):,} more hosts: {counts}")
+    return lines

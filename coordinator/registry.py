@@ -3,9 +3,11 @@
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import msgspec
+
 from ferry.proto.api import HostState, HostView
 from ferry.proto.events import CoordinatorEvent, HeartbeatRefused, HostAppeared, HostLost, HostReturned
-from ferry.proto.host import HostStatus, VmState
+from ferry.proto.host import HostBeat, HostStatus, VmInfo, VmState
 from ferry.proto.names import printable
 
 # Heartbeat intervals an agent may announce: faster floods the coordinator,
@@ -31,6 +33,9 @@ class HostRecord:
     # The kind of refusal last reported for this host ("" since one was believed):
     # each kind is said once.
     refused: str = ""
+    # The host as shown, built once per report or state change (a short beat
+    # changes neither); `last_seen_age` is filled in by `views(now)`.
+    view: HostView | None = None
 
 
 class Refusal(NamedTuple):
@@ -38,7 +43,7 @@ class Refusal(NamedTuple):
     reason: str
 
 
-def heartbeat_problem(current: HostStatus | None, incoming: HostStatus, elapsed: float) -> Refusal | None:
+def heartbeat_problem(current: HostStatus | None, incoming: HostStatus | HostBeat, elapsed: float) -> Refusal | None:
     """Why a heartbeat cannot be believed; None when it can. `current`: the one
     held for that host, `elapsed`: seconds since it arrived.
 
@@ -77,6 +82,9 @@ class Registry:
         self._hosts: dict[str, HostRecord] = {}
         # Until then no host can be declared lost (see restart_clocks).
         self._quiet_until = float("-inf")
+        # VM name -> the hosts whose report lists it: finding a VM among 50,000
+        # without reading every report.
+        self._where: dict[str, set[str]] = {}
 
     def timeout_for(self, status: HostStatus) -> float:
         if self._timeout is not None:
@@ -98,17 +106,46 @@ class Registry:
             if len(self._hosts) >= MAX_HOSTS:
                 return []
             self._hosts[status.host] = HostRecord(status=status, last_seen=now, rejected_vms=list(rejected_vms or []))
+            self._index(status.host, [], status.vms)
             return [HostAppeared(host=status.host)]
         if _is_stale(record.status, status):
             return []
+        if record.status.vms != status.vms:
+            self._index(status.host, record.status.vms, status.vms)
         record.status = status
         record.last_seen = now
         record.refused = ""
         record.rejected_vms = list(rejected_vms or [])
+        record.view = None
         if record.state == HostState.LOST:
             record.state = HostState.UP
             return [HostReturned(host=status.host)]
         return []
+
+    def beat(self, beat: HostBeat, now: float) -> tuple[bool, list[CoordinatorEvent]]:
+        """A short heartbeat: believed when it vouches for the report held (same
+        agent process, same digest); then the host is seen, as with a full report.
+        False: the report it names is not the one held (unknown host, a restarted
+        agent, a change whose full report was missed): ask the agent for it."""
+        record = self._hosts.get(beat.host)
+        if record is None or record.status.boot_id != beat.boot_id or record.status.digest != beat.digest:
+            return False, []
+        refusal = heartbeat_problem(record.status, beat, now - record.last_seen)
+        if refusal is not None:
+            if record.refused == refusal.kind:
+                return True, []
+            record.refused = refusal.kind
+            return True, [HeartbeatRefused(host=beat.host, reason=refusal.reason)]
+        if beat.seq <= record.status.seq:
+            return True, []  # late: one held is newer
+        record.status = msgspec.structs.replace(record.status, seq=beat.seq, sent_at=beat.sent_at)
+        record.last_seen = now
+        record.refused = ""
+        if record.state == HostState.LOST:
+            record.state = HostState.UP
+            record.view = None
+            return True, [HostReturned(host=beat.host)]
+        return True, []
 
     def sweep(self, now: float) -> list[CoordinatorEvent]:
         events: list[CoordinatorEvent] = []
@@ -117,6 +154,7 @@ class Registry:
             timeout = self.timeout_for(record.status)
             if record.state == HostState.UP and silent_for > timeout and now > self._quiet_until:
                 record.state = HostState.LOST
+                record.view = None
                 events.append(
                     HostLost(
                         host=name,
@@ -149,36 +187,74 @@ class Registry:
     def get(self, host: str) -> HostRecord | None:
         return self._hosts.get(host)
 
+    def __len__(self) -> int:
+        return len(self._hosts)
+
+    def _index(self, host: str, before: list[VmInfo], after: list[VmInfo]) -> None:
+        for vm in before:
+            hosts = self._where.get(vm.name)
+            if hosts is not None:
+                hosts.discard(host)
+                if not hosts:
+                    del self._where[vm.name]
+        for vm in after:
+            self._where.setdefault(vm.name, set()).add(host)
+
+    def reporting(self, vm: str) -> list[str]:
+        """The hosts whose last report lists a VM of that name (any state)."""
+        return sorted(self._where.get(vm, ()))
+
     def views(self, now: float) -> list[HostView]:
-        return [self.view(name, now) for name in sorted(self._hosts)]
+        """Every host in name order, with how long ago each was heard from."""
+        return [
+            msgspec.structs.replace(self.current_view(name), last_seen_age=round(now - self._hosts[name].last_seen, 3))
+            for name in sorted(self._hosts)
+        ]
+
+    def current_views(self) -> list[HostView]:
+        """Every host in name order, as built at its last report: the same objects
+        until a report or a state changes them (placement caches by them), with
+        `last_seen_age` left at 0."""
+        return [self.current_view(name) for name in sorted(self._hosts)]
 
     def view(self, host: str, now: float) -> HostView:
         record = self._hosts[host]
-        status = record.status
-        return HostView(
-            host=host,
-            state=record.state,
-            health=status.health,
-            last_seen_age=round(now - record.last_seen, 3),
-            capacity=status.capacity,
-            checks=status.checks,
-            vms=status.vms,
-            versions=status.versions,
-            cpu_model=status.cpu_model,
-            host_uuid=status.host_uuid,
-            backend=status.backend,
-            arch=status.arch,
-            migrations_in_flight=status.migrations_in_flight,
-            vm_problems=[
-                *(
-                    f"{printable(vm.name)}: the agent could not describe it: {printable(vm.reason)}"
-                    for vm in status.unreadable_vms
-                ),
-                *record.rejected_vms,
-            ],
-            networks=status.networks,
-            peer_uri=status.peer_uri,
-        )
+        return msgspec.structs.replace(self.current_view(host), last_seen_age=round(now - record.last_seen, 3))
+
+    def current_view(self, host: str) -> HostView:
+        record = self._hosts[host]
+        if record.view is None:
+            record.view = _build_view(host, record)
+        return record.view
+
+
+def _build_view(host: str, record: HostRecord) -> HostView:
+    status = record.status
+    return HostView(
+        host=host,
+        state=record.state,
+        health=status.health,
+        last_seen_age=0.0,
+        capacity=status.capacity,
+        checks=status.checks,
+        vms=status.vms,
+        versions=status.versions,
+        cpu_model=status.cpu_model,
+        host_uuid=status.host_uuid,
+        backend=status.backend,
+        arch=status.arch,
+        migrations_in_flight=status.migrations_in_flight,
+        vm_problems=[
+            *(
+                f"{printable(vm.name)}: the agent could not describe it: {printable(vm.reason)}"
+                for vm in status.unreadable_vms
+            ),
+            *record.rejected_vms,
+        ],
+        networks=status.networks,
+        peer_uri=status.peer_uri,
+        vm_count=sum(1 for vm in status.vms if vm.state in (VmState.RUNNING, VmState.PAUSED)),
+    )
 
 
 def _is_stale(current: HostStatus, incoming: HostStatus) -> bool:

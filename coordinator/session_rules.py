@@ -2,6 +2,7 @@
 sessions in flight, in; a decision or a FerryError with a sentence out."""
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from ferry.coordinator.placement import HostFacts, PlacementRules, VmDemand
 from ferry.coordinator.prediction import predict
@@ -10,22 +11,25 @@ from ferry.proto.api import HostState, HostView
 from ferry.proto.convergence import POLICIES, Policy, Prediction
 from ferry.proto.errors import ErrorCode, FerryError
 from ferry.proto.host import VmState
+from ferry.proto.network import NetworkOffer
 from ferry.proto.session import MigrateOptions, Session, SessionState, StorageMode
 
 
-def find_source(vm: str, source: str | None, hosts: Iterable[HostView]) -> HostView:
-    """The host the VM runs on: the one named (checked), else the one reporting it."""
+def find_source(vm: str, source: str | None, hosts: Iterable[HostView], located: Iterable[str] | None = None) -> HostView:
+    """The host the VM runs on: the one named (checked), else the one reporting it.
+    `located`: the hosts whose reports list the VM, when an index knows them."""
     by_name = {h.host: h for h in hosts}
     if source is not None:
         view = by_name.get(source)
         if view is None:
             raise FerryError(ErrorCode.UNKNOWN_HOST, f"no host named {source} has reported to the coordinator")
         if view.state == HostState.LOST:
-            raise FerryError(ErrorCode.HOST_LOST, f"{source} is lost (no heartbeat for {view.last_seen_age:.0f} s); its VMs cannot be live-migrated")
+            raise FerryError(ErrorCode.HOST_LOST, f"{source} is lost (no heartbeat within its timeout); its VMs cannot be live-migrated")
         return view
-    running = [h for h in by_name.values() if any(v.name == vm and v.state == VmState.RUNNING for v in h.vms)]
+    among = [by_name[name] for name in located if name in by_name] if located is not None else list(by_name.values())
+    running = [h for h in among if any(v.name == vm and v.state == VmState.RUNNING for v in h.vms)]
     if not running:
-        known = [h.host for h in by_name.values() if any(v.name == vm for v in h.vms)]
+        known = [h.host for h in among if any(v.name == vm for v in h.vms)]
         if known:
             raise FerryError(ErrorCode.CONFLICT, f"{vm} is not running (known on {', '.join(known)}); only running VMs are live-migrated")
         raise FerryError(ErrorCode.UNKNOWN_VM, f"no host reports a VM named {vm}")
@@ -48,7 +52,7 @@ def check_named_dest(dest: str, source: str, hosts: Iterable[HostView]) -> HostV
     if view is None:
         raise FerryError(ErrorCode.UNKNOWN_HOST, f"no host named {dest} has reported to the coordinator")
     if view.state == HostState.LOST:
-        raise FerryError(ErrorCode.HOST_LOST, f"the destination {dest} is lost (no heartbeat for {view.last_seen_age:.0f} s)")
+        raise FerryError(ErrorCode.HOST_LOST, f"the destination {dest} is lost (no heartbeat within its timeout)")
     if view.draining:
         raise FerryError(ErrorCode.CONFLICT, f"the destination {dest} is draining ({view.drain_reason}): no new VMs are placed there")
     return view
@@ -100,7 +104,9 @@ def rules_for(session: Session, base: PlacementRules = PlacementRules()) -> Plac
 _HOLD_NOTHING = (SessionState.QUEUED, SessionState.FAILED, SessionState.CANCELLED)
 
 
-def host_facts(hosts: Iterable[HostView], in_flight: Iterable[Session]) -> list[HostFacts]:
+def host_facts(
+    hosts: Iterable[HostView], in_flight: Iterable[Session], cache: "FactsCache | None" = None
+) -> list[HostFacts]:
     """Placement's view: each host as reported, minus what sessions heading there hold.
 
     An admitted session (preparing, migrating, post-copy) holds its VM's size on
@@ -108,39 +114,63 @@ def host_facts(hosts: Iterable[HostView], in_flight: Iterable[Session]) -> list[
     itself counts it). A completed session still holds it until then: the report
     can lag the completion. A queued session holds nothing, whatever destination
     it hopes for: admission places it against the room the others leave.
+
+    `cache`: facts kept from the last call for views that are the same objects.
     """
-    reserved: dict[str, tuple[int, int]] = {}
     views = list(hosts)
-    reported = {h.host: {v.name for v in h.vms} for h in views}
+    by_name: dict[str, HostView] | None = None
+    reserved: dict[str, tuple[int, int]] = {}
     for s in in_flight:
-        if s.state in _HOLD_NOTHING or s.dest is None or s.vm in reported.get(s.dest, ()):
+        if s.state in _HOLD_NOTHING or s.dest is None:
+            continue
+        if by_name is None:
+            by_name = {h.host: h for h in views}
+        dest = by_name.get(s.dest)
+        if dest is not None and any(v.name == s.vm for v in dest.vms):
             continue
         vcpus, memory = reserved.get(s.dest, (0, 0))
         reserved[s.dest] = (vcpus + s.demand.vcpus, memory + s.demand.memory_mib)
     facts = []
     for h in views:
-        vcpus, memory = reserved.get(h.host, (0, 0))
-        facts.append(
-            HostFacts(
-                name=h.host,
-                up=h.state == HostState.UP,
-                health=h.health,
-                cpus=h.capacity.cpus,
-                vcpus_used=h.capacity.vcpus_used,
-                memory_total_mib=h.capacity.memory_total_mib,
-                memory_free_mib=h.capacity.memory_free_mib,
-                memory_used_mib=h.capacity.memory_used_mib,
-                libvirt_version=h.versions.libvirt,
-                qemu_version=h.versions.qemu,
-                arch=h.arch or "x86_64",
-                draining=h.draining,
-                cordoned=h.cordoned,
-                reserved_vcpus=vcpus,
-                reserved_memory_mib=memory,
-                networks=h.networks,
-            )
-        )
+        base = cache.base(h) if cache is not None else _facts_of(h)
+        held = reserved.get(h.host)
+        facts.append(replace(base, reserved_vcpus=held[0], reserved_memory_mib=held[1]) if held else base)
     return facts
+
+
+class FactsCache:
+    """Each host's facts, built again only when its view is a new object (a new
+    report, a state change, a mark): 5,000 hosts are not rebuilt for each placement."""
+
+    def __init__(self) -> None:
+        self._by_host: dict[str, tuple[HostView, HostFacts]] = {}
+
+    def base(self, view: HostView) -> HostFacts:
+        held = self._by_host.get(view.host)
+        if held is not None and held[0] is view:
+            return held[1]
+        facts = _facts_of(view)
+        self._by_host[view.host] = (view, facts)
+        return facts
+
+
+def _facts_of(h: HostView) -> HostFacts:
+    return HostFacts(
+        name=h.host,
+        up=h.state == HostState.UP,
+        health=h.health,
+        cpus=h.capacity.cpus,
+        vcpus_used=h.capacity.vcpus_used,
+        memory_total_mib=h.capacity.memory_total_mib,
+        memory_free_mib=h.capacity.memory_free_mib,
+        memory_used_mib=h.capacity.memory_used_mib,
+        libvirt_version=h.versions.libvirt,
+        qemu_version=h.versions.qemu,
+        arch=h.arch or "x86_64",
+        draining=h.draining,
+        cordoned=h.cordoned,
+        networks=NetworkOffer(h.networks) if h.networks is not None else None,
+    )
 
 
 def check_policy(options: MigrateOptions) -> Policy:

@@ -47,12 +47,13 @@ class LeaderTerm:
         views: Callable[[], list[HostView]],
         emit: Emit,
         clock: Clock,
+        locate: Callable[[str], list[str]] | None = None,
     ) -> None:
         self.lease = lease
         self._limits = limits
         self._clock = clock
         self._log = structlog.get_logger().bind(component="term", term=lease.term)
-        self.sessions = SessionManager(store, claims, agents, views, emit, limits.current, clock=clock)
+        self.sessions = SessionManager(store, claims, agents, views, emit, limits.current, clock=clock, locate=locate)
         self.drains = DrainController(drain_records, self.sessions, views, emit, config.drain, wall=clock.wall)
         self.health = HealthWatch(config.evacuation.debounce_seconds, enabled=config.evacuation.enabled)
         self._archiver = Archiver(store, SessionArchive(store.js), claims.holding_sessions, config.history, wall=clock.wall)

@@ -39,9 +39,15 @@ class Cordon(msgspec.Struct, frozen=True):
 
 
 class HostsRequest(msgspec.Struct, frozen=True):
-    """Empty today; filters get defaults when they arrive."""
+    """One page of hosts in name order: those after `after` (a reply's
+    `next_after`), at most `limit`, fewer when the reply would grow too big.
+    `vms` false leaves the VM lists out (`vm_count` still says how many run):
+    a summary of thousands of hosts in a few small replies."""
 
     include_lost: bool = True
+    vms: bool = True
+    after: Annotated[str, msgspec.Meta(max_length=300)] = ""
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 100_000
 
 
 class HostView(msgspec.Struct, frozen=True):
@@ -71,6 +77,8 @@ class HostView(msgspec.Struct, frozen=True):
     # Cordoned (`ferry cordon`): no new VMs are placed here; the VMs it runs stay.
     cordoned: bool = False
     cordon: Cordon | None = None
+    # VMs running or paused here (also when a summary leaves `vms` out).
+    vm_count: NonNegative = 0
 
 
 class HostsReply(msgspec.Struct, frozen=True, tag="hosts"):
@@ -78,6 +86,11 @@ class HostsReply(msgspec.Struct, frozen=True, tag="hosts"):
     # The coordinator leading now ("" while none does), and the one that answered.
     leader: str = ""
     answered_by: str = ""
+    # More hosts follow: ask again with `after = next_after`.
+    more: bool = False
+    next_after: str = ""
+    # Hosts matching the request in all pages.
+    total: NonNegative = 0
 
 
 class AgentStatusRequest(msgspec.Struct, frozen=True):
@@ -107,6 +120,14 @@ class PlanReply(msgspec.Struct, frozen=True, tag="plan"):
     prediction: Prediction | None = None
     # Why there is no prediction, when there is none.
     note: str = ""
+    # Hosts that could take it, and hosts ranked (`candidates` and `rejections`
+    # show the first few of thousands).
+    candidate_count: NonNegative = 0
+    hosts_ranked: NonNegative = 0
+    # The coordinator's own time: choosing the destination, and measuring the
+    # guest's dirty rate on its source (most of a dry run).
+    placement_ms: float = 0.0
+    measure_ms: float = 0.0
 
 
 class SessionReply(msgspec.Struct, frozen=True, tag="session"):

@@ -50,10 +50,21 @@ def describe_attachment(need: Attachment) -> str:
     return f"{need.kind} {need.source}"
 
 
-def missing_attachments(needs: list[Attachment], offered: HostNetworks) -> list[str]:
+class NetworkOffer:
+    """A host's networks and devices by name, built once per report: placement
+    asks thousands of hosts about one VM's interfaces."""
+
+    __slots__ = ("devices", "networks")
+
+    def __init__(self, offered: HostNetworks) -> None:
+        self.networks = {n.name: n for n in offered.networks}
+        self.devices = frozenset(offered.devices)
+
+
+def missing_attachments(needs: list[Attachment] | tuple[Attachment, ...], offered: HostNetworks | NetworkOffer) -> list[str]:
     """One sentence per need the host cannot meet, naming what is missing; [] when it meets all."""
-    networks = {n.name: n for n in offered.networks}
-    devices = set(offered.devices)
+    offer = offered if isinstance(offered, NetworkOffer) else NetworkOffer(offered)
+    networks, devices = offer.networks, offer.devices
     problems: list[str] = []
     for need in needs:
         problem = None

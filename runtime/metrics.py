@@ -4,12 +4,13 @@ a daemon's pure mapping returns (`Family`), and the running-migration gauges
 that agents and coordinators both report.
 
 The daemons keep their state in dicts the event loop owns; the HTTP server
-answers from its own thread. So each daemon takes a frozen snapshot on the
-loop, and the collector only maps the latest snapshot (`SnapshotCollector`).
+answers from its own thread. So at each scrape the event loop takes a frozen
+snapshot, and the collector only maps it (`SnapshotCollector`).
 """
 
 import asyncio
 import ipaddress
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, Literal, TypeVar
 
@@ -21,9 +22,8 @@ from prometheus_client.registry import Collector
 from ferry.proto.progress import Progress
 from ferry.runtime.version import VERSION
 
-# Snapshots are taken this often: Prometheus scrapes every 15 s or so, and a
-# second-old gauge is as good as a fresh one.
-REFRESH_SECONDS = 1.0
+# A scrape waits this long for the event loop to take a fresh snapshot.
+SCRAPE_WAIT_SECONDS = 2.0
 
 
 class Family(msgspec.Struct, frozen=True):
@@ -148,14 +148,44 @@ class SnapshotMetrics(Generic[S]):
         self._log = log
         self._snapshot = first
         self.registry = new_registry(daemon)
-        self.registry.register(SnapshotCollector(lambda: families(self._snapshot)))
+        self.registry.register(SnapshotCollector(lambda: families(self._on_scrape())))
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self) -> None:
         """Serve until cancelled (nothing when the address is "")."""
-        await serve(self._address, self.registry, self.refresh, self._log)
+        self._loop = asyncio.get_running_loop()
+        try:
+            await serve(self._address, self.registry, self._log)
+        finally:
+            self._loop = None
 
     def refresh(self) -> None:
         self._snapshot = self._take()
+
+    def _on_scrape(self) -> S:
+        """In the HTTP thread: a snapshot taken now, on the loop (nothing is taken
+        between scrapes: 5,000 hosts cost nothing while nobody asks); the last one
+        when the loop does not get to it within SCRAPE_WAIT_SECONDS."""
+        loop = self._loop
+        if loop is None:
+            return self._snapshot
+        taken = threading.Event()
+
+        def take() -> None:
+            try:
+                self.refresh()
+            except Exception:
+                # A snapshot that fails must not end the metrics (nor the daemon): the last one stays.
+                self._log.exception("metrics_refresh_failed")
+            finally:
+                taken.set()
+
+        try:
+            loop.call_soon_threadsafe(take)
+        except RuntimeError:  # the loop is closing
+            return self._snapshot
+        taken.wait(SCRAPE_WAIT_SECONDS)
+        return self._snapshot
 
 
 def new_registry(daemon: str) -> CollectorRegistry:
@@ -165,9 +195,8 @@ def new_registry(daemon: str) -> CollectorRegistry:
     return registry
 
 
-async def serve(address: str, registry: CollectorRegistry, refresh: Callable[[], None], log) -> None:
-    """Serve /metrics on `address` and call `refresh` (on the event loop) every
-    REFRESH_SECONDS, until cancelled; then the server is shut down.
+async def serve(address: str, registry: CollectorRegistry, log) -> None:
+    """Serve /metrics on `address` until cancelled; then the server is shut down.
 
     A port already taken is logged as an error and the daemon runs on without
     /metrics: a host must still be able to migrate its VMs away when a stray
@@ -183,13 +212,7 @@ async def serve(address: str, registry: CollectorRegistry, refresh: Callable[[],
         return
     log.info("metrics_served", url=metrics_url(address))
     try:
-        while True:
-            try:
-                refresh()
-            except Exception:
-                # A snapshot that fails must not end the metrics (nor the daemon): the last one stays.
-                log.exception("metrics_refresh_failed")
-            await asyncio.sleep(REFRESH_SECONDS)
+        await asyncio.Event().wait()
     finally:
         # shutdown() waits for serve_forever's next poll (up to half a second): off the loop.
         await asyncio.to_thread(_stop, server, thread)

@@ -11,14 +11,16 @@ and follows whatever won.
 
 import asyncio
 import secrets
+import time
 from collections.abc import Callable
 
 import msgspec
 import structlog
 
 from ferry.coordinator.cordons import refuse_cordoned_dest
-from ferry.coordinator.placement import rank
+from ferry.coordinator.placement import CANDIDATES_SHOWN, rank, rejection_lines
 from ferry.coordinator.session_rules import (
+    FactsCache,
     check_named_dest,
     check_policy,
     find_source,
@@ -59,16 +61,20 @@ class SessionManager:
         limits: LimitsNow = Limits,
         *,
         clock: Clock = Clock(),
+        locate: Callable[[str], list[str]] | None = None,
     ) -> None:
         self._store = store
         self._agents = agents
         self._hosts = hosts
+        # The hosts whose reports list a VM (the registry's index); None: look through them all.
+        self._locate = locate
+        self._facts = FactsCache()
         self._emit = emit
         self._clock = clock
         self._log = structlog.get_logger().bind(component="sessions")
         self._update_decoder = Decoder(SessionUpdate, "session update")  # type: ignore[arg-type]
         self._book = RecordBook(store, claims, emit, clock.wall)
-        self._scheduler = Scheduler(self._book, hosts, limits, emit, clock.wall)
+        self._scheduler = Scheduler(self._book, hosts, limits, emit, clock.wall, facts=self._facts)
         self._share = BandwidthShare(self._book, agents, limits, emit)
         self._driver = Driver(self._book, self._scheduler, self._share, agents, hosts, limits, clock)
         self._levers = Levers(self._book, store, agents, emit, clock)
@@ -140,7 +146,7 @@ class SessionManager:
         check_policy(request.options)
         await self._ready.wait()
         hosts = self._hosts()
-        source = find_source(request.vm, request.source, hosts)
+        source = find_source(request.vm, request.source, hosts, self._located(request.vm))
         if request.dest is not None:
             check_named_dest(request.dest, source.host, hosts)
             refuse_cordoned_dest(request.dest, hosts)
@@ -170,9 +176,10 @@ class SessionManager:
     async def plan(self, request: MigrateRequest) -> PlanReply:
         """A dry run: the checks of `start`, the destination placement would pick,
         and a prediction from the guest's dirty rate measured now. Nothing changes."""
+        started = time.perf_counter()
         check_policy(request.options)
         hosts = self._hosts()
-        source = find_source(request.vm, request.source, hosts)
+        source = find_source(request.vm, request.source, hosts, self._located(request.vm))
         draft = Session(
             id="dryrun", vm=request.vm, source=source.host, options=request.options, state=S.QUEUED,
             created_at=0.0, updated_at=0.0,
@@ -180,28 +187,36 @@ class SessionManager:
         if request.dest is not None:
             check_named_dest(request.dest, source.host, hosts)
             refuse_cordoned_dest(request.dest, hosts)
-            candidates, rejections = [request.dest], []
+            candidates, rejections, ranked = [request.dest], [], 1
         else:
-            ranking = rank(reported_demand(request.vm, source), host_facts(hosts, self.holding()), rules_for(draft))
+            ranking = rank(reported_demand(request.vm, source), host_facts(hosts, self.holding(), self._facts), rules_for(draft))
             candidates = [name for name, _score in ranking.choices]
-            rejections = [f"{r.host}: {r.reason}" for r in ranking.rejections if r.code != "same_host"]
+            rejections = rejection_lines([r for r in ranking.rejections if r.code != "same_host"])
+            ranked = len(ranking.choices) + len(ranking.rejections)
+        placed = time.perf_counter()
         vm = await self._agents.describe(source.host, request.vm)
         note, prediction = "", None
+        measuring = time.perf_counter()
         try:
             rate = await self._agents.measure(source.host, MeasureRequest(vm=request.vm))
         except FerryError as exc:
             note = f"no prediction: {exc.message}"
         else:
             prediction = prediction_for(draft, vm, rate, request.options.bandwidth_mib)
+        measured = time.perf_counter()
         return PlanReply(
             vm=request.vm,
             source=source.host,
             dest=candidates[0] if candidates else None,
-            candidates=candidates,
+            candidates=candidates[:CANDIDATES_SHOWN],
             rejections=rejections,
             policy=request.options.policy,
             prediction=prediction,
             note=note,
+            candidate_count=len(candidates),
+            hosts_ranked=ranked,
+            placement_ms=round(1000 * (placed - started), 3),
+            measure_ms=round(1000 * (measured - measuring), 3),
         )
 
     def _live(self, session: Session) -> Session:
@@ -221,8 +236,15 @@ class SessionManager:
     async def all(self) -> list[Session]:
         return [self._live(s) for s in await self._store.all()]
 
+    def _located(self, vm: str) -> list[str] | None:
+        return self._locate(vm) if self._locate is not None else None
+
     def in_flight(self) -> list[Session]:
         return self._book.in_flight()
+
+    def on_admission_pass(self, hook: Callable[[float, int], None]) -> None:
+        """`hook(seconds, queued)` after each admission pass decided (for /metrics)."""
+        self._scheduler.on_pass(hook)
 
     def live_in_flight(self) -> list[Session]:
         """In flight, with the source's latest progress (for /metrics)."""

@@ -16,7 +16,7 @@ import structlog
 
 from ferry.coordinator import session_steps
 from ferry.coordinator.admission import Admit, Queued, Refuse, Slot, Wait, admit, inbound_room
-from ferry.coordinator.session_rules import host_facts, reported_demand, rules_for
+from ferry.coordinator.session_rules import FactsCache, host_facts, reported_demand, rules_for
 from ferry.coordinator.sessions.book import RecordBook, Superseded
 from ferry.coordinator.sessions.ports import Emit, Hosts, LimitsNow
 from ferry.proto.api import HostState
@@ -33,9 +33,11 @@ StartDriver = Callable[[str, list[str]], None]
 
 class Scheduler:
     def __init__(
-        self, book: RecordBook, hosts: Hosts, limits: LimitsNow, emit: Emit, wall: Callable[[], float] = time.time
+        self, book: RecordBook, hosts: Hosts, limits: LimitsNow, emit: Emit, wall: Callable[[], float] = time.time,
+        *, facts: FactsCache | None = None,
     ) -> None:
         self._book = book
+        self._facts = facts
         self._wall = wall
         self._hosts = hosts
         self._limits = limits
@@ -43,6 +45,11 @@ class Scheduler:
         self._log = structlog.get_logger().bind(component="sessions")
         self._slots: dict[str, Slot] = {}
         self._wake = asyncio.Event()
+        # Told how long each pass took to decide, and over how many queued sessions.
+        self._on_pass: Callable[[float, int], None] | None = None
+
+    def on_pass(self, hook: Callable[[float, int], None]) -> None:
+        self._on_pass = hook
 
     # ----- slots -----
 
@@ -75,6 +82,7 @@ class Scheduler:
                 self._log.exception("scheduling_failed")
 
     async def schedule(self, start_driver: StartDriver) -> None:
+        started = time.perf_counter()
         queued = [s for s in self._book.queued() if s.id not in self._slots]
         if not queued:
             return
@@ -107,7 +115,9 @@ class Scheduler:
                     rules=rules_for(s),
                 )
             )
-        decisions = admit(self._limits(), waiting, list(self._slots.values()), host_facts(hosts.values(), self._book.holding()))
+        decisions = admit(self._limits(), waiting, list(self._slots.values()), host_facts(hosts.values(), self._book.holding(), self._facts))
+        if self._on_pass is not None:
+            self._on_pass(time.perf_counter() - started, len(queued))
         by_id = {s.id: s for s in queued}
         # Take every slot before the first await: nothing else may count them meanwhile.
         for d in decisions:

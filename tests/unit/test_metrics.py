@@ -301,6 +301,6 @@ async def test_a_taken_port_is_an_error_in_the_log_and_nothing_else():
         holder.listen()
         address = f"127.0.0.1:{holder.getsockname()[1]}"
         with capture_logs() as logs:
-            await serve(address, new_registry("agent"), lambda: None, structlog.get_logger())
+            await serve(address, new_registry("agent"), structlog.get_logger())
     (event,) = [e for e in logs if e["event"] == "metrics_not_served"]
     assert event["log_level"] == "error" and event["address"] == address and event["error"] == "Address already in use"

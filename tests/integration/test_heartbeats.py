@@ -196,3 +196,29 @@ def test_agent_with_bad_config_exits_with_a_sentence(tmp_path):
     assert out.returncode == 2
     assert f"config file {bad} has a problem" in out.stderr and "$.host" in out.stderr and "host name" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+async def test_an_agent_sends_short_beats_once_asked_and_a_restarted_coordinator_gets_its_report(daemons, nats_server, tmp_path):
+    start_cluster(daemons, nats_server, tmp_path, hosts=("hv1",))
+    await wait_hosts(nats_server, all_up(["hv1"]), 15, "hv1 up")
+    nc = await connect_as(nats_server.url, "c-test", Role.COORDINATOR)
+    kinds: list[str] = []
+
+    async def heard(msg):
+        kinds.append(json.loads(msg.data)["type"])
+
+    try:
+        await nc.subscribe("ferry.host.hv1.status", cb=heard)
+        await asyncio.sleep(10 * INTERVAL)
+    finally:
+        await nc.close()
+    # The coordinator asked for a report, so the agent beats between full reports.
+    assert kinds.count("beat") >= 5 and kinds[-1] == "beat", kinds
+    hosts = await hosts_by_name(nats_server)
+    assert hosts["hv1"].state == HostState.UP and hosts["hv1"].last_seen_age < 3 * INTERVAL
+    # A coordinator that never saw the full report asks for it: hv1 is up there
+    # with its VM at once, not after the agent's next scheduled full report.
+    daemons.kill("coordinator")
+    daemons.start("coordinator", "ferry-coordinator", coordinator_toml(nats_server.url))
+    hosts = await wait_hosts(nats_server, all_up(["hv1"]), 10, "hv1 up at the restarted coordinator")
+    assert [vm.name for vm in hosts["hv1"].vms] == ["hv1-vm0"]

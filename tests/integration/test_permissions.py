@@ -3,6 +3,7 @@ writes: nobody acts on a message their identity may not send, and who asked is
 recorded from the subject NATS let them publish on."""
 
 import asyncio
+import json
 import time
 import uuid
 
@@ -17,7 +18,7 @@ from ferry.proto.api import MigrateRequest
 from ferry.proto.codec import encode
 from ferry.proto.drain import DrainRequest
 from ferry.proto.errors import ErrorCode, FerryError
-from ferry.proto.host import Capacity, HostStatus
+from ferry.proto.host import Capacity, HostStatus, ReportRequest
 from ferry.proto.limits import LimitsRequest
 from ferry.proto.session import SessionState
 from ferry.runtime.config import NatsSettings
@@ -142,8 +143,12 @@ async def _one_heartbeat(url, host: str) -> HostStatus:
     nc = await connect_as(url, "c-test", Role.COORDINATOR)
     try:
         sub = await nc.subscribe(subjects.host_status(host))
-        msg = await sub.next_msg(timeout=5)
-        return msgspec.json.decode(msg.data, type=HostStatus)
+        # Between full reports an agent sends short beats: ask for the report.
+        await nc.publish(subjects.agent_verb(host, "report"), encode(ReportRequest()))
+        while True:
+            msg = await sub.next_msg(timeout=5)
+            if json.loads(msg.data).get("type") == "status":
+                return msgspec.json.decode(msg.data, type=HostStatus)
     finally:
         await nc.close()
 

@@ -250,7 +250,10 @@ async def admission(run: Run, window: float) -> dict[str, Any]:
         holders = [await client.migrate(MigrateRequest(vm=f"slow{i:02d}-vm1")) for i in range(1, SLOW_SENDERS + 1)]
 
         async def migrating(c: FerryClient) -> bool:
-            return all((await c.session(s.id)).state == SessionState.MIGRATING for s in holders)
+            states = [(await c.session(s.id)).state for s in holders]
+            if any(state.terminal for state in states):
+                raise BenchError(f"a slow move that was to hold the cluster's slots ended: {states}")
+            return all(state == SessionState.MIGRATING for state in states)
 
         await until(migrating, run.url, 60, "the slow moves migrating")
         queued = []

@@ -111,6 +111,22 @@ def inbound_room(limits: Limits, slots: Iterable[Slot], host: str, *, ignoring: 
     return not load.inbound_full(host)
 
 
+def cluster_full(limits: Limits, slots: Iterable[Slot]) -> bool:
+    return Load.of(limits, slots).cluster_full()
+
+
+def cluster_waits(limits: Limits, slots: Iterable[Slot], session_ids: Iterable[str]) -> list[Decision]:
+    """With the cluster at its limit every queued session waits: no placement needed to say so."""
+    load = Load.of(limits, slots)
+    return [_cluster_wait(session_id, load) for session_id in session_ids]
+
+
+def _cluster_wait(session_id: str, load: Load) -> Wait:
+    return Wait(
+        session_id, "cluster_limit", f"{load.total} migrations are in flight; the cluster limit is {load.limits.cluster}"
+    )
+
+
 def admit(
     limits: Limits, queue: Iterable[Queued], slots: Iterable[Slot], hosts: Iterable[HostFacts]
 ) -> list[Decision]:
@@ -119,13 +135,7 @@ def admit(
     decisions: list[Decision] = []
     for session in sorted(queue, key=queue_order):
         if load.cluster_full():
-            decisions.append(
-                Wait(
-                    session.session_id,
-                    "cluster_limit",
-                    f"{load.total} migrations are in flight; the cluster limit is {limits.cluster}",
-                )
-            )
+            decisions.append(_cluster_wait(session.session_id, load))
             continue
         if load.outbound_full(session.source):
             decisions.append(

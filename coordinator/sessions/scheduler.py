@@ -15,11 +15,22 @@ import msgspec
 import structlog
 
 from ferry.coordinator import session_steps
-from ferry.coordinator.admission import Admit, Queued, Refuse, Slot, Wait, admit, inbound_room
+from ferry.coordinator.admission import (
+    Admit,
+    Decision,
+    Queued,
+    Refuse,
+    Slot,
+    Wait,
+    admit,
+    cluster_full,
+    cluster_waits,
+    inbound_room,
+)
 from ferry.coordinator.session_rules import FactsCache, host_facts, reported_demand, rules_for
 from ferry.coordinator.sessions.book import RecordBook, Superseded
 from ferry.coordinator.sessions.ports import Emit, Hosts, LimitsNow
-from ferry.proto.api import HostState
+from ferry.proto.api import HostState, HostView
 from ferry.proto.events import SessionWaiting
 from ferry.proto.session import Session, SessionCode, SessionOrigin, SessionState
 
@@ -87,7 +98,7 @@ class Scheduler:
         if not queued:
             return
         hosts = {h.host: h for h in self._hosts()}
-        waiting: list[Queued] = []
+        alive: list[tuple[Session, HostView]] = []
         now = self._wall()
         for s in queued:
             expired = session_steps.expired(s, now)
@@ -100,22 +111,15 @@ class Scheduler:
                     s, SessionCode.SOURCE_UNREACHABLE, f"{s.source} is lost while {s.vm} waited; its VMs cannot be live-migrated"
                 )
                 continue
-            waiting.append(
-                Queued(
-                    session_id=s.id,
-                    demand=dataclasses.replace(
-                        reported_demand(s.vm, source), vcpus=s.demand.vcpus, memory_mib=s.demand.memory_mib
-                    ),
-                    created_at=s.created_at,
-                    priority=s.options.priority,
-                    evacuation=s.origin == SessionOrigin.EVACUATION,
-                    dest=s.dest if s.dest_requested else None,
-                    hint=None if s.dest_requested else s.dest,
-                    avoid=frozenset([*s.avoid, *s.candidates_tried]),
-                    rules=rules_for(s),
-                )
-            )
-        decisions = admit(self._limits(), waiting, list(self._slots.values()), host_facts(hosts.values(), self._book.holding(), self._facts))
+            alive.append((s, source))
+        limits, slots = self._limits(), list(self._slots.values())
+        decisions: list[Decision]
+        if cluster_full(limits, slots):
+            # Nobody is admitted whatever the hosts say: no placement for a thousand queued sessions.
+            decisions = cluster_waits(limits, slots, [s.id for s, _source in alive])
+        else:
+            waiting = [_queued(s, source) for s, source in alive]
+            decisions = admit(limits, waiting, slots, host_facts(hosts.values(), self._book.holding(), self._facts))
         if self._on_pass is not None:
             self._on_pass(time.perf_counter() - started, len(queued))
         by_id = {s.id: s for s in queued}
@@ -163,3 +167,17 @@ class Scheduler:
             ended = await self._book.reload(session.id)
         await self._book.settle(ended)
 
+
+def _queued(s: Session, source: HostView) -> Queued:
+    """A queued session as admission sees it: its size as recorded, the rest as its source reports."""
+    return Queued(
+        session_id=s.id,
+        demand=dataclasses.replace(reported_demand(s.vm, source), vcpus=s.demand.vcpus, memory_mib=s.demand.memory_mib),
+        created_at=s.created_at,
+        priority=s.options.priority,
+        evacuation=s.origin == SessionOrigin.EVACUATION,
+        dest=s.dest if s.dest_requested else None,
+        hint=None if s.dest_requested else s.dest,
+        avoid=frozenset([*s.avoid, *s.candidates_tried]),
+        rules=rules_for(s),
+    )

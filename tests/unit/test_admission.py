@@ -10,6 +10,8 @@ from ferry.coordinator.admission import (
     Slot,
     Wait,
     admit,
+    cluster_full,
+    cluster_waits,
     inbound_room,
     queue_order,
 )
@@ -585,3 +587,13 @@ def test_named_destinations_also_keep_to_the_limits(seed):
     for session, dest in new:
         if session.dest is not None:
             assert dest == session.dest
+
+
+def test_with_the_cluster_full_every_session_waits_as_admission_would_say_without_placing_any():
+    limits = Limits(cluster=2)
+    held = slots(("hv1", "hv2"), ("hv3", "hv4"))
+    queue = [queued(f"s{i}", source=f"hv{i % 4 + 1}") for i in range(6)]
+    assert cluster_full(limits, held) and not cluster_full(limits, held[:1])
+    waits = cluster_waits(limits, held, [q.session_id for q in queue])
+    assert by_id(waits) == by_id(admit(limits, queue, held, [host("hv5"), host("hv6")]))
+    assert {w.code for w in waits} == {"cluster_limit"}

@@ -10,7 +10,7 @@ VENV_STAMP := $(VENV)/.installed
 # The libvirt version libvirt-python was last built against (rebuilt when it changes).
 LIBVIRT_PY_STAMP := $(VENV)/.libvirt-python-built-for
 
-.PHONY: all deps venv demo test test-unit test-integration test-lab bench bench-overhead bench-drain bench-convergence bench-lost-writes bench-history chaos clean lab-down
+.PHONY: all deps venv demo test test-unit test-integration test-lab bench bench-overhead bench-drain bench-convergence bench-lost-writes bench-history bench-scale chaos clean lab-down
 
 all: venv
 
@@ -71,6 +71,11 @@ bench-lost-writes: venv
 # (a nats-server and a coordinator of its own; no lab). ARGS="--sessions 5000".
 bench-history: venv
 	$(BIN)/python -m bench.sessions_history $(ARGS)
+
+# A leader and a standby against 500, 2,000 and 5,000 hosts (simulated: a
+# heartbeat generator and a fleet of simulated agents; no lab). ARGS="--hosts 1000".
+bench-scale: venv
+	$(BIN)/python -m bench.scale $(ARGS)
 
 # kill -9 the coordinator, agents and nats-server while guests move (20 rounds
 # each; `make test` runs a sample of 3). ARGS="--rounds 5 --seed 7" to vary.

@@ -111,8 +111,10 @@ class SimulatedHost:
     """What an agent sends, as agent/beats.py decides it: full reports until a
     coordinator asks for one, then short beats between full reports."""
 
-    def __init__(self, status: HostStatus) -> None:
-        status = msgspec.structs.replace(status, digest=report_digest(status))
+    def __init__(self, status: HostStatus, *, full_only: bool = False) -> None:
+        # An agent from before short beats sends no digest (so nobody asks it for anything).
+        status = msgspec.structs.replace(status, digest="" if full_only else report_digest(status))
+        self._full_only = full_only
         self.subject = subjects.host_status(status.host)
         self._full = Template(status)
         self._full_short = Template(msgspec.structs.replace(status, short_beats=True))
@@ -125,7 +127,8 @@ class SimulatedHost:
         self.seq = 0
 
     def ask(self) -> None:
-        self._beats.ask(True)
+        # An agent from before short beats sends its full report every time, asked or not.
+        self._beats.ask(not self._full_only)
 
     def next(self, now: float) -> bytes:
         self.seq += 1
@@ -137,9 +140,9 @@ class SimulatedHost:
 
 
 
-async def publish(url: str, hosts: list[str], interval: float, stop: asyncio.Event) -> int:
+async def publish(url: str, hosts: list[str], interval: float, stop: asyncio.Event, *, full_only: bool = False) -> int:
     """Heartbeats until `stop`; returns how many were sent."""
-    simulated = {host: SimulatedHost(host_status(host, interval)) for host in hosts}
+    simulated = {host: SimulatedHost(host_status(host, interval), full_only=full_only) for host in hosts}
     nc = await nats.connect(url, name="ferry-bench-heartbeats", max_reconnect_attempts=-1, pending_size=64 * 1024 * 1024)
 
     async def asked(msg) -> None:
@@ -181,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosts", type=int, required=True)
     parser.add_argument("--first", type=int, default=1, help="number of the first host")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between one host's heartbeats")
+    parser.add_argument(
+        "--full-only", action="store_true", help="full reports every time, as agents from before short beats (a baseline)"
+    )
     args = parser.parse_args(argv)
     hosts = [host_name(i) for i in range(args.first, args.first + args.hosts)]
 
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        return await publish(args.server, hosts, args.interval, stop)
+        return await publish(args.server, hosts, args.interval, stop, full_only=args.full_only)
 
     sent = asyncio.run(run())
     print(f"sent {sent} heartbeats for {len(hosts)} hosts", file=sys.stderr)

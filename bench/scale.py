@@ -18,7 +18,10 @@ measured. For each size it prints, for the leader and the standby:
   source agent is reported apart);
 - an admission pass with 1,000 queued sessions (the leader's
   `ferry_admission_pass_seconds`);
-- a drain of 20 hosts at once: sessions per second through the scheduler.
+- a drain of 20 hosts at once: sessions per second through the scheduler;
+- the baseline, in the same run: CPU at steady state when the same hosts send
+  their full report at every heartbeat (as agents did before short beats), and
+  the ratio of the two.
 
 Writes DIR/scale.json. Exit status 0 means every size was measured; the goals
 are printed beside the figures, not enforced (a benchmark, not a test).
@@ -125,6 +128,7 @@ class Run:
         conf.write_text(f'listen: 127.0.0.1:{port}\njetstream {{ store_dir: "{work / "js"}" }}\n')
         self.server = self._start([nats_server_binary(), "-c", str(conf)], "nats")
         self.coordinators: dict[str, Process] = {}
+        self.heartbeats: Process | None = None
 
     def _start(self, argv: list[str], name: str) -> Process:
         process = Process(argv, self.work / f"{name}.log")
@@ -156,9 +160,16 @@ class Run:
         self._start([sys.executable, "-m", "tests.support.fleet", "--config-dir", str(folder)], "fleet")
         return fast + slow
 
-    def start_heartbeats(self, count: int) -> None:
-        self._start([sys.executable, "-m", "bench.heartbeats", "--server", self.url, "--hosts", str(count),
-                     "--interval", str(self.interval)], "heartbeats")
+    def start_heartbeats(self, count: int, *, full_only: bool = False) -> None:
+        """The simulated hosts' heartbeats; `full_only`: as agents from before short beats (the baseline)."""
+        if self.heartbeats is not None:
+            self.heartbeats.stop()
+            self.processes.remove(self.heartbeats)
+        self.heartbeats = self._start(
+            [sys.executable, "-m", "bench.heartbeats", "--server", self.url, "--hosts", str(count),
+             "--interval", str(self.interval), *(["--full-only"] if full_only else [])],
+            "heartbeats-full" if full_only else "heartbeats",
+        )
 
 
 async def until(check, url: str, timeout: float, what: str, via: str = "", every: float = 0.25):
@@ -314,6 +325,14 @@ def measure(size: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         result["placement"] = {via: asyncio.run(placements(run.url, via, "sim01-vm1", args.placements)) for via in ("c1", "c2")}
         result["admission"] = asyncio.run(admission(run, 10.0))
         result["drain"] = asyncio.run(drain_throughput(run))
+        # The baseline, same run: the same hosts sending their full report every time.
+        run.start_heartbeats(size - len(fleet), full_only=True)
+        time.sleep(3 * args.interval)
+        result["steady_full_reports"] = steady_state(run, args.steady)
+        result["cpu_ratio"] = {
+            via: result["steady"][via]["cpu_percent"] / max(result["steady_full_reports"][via]["cpu_percent"], 0.01)
+            for via in ("c1", "c2")
+        }
         return result
     finally:
         run.stop()
@@ -339,6 +358,13 @@ def report(results: list[dict[str, Any]]) -> None:
                 f"{r['drain']['sessions_per_second']:.1f}" if leader else "",
             )
     console.print(table)
+    for r in results:
+        full = r["steady_full_reports"]
+        console.print(
+            f"{r['hosts']:,} hosts, baseline (full reports every heartbeat, same run): CPU leader "
+            f"{full['c1']['cpu_percent']:.1f} %, standby {full['c2']['cpu_percent']:.1f} %; ratio short beats / full: "
+            f"leader {r['cpu_ratio']['c1']:.2f}, standby {r['cpu_ratio']['c2']:.2f}"
+        )
     console.print(f"goals: {GOALS}; the dirty-rate measurement of a dry run (median ms): "
                   + ", ".join(f"{r['hosts']}: {r['placement']['c1']['measure_median_ms']:.0f}" for r in results))
 

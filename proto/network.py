@@ -54,11 +54,16 @@ class NetworkOffer:
     """A host's networks and devices by name, built once per report: placement
     asks thousands of hosts about one VM's interfaces."""
 
-    __slots__ = ("devices", "networks")
+    __slots__ = ("devices", "key", "networks")
 
     def __init__(self, offered: HostNetworks) -> None:
         self.networks = {n.name: n for n in offered.networks}
         self.devices = frozenset(offered.devices)
+        # Equal for hosts that offer the same: placement judges a VM's interfaces once per kind of host.
+        self.key = (
+            frozenset((n.name, n.active, frozenset(n.portgroups)) for n in offered.networks),
+            self.devices,
+        )
 
 
 def missing_attachments(needs: list[Attachment] | tuple[Attachment, ...], offered: HostNetworks | NetworkOffer) -> list[str]:

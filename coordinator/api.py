@@ -26,7 +26,7 @@ from ferry.coordinator import limits_keeper, session_store
 from ferry.coordinator.cordons import Cordons
 from ferry.coordinator.drains import draining_marks, find_drain
 from ferry.coordinator.event_history import EventHistory
-from ferry.coordinator.host_pages import hosts_page
+from ferry.coordinator.host_pages import hosts_page, reply_budget
 from ferry.coordinator.kv import WatchedBucket, replicas_of
 from ferry.coordinator.limits_keeper import LimitsKeeper
 from ferry.coordinator.session_archive import SessionArchive
@@ -235,9 +235,14 @@ class Api:
     # ----- reads -----
 
     async def _hosts(self, request: HostsRequest) -> HostsReply:
-        return hosts_page(
-            self._coordinator.views(), request, leader=self._leader_name(), answered_by=self._coordinator.name
+        coordinator = self._coordinator
+        # The page is chosen among the views as built (nothing copied for 5,000 hosts),
+        # then only its own hosts get their heartbeat age.
+        page = hosts_page(
+            coordinator.current_views(), request, leader=self._leader_name(), answered_by=coordinator.name,
+            max_bytes=reply_budget(coordinator.nc.max_payload),
         )
+        return msgspec.structs.replace(page, hosts=coordinator.with_ages(page.hosts))
 
     async def _sessions(self, request: SessionsRequest) -> SessionsReply:
         # The hot bucket whole (running and recently finished: small), the archive only as far as the page needs.

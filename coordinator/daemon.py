@@ -133,6 +133,10 @@ class Coordinator:
         to the next while nothing changed: what placement reads, thousands at a time."""
         return self._marked(self._registry.current_views())
 
+    def with_ages(self, views: list[HostView]) -> list[HostView]:
+        """These views with how long ago each host was heard from."""
+        return self._registry.with_ages(views, self._clock.monotonic())
+
     def _marked(self, views: list[HostView]) -> list[HostView]:
         marks = draining_marks(self._drain_records) if self._drain_records is not None else {}
         cordons = self._cordon_records.values() if self._cordon_records is not None else {}

@@ -13,6 +13,15 @@ from ferry.coordinator.session_pages import ENVELOPE_BYTES, MAX_REPLY_BYTES
 from ferry.proto.api import HostsReply, HostsRequest, HostState, HostView
 from ferry.proto.codec import encode
 
+# What a view grows by when its heartbeat age is filled in after the page was cut.
+AGE_BYTES = 16
+
+
+def reply_budget(max_payload: int) -> int:
+    """Bytes a page may take: most of what the server accepts (fewer round trips
+    for thousands of hosts), never more than MAX_REPLY_BYTES' double."""
+    return max(64 * 1024, min(int(max_payload * 0.9), 2 * MAX_REPLY_BYTES))
+
 
 def summary(view: HostView) -> HostView:
     """The view without its VM list (`vm_count` keeps how many run)."""
@@ -29,7 +38,7 @@ def hosts_page(
     size = ENVELOPE_BYTES + len(leader) + len(answered_by)
     for view in matching[start:]:
         shown = view if request.vms else summary(view)
-        cost = len(encode(shown)) + 1
+        cost = len(encode(shown)) + 1 + AGE_BYTES
         # One host always fits: a heartbeat is smaller than max_payload, and so is its view.
         if len(taken) >= request.limit or (taken and size + cost > max_bytes):
             break

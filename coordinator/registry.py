@@ -211,6 +211,15 @@ class Registry:
             for name in sorted(self._hosts)
         ]
 
+    def with_ages(self, views: list[HostView], now: float) -> list[HostView]:
+        """Views (of hosts held here) with `last_seen_age` filled in."""
+        return [
+            msgspec.structs.replace(v, last_seen_age=round(now - self._hosts[v.host].last_seen, 3))
+            if v.host in self._hosts
+            else v
+            for v in views
+        ]
+
     def current_views(self) -> list[HostView]:
         """Every host in name order, as built at its last report: the same objects
         until a report or a state changes them (placement caches by them), with

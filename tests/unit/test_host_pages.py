@@ -2,7 +2,7 @@
 
 import msgspec
 
-from ferry.coordinator.host_pages import hosts_page
+from ferry.coordinator.host_pages import hosts_page, reply_budget
 from ferry.coordinator.placement import Rejection, rejection_lines
 from ferry.proto.api import HostsReply, HostsRequest, HostState, HostView
 from ferry.proto.codec import encode
@@ -66,3 +66,12 @@ def test_a_dry_run_names_the_first_rejections_and_counts_the_rest_by_code():
     assert lines[:5] == [f"h{i}: why" for i in range(5)]
     assert lines[5] == "95 more hosts: no_capacity 63, host_draining 32"
     assert rejection_lines(rejections[:3], shown=5) == ["h0: why", "h1: why", "h2: why"]
+
+
+def test_a_page_cut_before_the_ages_are_filled_in_stays_under_the_cap():
+    views = [msgspec.structs.replace(view(f"gen{i:05d}"), last_seen_age=0.0) for i in range(1, 2001)]
+    cap = reply_budget(1024 * 1024)
+    page = hosts_page(views, HostsRequest(), leader="c1", answered_by="c1", max_bytes=cap)
+    aged = msgspec.structs.replace(page, hosts=[msgspec.structs.replace(h, last_seen_age=123456.789) for h in page.hosts])
+    assert page.more and len(encode(aged)) <= cap < 1024 * 1024
+    assert reply_budget(64 * 1024 * 1024) == 2 * 512 * 1024 and reply_budget(1000) == 64 * 1024

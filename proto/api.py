@@ -50,7 +50,7 @@ class HostsRequest(msgspec.Struct, frozen=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 100_000
 
 
-class HostView(msgspec.Struct, frozen=True):
+class HostView(msgspec.Struct, frozen=True, gc=False):
     host: HostName
     state: HostState
     health: HealthState

@@ -31,13 +31,13 @@ class HealthState(enum.StrEnum):
 _HEALTH_RANK = {HealthState.OK: 0, HealthState.WARNING: 1, HealthState.CRITICAL: 2}
 
 
-class HealthCheck(msgspec.Struct, frozen=True):
+class HealthCheck(msgspec.Struct, frozen=True, gc=False):
     name: str
     state: HealthState
     message: str = ""
 
 
-class Versions(msgspec.Struct, frozen=True):
+class Versions(msgspec.Struct, frozen=True, gc=False):
     libvirt: str = ""
     qemu: str = ""
     agent: str = ""
@@ -50,7 +50,7 @@ class VmState(enum.StrEnum):
     OTHER = "other"
 
 
-class VmInfo(msgspec.Struct, frozen=True):
+class VmInfo(msgspec.Struct, frozen=True, gc=False):
     name: VmName
     uuid: str = ""
     vcpus: NonNegative = 0
@@ -61,7 +61,7 @@ class VmInfo(msgspec.Struct, frozen=True):
     attachments: list[Attachment] = []
 
 
-class UnreadableVm(msgspec.Struct, frozen=True):
+class UnreadableVm(msgspec.Struct, frozen=True, gc=False):
     """A domain the agent could not describe: reported so nobody wonders where it went."""
 
     # As the hypervisor names it, cut to a length any peer accepts.
@@ -69,7 +69,7 @@ class UnreadableVm(msgspec.Struct, frozen=True):
     reason: Annotated[str, msgspec.Meta(max_length=1000)]
 
 
-class Capacity(msgspec.Struct, frozen=True):
+class Capacity(msgspec.Struct, frozen=True, gc=False):
     cpus: NonNegative
     memory_total_mib: NonNegative
     memory_free_mib: NonNegative
@@ -78,7 +78,7 @@ class Capacity(msgspec.Struct, frozen=True):
     memory_used_mib: NonNegative = 0
 
 
-class HostStatus(msgspec.Struct, frozen=True, tag="status"):
+class HostStatus(msgspec.Struct, frozen=True, gc=False, tag="status"):
     host: HostName
     # Increases by one per heartbeat of one agent process; `boot_id` changes
     # when the agent restarts, so a lower seq from a new boot is not stale.
@@ -148,7 +148,7 @@ def report_digest(status: HostStatus) -> str:
     return hashlib.blake2b(msgspec.json.encode(status.digest_key()), digest_size=12).hexdigest()
 
 
-class HostBeat(msgspec.Struct, frozen=True, tag="beat"):
+class HostBeat(msgspec.Struct, frozen=True, gc=False, tag="beat"):
     """The short heartbeat: the agent is alive, and its report is still the one
     whose digest this names. Sent between full reports once a coordinator asked
     for them (ReportRequest): at 5,000 hosts the coordinator then decodes a few

@@ -18,7 +18,7 @@ class AttachmentKind(enum.StrEnum):
     DIRECT = "direct"  # macvtap on a host device
 
 
-class Attachment(msgspec.Struct, frozen=True):
+class Attachment(msgspec.Struct, frozen=True, gc=False):
     """What one interface of a VM needs. `kind` stays a string on the wire so a
     newer agent's kinds still decode; kinds this code does not know are not judged."""
 
@@ -27,13 +27,13 @@ class Attachment(msgspec.Struct, frozen=True):
     portgroup: str = ""
 
 
-class LibvirtNetwork(msgspec.Struct, frozen=True):
+class LibvirtNetwork(msgspec.Struct, frozen=True, gc=False):
     name: str
     active: bool = True
     portgroups: list[str] = []
 
 
-class HostNetworks(msgspec.Struct, frozen=True):
+class HostNetworks(msgspec.Struct, frozen=True, gc=False):
     """What a host offers interfaces: its libvirt networks (defined, active or not)
     and its network devices (bridges, and devices for direct attachments; the
     taps libvirt makes for guests are left out)."""

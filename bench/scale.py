@@ -47,6 +47,7 @@ from bench.heartbeats import host_name
 from bench.sessions_history import Process, nats_server_binary
 from ferry.cli.client import FerryClient
 from ferry.lab.nats import free_ports, wait_jetstream
+from ferry.lab.processes import cpu_seconds, rss_mib
 from ferry.proto.api import MigrateRequest
 from ferry.proto.drain import DrainRequest, DrainState, ItemState
 from ferry.proto.errors import FerryError
@@ -81,19 +82,7 @@ request_timeout = 10.0
 """
 
 
-# ---- reading a process ------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+# ---- reading a coordinator ----------------------------------------------------------
 
 
 def scrape(port: int) -> str:

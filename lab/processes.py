@@ -146,3 +146,18 @@ def last_line(path: Path, lines: int = 1) -> str:
         return "(no log written)"
     tail = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
     return " | ".join(tail) if tail else "(log is empty)"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads included."""
+    # The command name (field 2) may hold spaces; count fields after its ")".
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, in MiB (0 when /proc does not say)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0

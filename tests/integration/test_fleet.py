@@ -4,14 +4,13 @@ bench/scale measures 5,000; this checks what must hold at any size."""
 
 import asyncio
 import json
-import os
 import time
-from pathlib import Path
 
 import pytest
 
 from ferry.cli.client import FerryClient
 from ferry.coordinator.session_history import max_overlap
+from ferry.lab.processes import cpu_seconds, rss_mib
 from ferry.proto.api import HostsReply, HostsRequest, MigrateRequest, SessionsRequest
 from ferry.proto.codec import Decoder, encode
 from ferry.proto.drain import DrainRequest, DrainsRequest, DrainState, ItemState
@@ -25,20 +24,6 @@ pytestmark = pytest.mark.integration
 
 HOSTS = 500
 VMS_PER_HOST = 10
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads included."""
-    # The command name (field 2) may hold spaces; count fields after its ")".
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def reply_sizes(client: FerryClient, verb: str, request) -> list[int]:

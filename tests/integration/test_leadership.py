@@ -3,7 +3,6 @@ simulated hypervisor backend. The lab (tests/lab/test_leadership_lab.py) shows
 the same with real guests."""
 
 import asyncio
-import os
 import signal
 import time
 
@@ -11,6 +10,7 @@ import pytest
 
 from ferry.cli.client import FerryClient
 from ferry.coordinator.session_history import max_overlap
+from ferry.lab.processes import cpu_seconds
 from ferry.proto.api import MigrateRequest
 from ferry.proto.drain import DrainRequest, DrainState
 from ferry.proto.leader import Role
@@ -45,11 +45,6 @@ async def settled_leader(client: FerryClient) -> str:
         return status.leader.holder if status.leader is not None and names == set(NAMES) else None
 
     return await eventually(probe, timeout=20, what="a leader and two coordinators")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def test_the_standby_takes_over_a_killed_leader_and_announces_it(daemons, nats_server, tmp_path):

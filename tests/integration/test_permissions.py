@@ -12,6 +12,7 @@ import nats
 import nats.errors
 import pytest
 
+from ferry.lab.processes import rss_mib
 from ferry.proto import subjects
 from ferry.proto.agent import SessionResult
 from ferry.proto.api import MigrateRequest
@@ -254,14 +255,6 @@ async def test_a_forged_session_result_from_another_host_does_not_change_the_ses
 
 async def _has(client, host, vm) -> bool:
     return vm in (await vms_by_host(client))[host]
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 async def test_a_flood_of_forged_session_ids_costs_the_coordinator_no_memory(daemons, nats_server, tmp_path):

@@ -76,7 +76,7 @@ def _host_row(h: HostView) -> list[str | Text]:
         health,
         f"{cap.vcpus_used}/{cap.cpus}",
         f"{cap.memory_used_mib}/{cap.memory_total_mib}",
-        # A summary leaves the VM list out; a coordinator from before counts sends none.
+        # A summary leaves the VM list out; a coordinator from before vm_count sends none.
         str(max(h.vm_count, sum(1 for vm in h.vms if vm.state in ("running", "paused")))),
         plain(h.versions.libvirt or "-"),
         plain(h.versions.qemu or "-"),

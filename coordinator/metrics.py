@@ -215,8 +215,8 @@ class CoordinatorMetrics(SnapshotMetrics[CoordinatorSnapshot]):
             "ferry_admission_last_pass_seconds", "How long the last admission pass took to decide.", registry=self.registry
         )
 
-    def admission_pass(self, seconds: float, queued: int) -> None:
-        """The leader's hook after each admission pass over `queued` sessions."""
+    def admission_pass(self, seconds: float) -> None:
+        """The leader's hook after each admission pass with sessions queued."""
         self._admission.observe(seconds)
         self._last_admission.set(seconds)
 

@@ -98,10 +98,7 @@ class Registry:
         refusal = heartbeat_problem(record.status if record else None, status, now - record.last_seen if record else 0.0)
         if refusal is not None:
             # A host not known yet stays unknown: nothing is kept for it (and nothing said).
-            if record is None or record.refused == refusal.kind:
-                return []
-            record.refused = refusal.kind
-            return [HeartbeatRefused(host=status.host, reason=refusal.reason)]
+            return _refused(record, refusal) if record is not None else []
         if record is None:
             if len(self._hosts) >= MAX_HOSTS:
                 return []
@@ -113,14 +110,9 @@ class Registry:
         if record.status.vms != status.vms:
             self._index(status.host, record.status.vms, status.vms)
         record.status = status
-        record.last_seen = now
-        record.refused = ""
         record.rejected_vms = list(rejected_vms or [])
         record.view = None
-        if record.state == HostState.LOST:
-            record.state = HostState.UP
-            return [HostReturned(host=status.host)]
-        return []
+        return _seen(record, now)
 
     def beat(self, beat: HostBeat, now: float) -> tuple[bool, list[CoordinatorEvent]]:
         """A short heartbeat: believed when it vouches for the report held (same
@@ -132,20 +124,12 @@ class Registry:
             return False, []
         refusal = heartbeat_problem(record.status, beat, now - record.last_seen)
         if refusal is not None:
-            if record.refused == refusal.kind:
-                return True, []
-            record.refused = refusal.kind
-            return True, [HeartbeatRefused(host=beat.host, reason=refusal.reason)]
-        if beat.seq <= record.status.seq:
-            return True, []  # late: one held is newer
+            return True, _refused(record, refusal)
+        if _is_stale(record.status, beat):
+            return True, []
+        # The view shows neither the sequence nor the send time: it stays as built.
         record.status = msgspec.structs.replace(record.status, seq=beat.seq, sent_at=beat.sent_at)
-        record.last_seen = now
-        record.refused = ""
-        if record.state == HostState.LOST:
-            record.state = HostState.UP
-            record.view = None
-            return True, [HostReturned(host=beat.host)]
-        return True, []
+        return True, _seen(record, now)
 
     def sweep(self, now: float) -> list[CoordinatorEvent]:
         events: list[CoordinatorEvent] = []
@@ -206,10 +190,7 @@ class Registry:
 
     def views(self, now: float) -> list[HostView]:
         """Every host in name order, with how long ago each was heard from."""
-        return [
-            msgspec.structs.replace(self.current_view(name), last_seen_age=round(now - self._hosts[name].last_seen, 3))
-            for name in sorted(self._hosts)
-        ]
+        return self.with_ages(self.current_views(), now)
 
     def with_ages(self, views: list[HostView], now: float) -> list[HostView]:
         """Views (of hosts held here) with `last_seen_age` filled in."""
@@ -227,8 +208,8 @@ class Registry:
         return [self.current_view(name) for name in sorted(self._hosts)]
 
     def view(self, host: str, now: float) -> HostView:
-        record = self._hosts[host]
-        return msgspec.structs.replace(self.current_view(host), last_seen_age=round(now - record.last_seen, 3))
+        (view,) = self.with_ages([self.current_view(host)], now)
+        return view
 
     def current_view(self, host: str) -> HostView:
         record = self._hosts[host]
@@ -266,7 +247,26 @@ def _build_view(host: str, record: HostRecord) -> HostView:
     )
 
 
-def _is_stale(current: HostStatus, incoming: HostStatus) -> bool:
+def _refused(record: HostRecord, refusal: Refusal) -> list[CoordinatorEvent]:
+    """A heartbeat of a known host not believed: said once per kind of refusal."""
+    if record.refused == refusal.kind:
+        return []
+    record.refused = refusal.kind
+    return [HeartbeatRefused(host=record.status.host, reason=refusal.reason)]
+
+
+def _seen(record: HostRecord, now: float) -> list[CoordinatorEvent]:
+    """A heartbeat believed (a full report or a short beat): the host is heard from now."""
+    record.last_seen = now
+    record.refused = ""
+    if record.state == HostState.LOST:
+        record.state = HostState.UP
+        record.view = None
+        return [HostReturned(host=record.status.host)]
+    return []
+
+
+def _is_stale(current: HostStatus, incoming: HostStatus | HostBeat) -> bool:
     """A heartbeat older than the one we hold, from the same agent process
     (buffered heartbeats can arrive late after a reconnect)."""
     return incoming.boot_id == current.boot_id and incoming.seq <= current.seq

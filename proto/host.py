@@ -133,7 +133,6 @@ class HostStatus(msgspec.Struct, frozen=True, gc=False, tag="status"):
         return (
             *self.content_key(),
             self.capacity.memory_free_mib // 1024,
-            self.capacity.memory_total_mib,
             self.interval,
             self.host_uuid,
             self.cpu_model,

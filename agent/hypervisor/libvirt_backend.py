@@ -51,6 +51,13 @@ MAX_CONCURRENT_MIGRATIONS = 16
 MIB = 1024 * 1024
 # Why an incoming domain waits paused: QEMU started with -incoming, memory not yet all here.
 INCOMING_PAUSE_REASONS = (libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP)
+# (state, reason) of a domain a migration is still coming into: waiting for its
+# memory, or running post-copy (or paused in it) while pages still arrive.
+INCOMING_STATES = frozenset({
+    *((libvirt.VIR_DOMAIN_PAUSED, reason) for reason in INCOMING_PAUSE_REASONS),
+    (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY),
+    (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY),
+})
 # A dirty-rate measurement is given this long beyond its own seconds to report.
 MEASURE_GRACE_SECONDS = 3.0
 MEASURE_POLL_SECONDS = 0.1
@@ -518,10 +525,6 @@ def _job_stats(dom: libvirt.virDomain) -> JobStats:
             return {"type": libvirt.VIR_DOMAIN_JOB_NONE}  # defined, shut off: no job can run
         if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_UNSUPPORTED:
             raise
-        state, reason = dom.state()
-        incoming = (state == libvirt.VIR_DOMAIN_PAUSED and reason in INCOMING_PAUSE_REASONS) or (
-            state == libvirt.VIR_DOMAIN_RUNNING and reason == libvirt.VIR_DOMAIN_RUNNING_POSTCOPY
-        ) or (state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)
-        if not incoming:
+        if tuple(dom.state()) not in INCOMING_STATES:
             raise
         return {"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED, "incoming": True}

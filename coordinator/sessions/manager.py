@@ -242,8 +242,8 @@ class SessionManager:
     def in_flight(self) -> list[Session]:
         return self._book.in_flight()
 
-    def on_admission_pass(self, hook: Callable[[float, int], None]) -> None:
-        """`hook(seconds, queued)` after each admission pass decided (for /metrics)."""
+    def on_admission_pass(self, hook: Callable[[float], None]) -> None:
+        """`hook(seconds)` after each admission pass decided (for /metrics)."""
         self._scheduler.on_pass(hook)
 
     def live_in_flight(self) -> list[Session]:

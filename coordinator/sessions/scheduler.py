@@ -56,10 +56,10 @@ class Scheduler:
         self._log = structlog.get_logger().bind(component="sessions")
         self._slots: dict[str, Slot] = {}
         self._wake = asyncio.Event()
-        # Told how long each pass took to decide, and over how many queued sessions.
-        self._on_pass: Callable[[float, int], None] | None = None
+        # Told how long each pass with sessions queued took to decide.
+        self._on_pass: Callable[[float], None] | None = None
 
-    def on_pass(self, hook: Callable[[float, int], None]) -> None:
+    def on_pass(self, hook: Callable[[float], None]) -> None:
         self._on_pass = hook
 
     # ----- slots -----
@@ -121,7 +121,7 @@ class Scheduler:
             waiting = [_queued(s, source) for s, source in alive]
             decisions = admit(limits, waiting, slots, host_facts(hosts.values(), self._book.holding(), self._facts))
         if self._on_pass is not None:
-            self._on_pass(time.perf_counter() - started, len(queued))
+            self._on_pass(time.perf_counter() - started)
         by_id = {s.id: s for s in queued}
         # Take every slot before the first await: nothing else may count them meanwhile.
         for d in decisions:

@@ -103,8 +103,8 @@ def print_hosts(reply: HostsReply, console: Console) -> None:
 
 
 async def _cmd_hosts(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
-    # The table shows counts, never the VM lists: thousands of hosts stay a few small replies.
-    reply = await client.hosts(HostsRequest(vms=args.json and not args.summary))
+    # Counts, not VM lists, unless asked: thousands of hosts stay a few small replies.
+    reply = await client.hosts(HostsRequest(vms=args.json and args.vms))
     if args.json:
         print_json(reply)
     else:
@@ -415,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     hosts = sub.add_parser("hosts", help="list hosts with state, health and capacity")
     hosts.add_argument("--json", action="store_true", help="machine-readable output")
     hosts.add_argument(
-        "--summary", action="store_true", help="with --json: leave each host's VM list out (vm_count says how many run)"
+        "--vms", action="store_true",
+        help="with --json: each host's VM list too (without it, vm_count says how many run: small at any fleet size)",
     )
     hosts.set_defaults(run=_cmd_hosts)
 

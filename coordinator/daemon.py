@@ -140,6 +140,8 @@ class Coordinator:
     def _marked(self, views: list[HostView]) -> list[HostView]:
         marks = draining_marks(self._drain_records) if self._drain_records is not None else {}
         cordons = self._cordon_records.values() if self._cordon_records is not None else {}
+        if not marks and not cordons:
+            return views
         return with_cordons(
             [msgspec.structs.replace(v, draining=True, drain_reason=marks[v.host]) if v.host in marks else v for v in views],
             cordons,

@@ -5,7 +5,6 @@ an operator can see why a VM did not go where they expected.
 """
 
 import functools
-from collections import Counter
 from dataclasses import dataclass, field
 
 from ferry.proto.host import HealthState, version_tuple
@@ -146,12 +145,24 @@ def score(vm: VmDemand, host: HostFacts, rules: PlacementRules) -> float:
 
 
 def _score(vm: VmDemand, host: HostFacts, rules: PlacementRules, available_mib: int, unreachable: frozenset[str]) -> float:
-    memory_left = (available_mib - vm.memory_mib) / max(host.memory_total_mib, 1)
-    vcpu_limit = host.cpus * rules.cpu_allocation_ratio
-    vcpu_left = (vcpu_limit - host.vcpus_used - host.reserved_vcpus - vm.vcpus) / max(vcpu_limit, 1)
+    return room_score(
+        available_mib, host.memory_total_mib, host.vcpus_used + host.reserved_vcpus, host.cpus * rules.cpu_allocation_ratio,
+        vm.memory_mib, vm.vcpus, copies=bool(unreachable),
+    )
+
+
+def room_score(
+    available_mib: int, total_mib: int, vcpus_held: int, vcpu_limit: float, memory_mib: int, vcpus: int, *, copies: bool
+) -> float:
+    """The score of a host that can take the VM: the share of its memory and of its
+    vCPU allowance left after it, and whether its disks need no copy."""
     # Shared storage beats copying disks: less data to move.
-    no_copy = 0.0 if unreachable else 1.0
-    return round(0.6 * memory_left + 0.3 * vcpu_left + 0.1 * no_copy, 6)
+    return round(
+        0.6 * (available_mib - memory_mib) / (total_mib if total_mib > 1 else 1)
+        + 0.3 * (vcpu_limit - vcpus_held - vcpus) / (vcpu_limit if vcpu_limit > 1 else 1)
+        + (0.0 if copies else 0.1),
+        6,
+    )
 
 
 def rank(vm: VmDemand, hosts: list[HostFacts], rules: PlacementRules = PlacementRules()) -> Ranking:
@@ -192,17 +203,7 @@ def rank(vm: VmDemand, hosts: list[HostFacts], rules: PlacementRules = Placement
         ):
             rejections.append(judge(vm, h, rules))
             continue
-        vcpu_limit = h.cpus * ratio
-        total = h.memory_total_mib
-        choices.append((
-            h.name,
-            round(
-                0.6 * (have - memory) / (total if total > 1 else 1)
-                + 0.3 * (vcpu_limit - vcpus_used - vcpus) / (vcpu_limit if vcpu_limit > 1 else 1)
-                + (0.0 if unreachable else 0.1),
-                6,
-            ),
-        ))
+        choices.append((h.name, room_score(have, h.memory_total_mib, vcpus_used, h.cpus * ratio, memory, vcpus, copies=bool(unreachable))))
     choices.sort(key=lambda c: (-c[1], c[0]))
     return Ranking(choices=choices, rejections=rejections)
 
@@ -210,14 +211,3 @@ def rank(vm: VmDemand, hosts: list[HostFacts], rules: PlacementRules = Placement
 # A dry run over thousands of hosts shows the best few and why the first few others
 # would not do; the rest are counted (a reply stays far below NATS's max_payload).
 CANDIDATES_SHOWN = 20
-REJECTIONS_SHOWN = 20
-
-
-def rejection_lines(rejections: list[Rejection], shown: int = REJECTIONS_SHOWN) -> list[str]:
-    """One sentence per rejected host, the first `shown`; then one line counting the rest by code."""
-    lines = [f"{r.host}: {r.reason}" for r in rejections[:shown]]
-    rest = Counter(r.code for r in rejections[shown:])
-    if rest:
-        counts = ", ".join(f"{code} {n:,}" for code, n in sorted(rest.items(), key=lambda item: (-item[1], item[0])))
-        lines.append(f"{sum(rest.values()):,} more hosts: {counts}")
-    return lines

@@ -83,8 +83,11 @@ class Registry:
         # Until then no host can be declared lost (see restart_clocks).
         self._quiet_until = float("-inf")
         # VM name -> the hosts whose report lists it: finding a VM among 50,000
-        # without reading every report.
-        self._where: dict[str, set[str]] = {}
+        # without reading every report. Tuples of names, as the cycle collector
+        # stops tracking those (50,000 sets would make each full collection longer).
+        self._where: dict[str, tuple[str, ...]] = {}
+        # Host names in order, kept until a new host appears.
+        self._names: list[str] | None = None
 
     def timeout_for(self, status: HostStatus) -> float:
         if self._timeout is not None:
@@ -103,6 +106,7 @@ class Registry:
             if len(self._hosts) >= MAX_HOSTS:
                 return []
             self._hosts[status.host] = HostRecord(status=status, last_seen=now, rejected_vms=list(rejected_vms or []))
+            self._names = None
             self._index(status.host, [], status.vms)
             return [HostAppeared(host=status.host)]
         if _is_stale(record.status, status):
@@ -111,7 +115,7 @@ class Registry:
             self._index(status.host, record.status.vms, status.vms)
         record.status = status
         record.rejected_vms = list(rejected_vms or [])
-        record.view = None
+        _rebuild_view(record)
         return _seen(record, now)
 
     def beat(self, beat: HostBeat, now: float) -> tuple[bool, list[CoordinatorEvent]]:
@@ -175,14 +179,19 @@ class Registry:
         return len(self._hosts)
 
     def _index(self, host: str, before: list[VmInfo], after: list[VmInfo]) -> None:
+        where = self._where
         for vm in before:
-            hosts = self._where.get(vm.name)
+            hosts = where.get(vm.name)
             if hosts is not None:
-                hosts.discard(host)
-                if not hosts:
-                    del self._where[vm.name]
+                left = tuple(h for h in hosts if h != host)
+                if left:
+                    where[vm.name] = left
+                else:
+                    del where[vm.name]
         for vm in after:
-            self._where.setdefault(vm.name, set()).add(host)
+            hosts = where.get(vm.name, ())
+            if host not in hosts:
+                where[vm.name] = (*hosts, host)
 
     def reporting(self, vm: str) -> list[str]:
         """The hosts whose last report lists a VM of that name (any state)."""
@@ -205,7 +214,10 @@ class Registry:
         """Every host in name order, as built at its last report: the same objects
         until a report or a state changes them (placement caches by them), with
         `last_seen_age` left at 0."""
-        return [self.current_view(name) for name in sorted(self._hosts)]
+        if self._names is None:
+            self._names = sorted(self._hosts)
+        hosts = self._hosts
+        return [hosts[name].view or self.current_view(name) for name in self._names]
 
     def view(self, host: str, now: float) -> HostView:
         (view,) = self.with_ages([self.current_view(host)], now)
@@ -245,6 +257,17 @@ def _build_view(host: str, record: HostRecord) -> HostView:
         peer_uri=status.peer_uri,
         vm_count=sum(1 for vm in status.vms if vm.state in (VmState.RUNNING, VmState.PAUSED)),
     )
+
+
+def _rebuild_view(record: HostRecord) -> None:
+    """After a full report: a view equal to the one held is kept, so that what
+    caches by view (placement's facts and index) does nothing for a report that
+    only repeats itself, as most do."""
+    held = record.view
+    record.view = None
+    if held is not None:
+        fresh = _build_view(held.host, record)
+        record.view = held if fresh == held else fresh
 
 
 def _refused(record: HostRecord, refusal: Refusal) -> list[CoordinatorEvent]:

@@ -50,7 +50,7 @@ def wait_hosts(lab: Lab, check, what: str, timeout: float = 60.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            hosts = {h["host"]: h for h in json.loads(ferry(lab, "hosts", "--json", show=False))["hosts"]}
+            hosts = {h["host"]: h for h in json.loads(ferry(lab, "hosts", "--json", "--vms", show=False))["hosts"]}
             if check(hosts):
                 return hosts
         except LabError:

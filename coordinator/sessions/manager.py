@@ -18,13 +18,14 @@ import msgspec
 import structlog
 
 from ferry.coordinator.cordons import refuse_cordoned_dest
-from ferry.coordinator.placement import CANDIDATES_SHOWN, rank, rejection_lines
+from ferry.coordinator.placement import CANDIDATES_SHOWN, PlacementRules, VmDemand
+from ferry.coordinator.placement_index import PlacementIndex, Shortlist, shortlist_lines
 from ferry.coordinator.session_rules import (
     FactsCache,
     check_named_dest,
     check_policy,
     find_source,
-    host_facts,
+    held_room,
     prediction_for,
     reported_demand,
     rules_for,
@@ -38,7 +39,7 @@ from ferry.coordinator.sessions.sharing import BandwidthShare
 from ferry.coordinator.transitions import advance
 from ferry.proto import subjects
 from ferry.proto.agent import MeasureRequest, SessionProgress, SessionRef, SessionSteered, SessionUpdate
-from ferry.proto.api import BandwidthChange, DowntimeChange, MigrateRequest, PlanReply
+from ferry.proto.api import BandwidthChange, DowntimeChange, HostView, MigrateRequest, PlanReply
 from ferry.proto.codec import Decoder
 from ferry.proto.errors import ErrorCode, FerryError
 from ferry.proto.limits import Limits
@@ -69,6 +70,7 @@ class SessionManager:
         # The hosts whose reports list a VM (the registry's index); None: look through them all.
         self._locate = locate
         self._facts = FactsCache()
+        self._index = PlacementIndex()
         self._emit = emit
         self._clock = clock
         self._log = structlog.get_logger().bind(component="sessions")
@@ -187,12 +189,11 @@ class SessionManager:
         if request.dest is not None:
             check_named_dest(request.dest, source.host, hosts)
             refuse_cordoned_dest(request.dest, hosts)
-            candidates, rejections, ranked = [request.dest], [], 1
+            candidates, rejections, ranked, candidate_count = [request.dest], [], 1, 1
         else:
-            ranking = rank(reported_demand(request.vm, source), host_facts(hosts, self.holding(), self._facts), rules_for(draft))
-            candidates = [name for name, _score in ranking.choices]
-            rejections = rejection_lines([r for r in ranking.rejections if r.code != "same_host"])
-            ranked = len(ranking.choices) + len(ranking.rejections)
+            short = self._shortlist(reported_demand(request.vm, source), hosts, rules_for(draft))
+            candidates = [name for name, _score in short.choices]
+            rejections, ranked, candidate_count = shortlist_lines(short), short.hosts, short.candidate_count
         placed = time.perf_counter()
         vm = await self._agents.describe(source.host, request.vm)
         note, prediction = "", None
@@ -213,11 +214,28 @@ class SessionManager:
             policy=request.options.policy,
             prediction=prediction,
             note=note,
-            candidate_count=len(candidates),
+            candidate_count=candidate_count,
             hosts_ranked=ranked,
             placement_ms=round(1000 * (placed - started), 3),
             measure_ms=round(1000 * (measured - measuring), 3),
         )
+
+    def _shortlist(self, vm: VmDemand, hosts: list[HostView], rules: PlacementRules) -> Shortlist:
+        """The best hosts for `vm` from the placement index, kept up to date with the
+        views (only hosts whose view is a new object are sorted again)."""
+        self._index.sync(self._facts.all(hosts))
+        if self._locate is not None:
+            locate = self._locate
+
+            def reports(host: str, vm: str) -> bool:
+                return host in locate(vm)
+        else:
+            by_name = {h.host: h for h in hosts}
+
+            def reports(host: str, vm: str) -> bool:
+                return host in by_name and any(v.name == vm for v in by_name[host].vms)
+
+        return self._index.shortlist(vm, rules, held_room(self.holding(), reports), CANDIDATES_SHOWN)
 
     def _live(self, session: Session) -> Session:
         live = self._driver.progress(session.id)

@@ -32,7 +32,7 @@ def ferry_as_viewer(url, *args: str) -> CliResult:
 
 
 def hosts_json(url) -> dict:
-    shown = ferry(url, "hosts", "--json")
+    shown = ferry(url, "hosts", "--json", "--vms")
     assert shown.code == 0, shown.stderr
     return {h.host: h for h in msgspec.json.decode(shown.stdout, type=HostsReply).hosts}
 

@@ -14,7 +14,7 @@ FERRY = str(Path(sys.executable).parent / "ferry")
 
 
 def ferry_hosts(lab) -> dict:
-    out = subprocess.run([FERRY, *lab.cli_args(), "hosts", "--json"],
+    out = subprocess.run([FERRY, *lab.cli_args(), "hosts", "--json", "--vms"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     return {h["host"]: h for h in json.loads(out.stdout)["hosts"]}

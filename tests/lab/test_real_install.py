@@ -51,7 +51,7 @@ async def test_vm_names_with_dots_are_listed_moved_and_drained(lab_with_ferry: L
         await eventually(lambda: reported_running(client, "hv1", names), timeout=20, what="hv1 reporting both guests")
         shown = ferry(lab, "hosts")
         assert shown.code == 0 and re.search(r"^hv1\s+up\s", shown.stdout, re.M), shown.stdout + shown.stderr
-        listed = ferry(lab, "hosts", "--json")
+        listed = ferry(lab, "hosts", "--json", "--vms")
         (hv1,) = [h for h in json.loads(listed.stdout)["hosts"] if h["host"] == "hv1"]
         assert set(names) <= {vm["name"] for vm in hv1["vms"]} and hv1["state"] == "up" and not hv1["vm_problems"]
 

@@ -3,7 +3,6 @@
 import msgspec
 
 from ferry.coordinator.host_pages import hosts_page, reply_budget
-from ferry.coordinator.placement import Rejection, rejection_lines
 from ferry.proto.api import HostsReply, HostsRequest, HostState, HostView
 from ferry.proto.codec import encode
 from ferry.proto.host import Capacity, HealthState, VmInfo
@@ -58,14 +57,6 @@ def test_limit_lost_hosts_and_a_cursor_between_names():
 def test_one_host_bigger_than_the_cap_still_comes_alone():
     page = hosts_page([view("big", vms=50), view("next")], HostsRequest(), leader="", answered_by="c1", max_bytes=100)
     assert [h.host for h in page.hosts] == ["big"] and page.more and page.next_after == "big"
-
-
-def test_a_dry_run_names_the_first_rejections_and_counts_the_rest_by_code():
-    rejections = [Rejection(f"h{i}", "no_capacity" if i % 3 else "host_draining", "why") for i in range(100)]
-    lines = rejection_lines(rejections, shown=5)
-    assert lines[:5] == [f"h{i}: why" for i in range(5)]
-    assert lines[5] == "95 more hosts: no_capacity 63, host_draining 32"
-    assert rejection_lines(rejections[:3], shown=5) == ["h0: why", "h1: why", "h2: why"]
 
 
 def test_a_page_cut_before_the_ages_are_filled_in_stays_under_the_cap():

@@ -142,3 +142,33 @@ def test_a_new_host_with_an_impossible_interval_is_not_kept():
     reg = Registry()
     assert reg.observe(status(host="rogue", interval=0.0), now=0.0) == []
     assert reg.get("rogue") is None
+
+
+def test_a_report_that_repeats_itself_keeps_the_view_object():
+    """What caches by view (placement's facts and index) does nothing for it."""
+    reg = Registry()
+    reg.observe(status(seq=1), now=0.0)
+    (first,) = reg.current_views()
+    reg.observe(status(seq=2), now=2.0)
+    assert reg.current_views()[0] is first
+    reg.observe(status(seq=3, vcpus_used=4), now=4.0)
+    (changed,) = reg.current_views()
+    assert changed is not first and changed.capacity.vcpus_used == 4
+    reg.sweep(now=20.0)
+    assert reg.current_views()[0].state == HostState.LOST
+
+
+def test_the_vm_index_follows_reports_that_move_a_vm():
+    from ferry.proto.host import VmInfo, VmState
+
+    def with_vms(host, seq, *names):
+        return msgspec.structs.replace(status(host=host, seq=seq), vms=[VmInfo(name=n, state=VmState.RUNNING) for n in names])
+
+    reg = Registry()
+    reg.observe(with_vms("hv1", 1, "a", "b"), now=0.0)
+    reg.observe(with_vms("hv2", 1, "b"), now=0.0)
+    assert reg.reporting("b") == ["hv1", "hv2"]
+    reg.observe(with_vms("hv1", 2, "a"), now=1.0)
+    assert reg.reporting("b") == ["hv2"] and reg.reporting("a") == ["hv1"]
+    reg.observe(with_vms("hv2", 2), now=1.0)
+    assert reg.reporting("b") == [] and reg.current_views()[0].host == "hv1"

@@ -77,13 +77,14 @@ class _Group:
 
     __slots__ = ("by_memory", "by_vcpus", "orders", "room", "sample")
 
-    def __init__(self, sample: HostFacts) -> None:
+    def __init__(self, sample: HostFacts, ratios: Iterable[float]) -> None:
         self.sample = sample
         self.room: dict[str, tuple[int, int]] = {}  # host -> (memory available, vCPUs used)
         self.by_memory: list[tuple[int, str]] = []
         self.by_vcpus: list[tuple[int, str]] = []
-        # vCPU allocation ratio -> (room key, host), best first; built at the first placement with that ratio.
-        self.orders: dict[float, list[tuple[float, str]]] = {}
+        # vCPU allocation ratio -> (room key, host), best first; kept up from the start for
+        # the ratios the index was made for, built at the first placement for any other.
+        self.orders: dict[float, list[tuple[float, str]]] = {ratio: [] for ratio in ratios}
 
     def key(self, memory: int, vcpus: int, ratio: float) -> float:
         total = self.sample.memory_total_mib
@@ -130,7 +131,8 @@ def _discard(ordered: list, item: tuple) -> None:
 class PlacementIndex:
     """The hosts' facts, grouped and sorted as they change (`sync`), for `shortlist`."""
 
-    def __init__(self) -> None:
+    def __init__(self, ratios: Iterable[float] = (PlacementRules().cpu_allocation_ratio,)) -> None:
+        self._ratios = tuple(ratios)
         self._facts: dict[str, HostFacts] = {}
         self._groups: dict[tuple, _Group] = {}
         self._group_of: dict[str, _Group] = {}
@@ -163,7 +165,7 @@ class PlacementIndex:
         key = _group_key(f)
         group = self._groups.get(key)
         if group is None:
-            group = self._groups[key] = _Group(f)
+            group = self._groups[key] = _Group(f, self._ratios)
         group.add(f.name, min(f.memory_free_mib, f.memory_total_mib - f.memory_used_mib), f.vcpus_used)
         self._group_of[f.name] = group
 

@@ -101,6 +101,7 @@ class LeaderTerm:
         await self._emit([event])
 
     async def tick(self) -> None:
+        self.sessions.refresh_placement()
         await self.act(self.health.tick(self._clock.wall()))
 
     async def act(self, verdict: Verdict) -> None:

@@ -129,7 +129,7 @@ MAX_VMS_PER_HOST = 12
 DRAINED = 5
 
 
-async def test_draining_five_of_fifty_hosts_at_once_respects_every_limit_and_capacity(daemons, nats_server, tmp_path):
+async def test_draining_five_of_500_hosts_at_once_respects_every_limit_and_capacity(daemons, nats_server, tmp_path):
     daemons.start(
         "coordinator", "ferry-coordinator", coordinator_toml(nats_server.url) + "[drain]\nretry_delay = 0.5\n"
     )

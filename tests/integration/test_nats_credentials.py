@@ -48,7 +48,7 @@ async def test_agent_coordinator_and_cli_connect_with_creds_over_tls(secured, da
     operator = tenancy.user("operator")
 
     async def hv1_up():
-        out = ferry("--server", server.url, "--creds", str(operator), "--tls-ca", str(tls.ca_file), "hosts", "--json")
+        out = ferry("--server", server.url, "--creds", str(operator), "--tls-ca", str(tls.ca_file), "hosts", "--json", "--vms")
         if out.returncode != 0:
             return None
         hosts = json.loads(out.stdout)["hosts"]

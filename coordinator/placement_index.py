@@ -23,14 +23,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from ferry.coordinator.placement import (
-    HostFacts,
-    PlacementRules,
-    Rejection,
-    VmDemand,
-    judge,
-    room_score,
-)
+from ferry.coordinator.placement import HostFacts, PlacementRules, Rejection, VmDemand, judge, room_score
 from ferry.proto.host import HealthState, version_tuple
 from ferry.proto.network import NetworkOffer, missing_attachments
 
@@ -61,15 +54,8 @@ def placeable(h: HostFacts) -> bool:
 
 def _group_key(h: HostFacts) -> tuple:
     offer = h.networks
-    return (
-        h.arch,
-        h.libvirt_version,
-        h.qemu_version,
-        offer.key if isinstance(offer, NetworkOffer) else offer,
-        h.storage,
-        h.cpus,
-        h.memory_total_mib,
-    )
+    return (h.arch, h.libvirt_version, h.qemu_version, offer.key if isinstance(offer, NetworkOffer) else offer,
+            h.storage, h.cpus, h.memory_total_mib)
 
 
 class _Group:
@@ -178,141 +164,124 @@ class PlacementIndex:
                 del self._groups[_group_key(group.sample)]
 
     def shortlist(
-        self,
-        vm: VmDemand,
-        rules: PlacementRules = PlacementRules(),
-        held: Mapping[str, tuple[int, int]] | None = None,
+        self, vm: VmDemand, rules: PlacementRules = PlacementRules(), held: Mapping[str, tuple[int, int]] | None = None,
         shown: int = 20,
     ) -> Shortlist:
         """The best `shown` hosts for `vm` and why the first `shown` others would not do.
         `held`: host -> (vCPUs, MiB) that migrations in flight hold there."""
         held = held or {}
-        result = Shortlist(hosts=len(self._facts))
         # The VM's own host and hosts with room held: judged on their own, outside their group.
         apart = {name: self._facts[name] for name in (vm.source, *held) if name in self._facts}
-        picks: list[tuple[str, float]] = []
+        reading = _Reading(vm, rules, shown, apart, self._facts, Shortlist(hosts=len(self._facts)))
         for name, f in apart.items():
             if name in held:
                 vcpus, memory = held[name]
                 f = replace(f, reserved_vcpus=f.reserved_vcpus + vcpus, reserved_memory_mib=f.reserved_memory_mib + memory)
-            self._judged(result, picks, name, judge(vm, f, rules), shown)
+            reading.judged(name, judge(vm, f, rules))
         for name, f in self._aside.items():
             if name not in apart:
-                self._judged(result, picks, name, judge(vm, f, rules), shown)
+                reading.judged(name, judge(vm, f, rules))
         for group in self._groups.values():
-            self._read(group, vm, rules, apart, result, picks, shown)
-        picks.sort(key=lambda c: (-c[1], c[0]))
-        result.choices = picks[:shown]
-        return result
+            reading.group(group, [name for name in apart if self._group_of.get(name) is group])
+        reading.picks.sort(key=lambda c: (-c[1], c[0]))
+        reading.result.choices = reading.picks[:shown]
+        return reading.result
 
-    @staticmethod
-    def _judged(result: Shortlist, picks: list, name: str, judged: Rejection | float, shown: int) -> None:
-        if isinstance(judged, Rejection):
-            result.rejected[judged.code] += 1
+
+@dataclass
+class _Reading:
+    """One shortlist in the making."""
+
+    vm: VmDemand
+    rules: PlacementRules
+    shown: int
+    apart: Mapping[str, HostFacts]
+    facts: Mapping[str, HostFacts]
+    result: Shortlist
+    picks: list[tuple[str, float]] = field(default_factory=list)
+
+    def judged(self, name: str, verdict: Rejection | float) -> None:
+        result = self.result
+        if isinstance(verdict, Rejection):
+            result.rejected[verdict.code] += 1
             # The VM's own host is counted, not explained.
-            if len(result.rejections) < shown and judged.code != "same_host":
-                result.rejections.append(judged)
+            if len(result.rejections) < self.shown and verdict.code != "same_host":
+                result.rejections.append(verdict)
         else:
             result.candidate_count += 1
-            picks.append((name, judged))
+            self.picks.append((name, verdict))
 
-    def _read(
-        self,
-        group: _Group,
-        vm: VmDemand,
-        rules: PlacementRules,
-        apart: Mapping[str, HostFacts],
-        result: Shortlist,
-        picks: list[tuple[str, float]],
-        shown: int,
-    ) -> None:
-        h = group.sample
-        members = [name for name in apart if self._group_of.get(name) is group]
-        size = len(group.room) - len(members)
+    def group(self, group: _Group, apart: list[str]) -> None:
+        """Count the group's hosts by verdict, explain the first few turned down, pick its best."""
+        vm, rules, h, result = self.vm, self.rules, group.sample, self.result
+        size = len(group.room) - len(apart)
         if size <= 0:
             return
         kind = _kind_problem(vm, h)
-        need = vm.memory_mib + rules.memory_margin_mib
-        allowed = int(h.cpus * rules.cpu_allocation_ratio) - vm.vcpus
-        unreachable = vm.shared_storage - h.storage if vm.shared_storage else vm.shared_storage
-        no_copy_allowed = (bool(unreachable) or vm.local_disks) and not rules.allow_storage_copy
         if kind is not None:
             # Judged before the room: every host of the kind is turned down for it.
             result.rejected[kind] += size
-            self._sentences(group, vm, rules, apart, result, shown, everyone=True)
+            self._sentences(group.room)
             return
-        fit = self._fitting(group, need, allowed, members)
+        need = vm.memory_mib + rules.memory_margin_mib
+        allowed = int(h.cpus * rules.cpu_allocation_ratio) - vm.vcpus
+        unreachable = vm.shared_storage - h.storage if vm.shared_storage else vm.shared_storage
+        fit = _fitting(group, need, allowed, apart)
         result.rejected["no_capacity"] += size - fit
-        if no_copy_allowed:
+        if (unreachable or vm.local_disks) and not rules.allow_storage_copy:
             result.rejected["storage_unreachable"] += fit
-            self._sentences(group, vm, rules, apart, result, shown, everyone=True)
+            self._sentences(group.room)
             return
         result.candidate_count += fit
         if size > fit:
-            self._sentences(group, vm, rules, apart, result, shown, everyone=False, need=need, allowed=allowed)
-        if fit == 0:
-            return
-        total, limit, copies = h.memory_total_mib, h.cpus * rules.cpu_allocation_ratio, bool(unreachable)
-        order = group.order(rules.cpu_allocation_ratio)
+            self._sentences(dict.fromkeys(n for _v, n in (*group.short_of_memory(need), *group.over_vcpus(allowed))))
+        if fit:
+            self._best(group, need, allowed, copies=bool(unreachable))
+
+    def _best(self, group: _Group, need: int, allowed: int, *, copies: bool) -> None:
+        """The group's best `shown` hosts with room, and those that may tie with the last."""
+        vm, h, ratio = self.vm, group.sample, self.rules.cpu_allocation_ratio
+        total, limit = h.memory_total_mib, h.cpus * ratio
+        order = group.order(ratio)
         at, end, taken = 0, len(order), 0
         while at < end:
             key, name = order[at]
             at += 1
-            if name in apart:
+            if name in self.apart:
                 continue
             memory, vcpus = group.room[name]
             if memory < need or vcpus > allowed:
                 continue
-            picks.append((name, room_score(memory, total, vcpus, limit, vm.memory_mib, vm.vcpus, copies=copies)))
+            self.picks.append((name, room_score(memory, total, vcpus, limit, vm.memory_mib, vm.vcpus, copies=copies)))
             taken += 1
-            if taken == shown:
+            if taken == self.shown:
                 # Hosts with the same key come after this one by name, as they rank: none
                 # is needed. Keys a little larger may round to the same score and rank
                 # ahead by name: those are read too.
                 at = bisect.bisect_right(order, (key, _LAST))
                 end = bisect.bisect_right(order, (key + _TIE, _LAST))
 
-    @staticmethod
-    def _fitting(group: _Group, need: int, allowed: int, apart: list[str]) -> int:
-        """How many of the group's hosts (those judged apart left out) have the room."""
-        short, over = group.short_of_memory(need), group.over_vcpus(allowed)
-        smaller, check = (
-            (short, lambda n: group.room[n][1] > allowed)
-            if len(short) <= len(over)
-            else (over, lambda n: group.room[n][0] < need)
-        )
-        both = sum(1 for _v, n in smaller if check(n))
-        fit = len(group.room) - len(short) - len(over) + both
-        return fit - sum(1 for name in apart if group.fits(name, need, allowed))
-
-    def _sentences(
-        self,
-        group: _Group,
-        vm: VmDemand,
-        rules: PlacementRules,
-        apart: Mapping[str, HostFacts],
-        result: Shortlist,
-        shown: int,
-        *,
-        everyone: bool,
-        need: int = 0,
-        allowed: int = 0,
-    ) -> None:
-        """Sentences for the group's rejected hosts, while fewer than `shown` are written."""
-        if len(result.rejections) >= shown:
-            return
-        if everyone:
-            names: Iterable[str] = group.room
-        else:
-            names = dict.fromkeys(n for _v, n in (*group.short_of_memory(need), *group.over_vcpus(allowed)))
+    def _sentences(self, names: Iterable[str]) -> None:
+        """Sentences for rejected hosts among `names`, while fewer than `shown` are written."""
+        rejections = self.result.rejections
         for name in names:
-            if len(result.rejections) >= shown:
+            if len(rejections) >= self.shown:
                 return
-            if name in apart:
-                continue
-            judged = judge(vm, self._facts[name], rules)
-            if isinstance(judged, Rejection):
-                result.rejections.append(judged)
+            if name not in self.apart:
+                verdict = judge(self.vm, self.facts[name], self.rules)
+                if isinstance(verdict, Rejection):
+                    rejections.append(verdict)
+
+
+def _fitting(group: _Group, need: int, allowed: int, apart: list[str]) -> int:
+    """How many of the group's hosts (those judged apart left out) have the room."""
+    short, over = group.short_of_memory(need), group.over_vcpus(allowed)
+    if len(short) <= len(over):
+        both = sum(1 for _v, n in short if group.room[n][1] > allowed)
+    else:
+        both = sum(1 for _v, n in over if group.room[n][0] < need)
+    fit = len(group.room) - len(short) - len(over) + both
+    return fit - sum(1 for name in apart if group.fits(name, need, allowed))
 
 
 def _kind_problem(vm: VmDemand, h: HostFacts) -> str | None:

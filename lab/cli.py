@@ -2,7 +2,7 @@
 
 Exit codes: 0 done; 1 failed (a sentence says why); 2 bad arguments;
 3 `up` started the lab's core (nats-servers, libvirtds) but some other part
-(ferry daemons, guest image) could not start.
+(ferry daemons, guest image) could not start; 4 `host power`: the host is off.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from ferry.runtime.version import VERSION
 
 EXIT_FAILED = 1
 EXIT_PARTIAL = 3
+# `host power` of a host that is off (fence_lab says the same with 2, as fence agents do).
+EXIT_POWERED_OFF = 4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,6 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     guest.add_parser("list", help="guests on every host")
     check = guest.add_parser("check", help="did the guest keep running, and where does it run?")
     check.add_argument("name")
+
+    host = commands.add_parser("host", help="power a lab host off or on, as a power cut would").add_subparsers(
+        dest="host_command", required=True
+    )
+    for action, text in (
+        ("poweroff", "cut the host's power: its agent, libvirtd and QEMU processes die at once, nothing cleans up"),
+        ("poweron", "power the host back: its libvirtd and agent start; its guests stay off"),
+        ("power", "say whether anything of the host runs (exit 0 on, 4 off)"),
+    ):
+        host.add_parser(action, help=text).add_argument("name", metavar="HOST")
     return parser
 
 
@@ -108,6 +120,8 @@ def _run(args: argparse.Namespace) -> int:
         return _down(args.dir)
     if args.command == "status":
         return _status(Lab.attach(args.dir))
+    if args.command == "host":
+        return _host(args, Lab.attach(args.dir))
     return _guest(args, Lab.attach(args.dir))
 
 
@@ -166,6 +180,22 @@ def _status(lab: Lab) -> int:
     for problem in status.problems:
         print(f"  problem: {problem}")
     return 0 if all(p.running for p in status.parts) else EXIT_PARTIAL
+
+
+def _host(args: argparse.Namespace, lab: Lab) -> int:
+    check_root()
+    lab.host(args.name)
+    if args.host_command == "poweroff":
+        stopped = lab.power_off(args.name)
+        print(f"{args.name} is off: {', '.join(stopped)} killed" if stopped else f"{args.name} was already off")
+    elif args.host_command == "poweron":
+        lab.power_on(args.name)
+        print(f"{args.name} is on: libvirtd and agent started; its guests stay off")
+    else:
+        running = lab.powered(args.name)
+        print(f"{args.name} is on: {', '.join(running)} running" if running else f"{args.name} is off")
+        return 0 if running else EXIT_POWERED_OFF
+    return 0
 
 
 def _guest(args: argparse.Namespace, lab: Lab) -> int:

@@ -102,9 +102,9 @@ def destroy_guests(host: HostLayout) -> list[str]:
     return stopped
 
 
-def kill_leftover_qemus(host: HostLayout) -> list[int]:
-    """Kill QEMU processes whose pid files are in the host's run folder."""
-    killed = []
+def qemu_processes(host: HostLayout) -> list[ProcessRef]:
+    """The QEMU processes running for the host (from the pid files in its run folder)."""
+    found = []
     for pid_file in sorted(host.qemu_pids_dir.glob("*.pid")):
         try:
             pid = int(pid_file.read_text().strip())
@@ -112,6 +112,14 @@ def kill_leftover_qemus(host: HostLayout) -> list[int]:
             continue
         ref = processes.ref_of(pid)
         if ref and any("qemu" in Path(arg).name for arg in processes.cmdline_of(pid)[:1]):
-            processes.stop(ref, timeout=5.0)
-            killed.append(pid)
+            found.append(ref)
+    return found
+
+
+def kill_leftover_qemus(host: HostLayout) -> list[int]:
+    """Kill QEMU processes whose pid files are in the host's run folder."""
+    killed = []
+    for ref in qemu_processes(host):
+        processes.stop(ref, timeout=5.0)
+        killed.append(ref.pid)
     return killed

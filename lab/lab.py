@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -370,6 +371,45 @@ class Lab:
         report.failed.update(ferry_services.settle(started))
         report.started += [role for role in started if role not in report.failed]
         return report
+
+    # ---- power: the failure a fence answers, and the fence itself --------------
+
+    def power_off(self, host: str) -> list[str]:
+        """The host loses power: its agent, its libvirtd and its QEMU processes are
+        killed at once (SIGKILL), nothing is told and nothing cleans up. Returns what
+        was running."""
+        layout = self.host(host)
+        daemons = [(role, self.process(role)) for role in (agent_role(layout), libvirtd_role(layout))]
+        running = [(role, ref) for role, ref in daemons if ref is not None]
+        running += [(f"qemu {ref.pid}", ref) for ref in hosts.qemu_processes(layout)]
+        for _what, ref in running:
+            with suppress(ProcessLookupError):
+                os.kill(ref.pid, signal.SIGKILL)
+        for what, ref in running:
+            if not processes.wait_gone(ref, 5.0):
+                raise LabError(f"{what} of {host} (pid {ref.pid}) survived SIGKILL; it may be stuck in the kernel (state D).")
+        for role, _ref in daemons:
+            self._record(role, None)
+        return [what for what, _ref in running]
+
+    def powered(self, host: str) -> list[str]:
+        """What of the host runs: empty when it is off. Looked up, not remembered."""
+        layout = self.host(host)
+        daemons = [role for role in (agent_role(layout), libvirtd_role(layout)) if self.process(role)]
+        return daemons + [f"qemu {ref.pid}" for ref in hosts.qemu_processes(layout)]
+
+    def power_on(self, host: str) -> None:
+        """Power back on: its libvirtd (with the lab network), then its agent. The
+        guests stay off, as after a power cut."""
+        layout = self.host(host)
+        role = libvirtd_role(layout)
+        if not self.process(role):
+            ref = hosts.start_libvirtd(layout)
+            self._record(role, ref)
+            hosts.wait_libvirtd_ready(layout, ref)
+        if any(h.name == host for h in networks.network_hosts(self.layout)):
+            networks.start_lab_network(layout)
+        self.start(agent_role(layout))
 
     # ---- down -----------------------------------------------------------------
 

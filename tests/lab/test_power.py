@@ -1,0 +1,69 @@
+"""A lab host loses its power (`ferry-lab host poweroff`), as a real one would, and
+the lab's fence device (`fence_lab`) says so honestly; the coordinator notices by
+itself. Real libvirtd, QEMU and Ferry daemons."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ferry.lab.lab import Lab
+from tests.support.ferry_cli import ferry
+
+pytestmark = pytest.mark.lab
+
+LAB_CLI = [sys.executable, "-m", "ferry.lab.cli"]
+FENCE_LAB = [sys.executable, "-m", "ferry.lab.fence_lab"]
+
+
+def fence_lab(lab: Lab, *lines: str) -> subprocess.CompletedProcess[str]:
+    given = "\n".join([*lines, f"lab_dir={lab.dir}"]) + "\n"
+    return subprocess.run(FENCE_LAB, input=given, capture_output=True, text=True, timeout=60)
+
+
+def state_of(lab: Lab, host: str) -> str:
+    shown = ferry(lab, "hosts", "--json")
+    assert shown.code == 0, shown.stderr
+    return next(h["state"] for h in json.loads(shown.stdout)["hosts"] if h["host"] == host)
+
+
+def wait_state(lab: Lab, host: str, state: str, timeout: float = 45.0) -> float:
+    started = time.monotonic()
+    while state_of(lab, host) != state:
+        assert time.monotonic() - started < timeout, f"{host} never became {state}"
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def test_a_power_cut_stops_everything_of_the_host_and_fence_lab_reports_it(lab_with_ferry: Lab, guest_factory) -> None:
+    lab = lab_with_ferry
+    guest = guest_factory(host="hv3")
+    on = fence_lab(lab, "action=status", "plug=hv3")
+    assert on.returncode == 0 and on.stdout.startswith("Status: ON ("), on
+    cut = subprocess.run([*LAB_CLI, "--dir", str(lab.dir), "host", "poweroff", "hv3"], capture_output=True, text=True,
+                         timeout=60)
+    try:
+        assert cut.returncode == 0, cut.stderr
+        assert cut.stdout.startswith("hv3 is off: agent:hv3, libvirtd:hv3, qemu "), cut.stdout
+        assert lab.powered("hv3") == []
+        off = fence_lab(lab, "action=status", "plug=hv3")
+        assert (off.returncode, off.stdout.strip()) == (2, "Status: OFF")
+        power = subprocess.run([*LAB_CLI, "--dir", str(lab.dir), "host", "power", "hv3"], capture_output=True, text=True,
+                               timeout=60)
+        assert (power.returncode, power.stdout.strip()) == (4, "hv3 is off")
+        # Nobody told the coordinator: it finds out from the silence.
+        wait_state(lab, "hv3", "lost")
+        unknown = fence_lab(lab, "action=status", "plug=hv9")
+        assert unknown.returncode == 1 and unknown.stderr.startswith("fence_lab: "), unknown
+    finally:
+        back = fence_lab(lab, "action=on", "plug=hv3")
+    assert (back.returncode, back.stdout.strip()) == (0, "Success: Powered ON hv3"), back
+    wait_state(lab, "hv3", "up")
+    assert fence_lab(lab, "action=status", "plug=hv3").returncode == 0
+    # The guest's QEMU died with the host: after the power comes back it is defined and off, not running.
+    (info,) = [g for g in lab.guests() if g.name == guest]
+    assert (info.host, info.state) == ("hv3", "shut off")

@@ -41,6 +41,7 @@ from ferry.proto.drain import (
 )
 from ferry.proto.errors import ErrorCode, FerryError
 from ferry.proto.events import CoordinatorEvent, SessionChanged
+from ferry.proto.ha import HaDefaultRequest, HaPriority, HaReply, HaRequest, HaSetRequest
 from ferry.proto.history import EventsReply, EventsRequest
 from ferry.proto.leader import StatusReply, StatusRequest
 from ferry.proto.limits import LimitsReply, LimitsRequest
@@ -60,6 +61,7 @@ _DRAIN = ReplyDecoder(DrainReply, "drain")
 _DRAINS = ReplyDecoder(DrainsReply, "drains")
 _STATUS = ReplyDecoder(StatusReply, "status")
 _CORDON = ReplyDecoder(CordonReply, "cordon")
+_HA = ReplyDecoder(HaReply, "ha")
 _EVENTS = ReplyDecoder(EventsReply, "events")
 _UPDATE = Decoder(SessionUpdate, "session update")  # type: ignore[arg-type]
 _EVENT = Decoder(CoordinatorEvent, "coordinator event")  # type: ignore[arg-type]
@@ -223,6 +225,16 @@ class FerryClient:
 
     async def uncordon(self, host: str) -> CordonReply:
         return await self.call("uncordon", UncordonRequest(host=host), _CORDON)
+
+    async def ha(self, vms: list[str] | None = None) -> HaReply:
+        """The HA policies of these VMs (each with the default when it has none), else of every VM that has one."""
+        return await self.call("ha", HaRequest(vms=list(vms or [])), _HA)
+
+    async def ha_set(self, vm: str, priority: HaPriority) -> HaReply:
+        return await self.call("ha_set", HaSetRequest(vm=vm, priority=priority), _HA)
+
+    async def ha_default(self, priority: HaPriority) -> HaReply:
+        return await self.call("ha_default", HaDefaultRequest(priority=priority), _HA)
 
     async def limits(self, request: LimitsRequest | None = None) -> LimitsReply:
         """The limits in force; with fields set, change them first."""

@@ -18,6 +18,7 @@ from ferry.cli import completion as cli_completion
 from ferry.cli import convergence as cli_convergence
 from ferry.cli import drain as cli_drain
 from ferry.cli import events as cli_events
+from ferry.cli import ha as cli_ha
 from ferry.cli import operate as cli_operate
 from ferry.cli import settings as cli_settings
 from ferry.cli import status as cli_status
@@ -482,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_drain.add_commands(sub)
     cli_events.add_commands(sub)
     cli_operate.add_commands(sub)
+    cli_ha.add_commands(sub)
     cli_status.add_commands(sub)
     return parser
 

@@ -21,11 +21,13 @@ from nats.micro.service import Service
 
 from ferry.coordinator import cordons as cordons_module
 from ferry.coordinator import drains as drain_records_module
+from ferry.coordinator import ha_policies as ha_policies_module
 from ferry.coordinator import leadership as leadership_module
 from ferry.coordinator import limits_keeper, session_store
 from ferry.coordinator.cordons import Cordons
 from ferry.coordinator.drains import draining_marks, find_drain
 from ferry.coordinator.event_history import EventHistory
+from ferry.coordinator.ha_policies import HaPolicies
 from ferry.coordinator.host_pages import hosts_page, reply_budget
 from ferry.coordinator.kv import WatchedBucket, replicas_of
 from ferry.coordinator.limits_keeper import LimitsKeeper
@@ -57,6 +59,7 @@ from ferry.proto.codec import encode, request_decoder
 from ferry.proto.drain import Drain, DrainReply, DrainRequest, DrainsReply, DrainsRequest, UndrainRequest
 from ferry.proto.errors import ErrorCode, ErrorReply, FerryError
 from ferry.proto.events import LimitsChanged
+from ferry.proto.ha import HaDefaultRequest, HaPolicy, HaReply, HaRequest, HaSetRequest
 from ferry.proto.history import EventsReply, EventsRequest
 from ferry.proto.leader import BucketView, MemberView, Role, StatusReply, StatusRequest
 from ferry.proto.limits import LimitsReply, LimitsRequest
@@ -77,6 +80,7 @@ BUCKETS = (
     limits_keeper.BUCKET,
     leadership_module.BUCKET,
     cordons_module.BUCKET,
+    ha_policies_module.BUCKET,
 )
 
 _ERROR = msgspec.json.Decoder(ErrorReply)
@@ -93,12 +97,14 @@ class Api:
         limits: LimitsKeeper,
         drain_records: WatchedBucket[Drain],
         cordon_records: WatchedBucket[Cordon],
+        ha_records: WatchedBucket[HaPolicy],
     ) -> None:
         self._coordinator = coordinator
         self._store = store
         self._limits = limits
         self._drains = drain_records
         self._cordons = Cordons(cordon_records, wall=coordinator.clock.wall)
+        self._ha = HaPolicies(ha_records, wall=coordinator.clock.wall)
         self._log = structlog.get_logger().bind(component="api", coordinator=coordinator.name)
         self._leader_service: Service | None = None
         self._nc: Client | None = None
@@ -115,6 +121,8 @@ class Api:
             "uncordon": (UncordonRequest, self._uncordon),
             "force_complete": (ForceCompleteRequest, self._force_complete),
             "downtime": (DowntimeChange, self._downtime),
+            "ha_set": (HaSetRequest, self._ha_set),
+            "ha_default": (HaDefaultRequest, self._ha_default),
         }
 
     @asynccontextmanager
@@ -133,6 +141,7 @@ class Api:
                 "status": (StatusRequest, self._status),
                 "limits": (LimitsRequest, self._limits_verb),
                 "events": (EventsRequest, self._events),
+                "ha": (HaRequest, self._ha_read),
             }
             assert set(reads) == set(subjects.READ_VERBS) and set(self._writes) == set(subjects.WRITE_VERBS)
             for verb, (type_, handler) in reads.items():
@@ -355,6 +364,24 @@ class Api:
         await term.announce(event)
         # Queued sessions may have waited for room that this host has.
         term.sessions.wake()
+        return reply
+
+    async def _ha_read(self, request: HaRequest) -> HaReply:
+        return self._ha.read(request.vms)
+
+    async def _ha_set(self, term: LeaderTerm, request: HaSetRequest, caller: str) -> HaReply:
+        known = bool(self._coordinator.registry.reporting(request.vm))
+        reply, event = await self._ha.set(request.vm, request.priority, known=known, by=caller)
+        if event is not None:
+            self._log.info("ha_policy_set", vm=request.vm, priority=str(request.priority), by=caller)
+            await term.announce(event)
+        return reply
+
+    async def _ha_default(self, term: LeaderTerm, request: HaDefaultRequest, caller: str) -> HaReply:
+        reply, event = await self._ha.set_default(request.priority, by=caller)
+        if event is not None:
+            self._log.info("ha_default_set", priority=str(request.priority), by=caller)
+            await term.announce(event)
         return reply
 
     async def _force_complete(self, term: LeaderTerm, request: ForceCompleteRequest, caller: str) -> SessionReply:

@@ -18,6 +18,7 @@ from ferry.coordinator.api import Api
 from ferry.coordinator.config import CoordinatorConfig
 from ferry.coordinator.cordons import open_cordon_records, with_cordons
 from ferry.coordinator.drains import draining_marks, open_drain_records
+from ferry.coordinator.ha_policies import open_ha_records
 from ferry.coordinator.history_streams import open_history_streams
 from ferry.coordinator.kv import TypedBucket, WatchedBucket, open_bucket, replicas_for
 from ferry.coordinator.leadership import Leadership
@@ -163,7 +164,8 @@ class Coordinator:
             limits = LimitsKeeper(TypedBucket(settings, Limits, "setting"), self._config.limits)
             drain_records = self._drain_records = await open_drain_records(js, replicas=replicas)
             cordon_records = self._cordon_records = await open_cordon_records(js, replicas=replicas)
-            for part in (limits, drain_records, cordon_records):
+            ha_records = await open_ha_records(js, replicas=replicas)
+            for part in (limits, drain_records, cordon_records, ha_records):
                 await part.start()
                 watched.append(part)
             leadership = self._leadership = await Leadership.open(
@@ -180,7 +182,7 @@ class Coordinator:
                 )
 
             self._new_term = new_term
-            api = Api(self, store, limits, drain_records, cordon_records)
+            api = Api(self, store, limits, drain_records, cordon_records, ha_records)
             await nc.subscribe(subjects.ALL_HOST_STATUS, cb=self._on_status)
             await nc.subscribe(subjects.ALL_HOST_SESSIONS, cb=self._on_session_update)
             async with api.serve(nc):

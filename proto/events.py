@@ -164,6 +164,15 @@ class HostUndrained(msgspec.Struct, frozen=True, tag="host_undrained"):
     at: float = 0.0
 
 
+class HaPolicySet(msgspec.Struct, frozen=True, tag="ha_policy_set"):
+    """A VM's HA restart priority (`ferry ha set`), or the cluster default (`vm` empty: `ferry ha default`)."""
+
+    priority: str
+    vm: str = ""
+    by: str = ""
+    at: float = 0.0
+
+
 class HostCordoned(msgspec.Struct, frozen=True, tag="host_cordoned"):
     """No new VMs are placed on the host (`ferry cordon`); the VMs it runs stay."""
 
@@ -249,6 +258,7 @@ CoordinatorEvent = (
     | HostUndrained
     | HostCordoned
     | HostUncordoned
+    | HaPolicySet
     | MigrationForced
     | DowntimeSet
     | LimitsChanged

@@ -33,10 +33,10 @@ def agent_verb(host: HostName, verb: str) -> str:
 
 
 # The API's verbs. A viewer may send only the read verbs; `limits` reads, `set_limits` changes.
-READ_VERBS = ("hosts", "sessions", "session", "drains", "status", "limits", "events")
+READ_VERBS = ("hosts", "sessions", "session", "drains", "status", "limits", "events", "ha")
 WRITE_VERBS = (
     "migrate", "plan", "cancel", "bandwidth", "drain", "undrain", "set_limits",
-    "cordon", "uncordon", "force_complete", "downtime",
+    "cordon", "uncordon", "force_complete", "downtime", "ha_set", "ha_default",
 )
 # Who asks is the subject's token after `ferry.api` (the caller's identity name,
 # which NATS lets only that identity publish under once permissions are on).

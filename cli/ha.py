@@ -1,0 +1,78 @@
+"""`ferry ha`: which VMs are restarted on another host when theirs dies, and in what order.
+
+    ferry ha set VM --priority high|medium|low|off
+    ferry ha default high|medium|low|off      # every VM without a policy of its own
+    ferry ha show [VM ...] [--json]
+"""
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from ferry.cli.client import FerryClient
+from ferry.cli.output import plain, print_json, wall_time
+from ferry.proto.ha import HaPolicy, HaPriority, HaReply
+
+PRIORITIES = [str(p) for p in HaPriority]
+
+
+def policy_line(policy: HaPolicy) -> str:
+    what = f"{policy.vm}: {policy.priority}" if policy.vm else f"cluster default: {policy.priority}"
+    if policy.from_default:
+        return f"{what} (the cluster default)"
+    if not policy.at:
+        return what + " (built in: nothing restarts that nobody marked)"
+    return what + (f", set by {policy.by}" if policy.by else "") + f" at {wall_time(policy.at)}"
+
+
+def _print(reply: HaReply, console: Console, args: argparse.Namespace) -> None:
+    if args.json:
+        print_json(reply)
+        return
+    if not args.table:
+        for policy in reply.policies or [reply.default]:
+            console.print(plain(policy_line(policy) + ("" if reply.changed else " (unchanged)")))
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("VM", "PRIORITY", "SET BY", "AT"):
+        table.add_column(column)
+    for policy in reply.policies:
+        table.add_row(plain(policy.vm), str(policy.priority), plain(policy.by or "-"), wall_time(policy.at) if policy.at else "-")
+    console.print(table)
+    console.print(plain(policy_line(reply.default)))
+
+
+async def _cmd_set(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
+    _print(await client.ha_set(args.vm, HaPriority(args.priority)), console, args)
+    return 0
+
+
+async def _cmd_default(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
+    _print(await client.ha_default(HaPriority(args.priority)), console, args)
+    return 0
+
+
+async def _cmd_show(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
+    reply = await client.ha(args.vms)
+    args.table = not args.vms
+    _print(reply, console, args)
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    ha = sub.add_parser("ha", help="HA: which VMs restart on another host when theirs dies (after it is fenced)")
+    commands = ha.add_subparsers(dest="ha_command", required=True, metavar="COMMAND")
+    set_ = commands.add_parser("set", help="a VM's restart priority: high first, off never")
+    set_.add_argument("vm")
+    set_.add_argument("--priority", required=True, choices=PRIORITIES)
+    set_.add_argument("--json", action="store_true")
+    set_.set_defaults(run=_cmd_set, table=False)
+    default = commands.add_parser("default", help="the priority of every VM without one of its own (built in: off)")
+    default.add_argument("priority", choices=PRIORITIES)
+    default.add_argument("--json", action="store_true")
+    default.set_defaults(run=_cmd_default, table=False)
+    show = commands.add_parser("show", help="the policies set (or those of the VMs named) and the cluster default")
+    show.add_argument("vms", nargs="*", metavar="VM")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(run=_cmd_show)

@@ -19,6 +19,7 @@ from ferry.agent.hypervisor import Hypervisor, HypervisorUnavailable, NodeFacts
 from ferry.agent.jobs import Jobs
 from ferry.agent.journal import Journal
 from ferry.agent.metrics import AgentMetrics, AgentSnapshot
+from ferry.agent.peer_probe import probe
 from ferry.agent.probes import run_probes
 from ferry.agent.source import Source
 from ferry.agent.status import AGENT_VERSION, Observation, build_status
@@ -34,6 +35,7 @@ from ferry.proto.agent import (
     MeasureRequest,
     MigrateRequest,
     PrepareRequest,
+    ProbeRequest,
     SessionRef,
 )
 from ferry.proto.api import AgentStatusRequest
@@ -65,12 +67,13 @@ VERB_REQUESTS: dict[str, type] = {
     "commit": SessionRef,
     "rollback": SessionRef,
     "measure": MeasureRequest,
+    "probe": ProbeRequest,
 }
 # Verbs answered several at once, and how many at most; one more is answered
 # `unavailable` at once. A measurement watches the guest for a second or more
 # (up to a minute); a drain's dry run measures every VM of the host together,
 # so the limit is generous, but a flood of requests costs at most this many tasks.
-CONCURRENT_VERBS = {"measure": 32}
+CONCURRENT_VERBS = {"measure": 32, "probe": 8}
 
 
 class Agent:
@@ -178,6 +181,7 @@ class Agent:
             "commit": self._handle_commit,
             "rollback": self._destination.rollback,
             "measure": self._source.measure,
+            "probe": lambda request: probe(request, me=self._config.host),
         }
 
     async def _recover(self) -> None:

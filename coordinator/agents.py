@@ -21,6 +21,8 @@ from ferry.proto.agent import (
     MigrationState,
     PrepareReply,
     PrepareRequest,
+    ProbeReply,
+    ProbeRequest,
     RollbackReply,
     SessionRef,
     SteerReply,
@@ -36,6 +38,7 @@ _PREPARE = ReplyDecoder(PrepareReply, "prepare")  # type: ignore[arg-type]
 _MIGRATION = ReplyDecoder(MigrationState, "migrate")
 _ABORT = ReplyDecoder(AbortReply, "abort")
 _DIRTY_RATE = ReplyDecoder(DirtyRate, "dirty rate")
+_PROBE = ReplyDecoder(ProbeReply, "probe reply")
 _COMMIT = ReplyDecoder(CommitReply, "commit")
 _ROLLBACK = ReplyDecoder(RollbackReply, "rollback")
 _JOBS = ReplyDecoder(JobsReply, "jobs")
@@ -60,6 +63,10 @@ class AgentClient:
 
     async def describe(self, host: str, vm: str) -> VmDescription:
         return await self._request(host, "describe", DescribeRequest(vm=vm), _DESCRIBE)
+
+    async def probe(self, host: str, request: ProbeRequest) -> ProbeReply:
+        """Whether `host` reaches the libvirtd of another host's peer URI."""
+        return await self._request(host, "probe", request, _PROBE, timeout=self._timeout + request.seconds)
 
     async def measure(self, host: str, request: MeasureRequest) -> DirtyRate:
         # The hypervisor watches the guest for `seconds` before it answers.

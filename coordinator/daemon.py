@@ -138,6 +138,11 @@ class Coordinator:
         """These views with how long ago each host was heard from."""
         return self._registry.with_ages(views, self._clock.monotonic())
 
+    def _peer_uri(self, host: str) -> str:
+        """The libvirt URI a host's last report gave for its peers ("" when unknown)."""
+        record = self._registry.get(host)
+        return record.status.peer_uri if record is not None else ""
+
     def _marked(self, views: list[HostView]) -> list[HostView]:
         marks = draining_marks(self._drain_records) if self._drain_records is not None else {}
         cordons = self._cordon_records.values() if self._cordon_records is not None else {}
@@ -178,7 +183,7 @@ class Coordinator:
                 return LeaderTerm(
                     lease, self._config, store=store, claims=claims, agents=agents, limits=limits,
                     drain_records=drain_records, views=self.current_views, emit=self._emit, clock=self._clock,
-                    locate=self._registry.reporting,
+                    locate=self._registry.reporting, peer_uri=self._peer_uri,
                 )
 
             self._new_term = new_term

@@ -17,6 +17,7 @@ from ferry.coordinator.archiver import Archiver
 from ferry.coordinator.config import CoordinatorConfig
 from ferry.coordinator.drains import DrainController
 from ferry.coordinator.health_watch import HealthWatch, Verdict
+from ferry.coordinator.host_death import Death, DeathCheck
 from ferry.coordinator.kv import WatchedBucket
 from ferry.coordinator.limits_keeper import LimitsKeeper
 from ferry.coordinator.session_archive import SessionArchive
@@ -48,6 +49,7 @@ class LeaderTerm:
         emit: Emit,
         clock: Clock,
         locate: Callable[[str], list[str]] | None = None,
+        peer_uri: Callable[[str], str] = lambda _host: "",
     ) -> None:
         self.lease = lease
         self._limits = limits
@@ -58,6 +60,9 @@ class LeaderTerm:
         self.health = HealthWatch(config.evacuation.debounce_seconds, enabled=config.evacuation.enabled)
         self._archiver = Archiver(store, SessionArchive(store.js), claims.holding_sessions, config.history, wall=clock.wall)
         self._emit = emit
+        self._death = DeathCheck(agents.probe, views, peer_uri)
+        # Lost hosts whose peers are being asked about them (see host_death.py).
+        self._checks: dict[str, asyncio.Task] = {}
         evacuated = {host for host, drain in drain_records.values().items() if drain.automatic}
         for view in views():
             self.health.seed(view.host, view.health, evacuated=view.host in evacuated)
@@ -76,6 +81,8 @@ class LeaderTerm:
             await asyncio.gather(self.sessions.run(), self.drains.run(), self._archiver.run())
         finally:
             stop_listening()
+            for task in self._checks.values():
+                task.cancel()
             await self.sessions.close()
 
     def _limits_changed(self) -> None:
@@ -95,6 +102,20 @@ class LeaderTerm:
 
     async def host_lost(self, host: str) -> None:
         await self.act(self.health.lost(host))
+        if host not in self._checks:
+            self._checks[host] = asyncio.create_task(self._probe_lost(host), name=f"probe-{host}")
+
+    async def _probe_lost(self, host: str) -> None:
+        """Is it dead, or only its agent? The peers say (a host_probed event)."""
+        try:
+            event = await self._death.check(host)
+            log = self._log.error if event.verdict == Death.ALIVE else self._log.warning
+            log("host_probed", host=host, verdict=event.verdict, reason=event.reason, peers=event.peers)
+            await self._emit([event])
+        except Exception:
+            self._log.exception("host_probe_failed", host=host)
+        finally:
+            self._checks.pop(host, None)
 
     async def announce(self, event: CoordinatorEvent) -> None:
         """An event of the leader's own (a limits change through the API)."""

@@ -147,6 +147,13 @@ class Lab:
         layout = LabLayout.build(Path(state.dir), state.hosts, state.address_base, Path(state.cache_dir))
         return cls(layout, state)
 
+    def reload(self) -> None:
+        """Read the state file again: another process (`ferry-lab`, `fence_lab`)
+        started or killed daemons of this lab."""
+        state = load_state(self.layout.state_file)
+        if state is not None:
+            self._state = state
+
     # ---- what the lab is ----------------------------------------------------
 
     @property

@@ -54,6 +54,24 @@ class DescribeRequest(msgspec.Struct, frozen=True):
     vm: VmName
 
 
+class ProbeRequest(msgspec.Struct, frozen=True):
+    """Does the libvirtd at `uri` (a lost host's peer URI) accept connections from
+    this host? Asked of a lost host's peers before it is fenced: a host whose agent
+    died while its libvirtd runs is alive, and is not fenced."""
+
+    uri: Annotated[str, msgspec.Meta(max_length=300)]
+    seconds: Annotated[float, msgspec.Meta(ge=0.1, le=30)] = 5.0
+
+
+class ProbeReply(msgspec.Struct, frozen=True, tag="probe"):
+    host: HostName  # the peer that probed
+    uri: str
+    answered: bool
+    # What was tried and what came of it, as a sentence.
+    detail: str = ""
+    seconds: float = 0.0
+
+
 class MeasureRequest(msgspec.Struct, frozen=True):
     """Measure how fast the guest dirties its memory now (it takes `seconds`)."""
 

@@ -164,6 +164,18 @@ class HostUndrained(msgspec.Struct, frozen=True, tag="host_undrained"):
     at: float = 0.0
 
 
+class HostProbed(msgspec.Struct, frozen=True, tag="host_probed"):
+    """What a lost host's peers found when asked whether its libvirtd answers:
+    `verdict` unreachable (a fencing candidate), alive (its agent died, the host
+    did not: never fenced) or unknown (too few peers could tell)."""
+
+    host: HostName
+    verdict: str
+    reason: str
+    peers: list[str] = []
+    at: float = 0.0
+
+
 class HaPolicySet(msgspec.Struct, frozen=True, tag="ha_policy_set"):
     """A VM's HA restart priority (`ferry ha set`), or the cluster default (`vm` empty: `ferry ha default`)."""
 
@@ -259,6 +271,7 @@ CoordinatorEvent = (
     | HostCordoned
     | HostUncordoned
     | HaPolicySet
+    | HostProbed
     | MigrationForced
     | DowntimeSet
     | LimitsChanged

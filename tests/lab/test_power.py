@@ -31,6 +31,20 @@ def state_of(lab: Lab, host: str) -> str:
     return next(h["state"] for h in json.loads(shown.stdout)["hosts"] if h["host"] == host)
 
 
+def probed(lab: Lab, host: str, after: float, timeout: float = 60.0) -> dict:
+    """The first host_probed event about `host` stored after `after` (wall clock)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = ferry(lab, "events", "--host", host, "--since", "10m", "--json")
+        assert shown.code == 0, shown.stderr
+        found = [r["event"] for r in json.loads(shown.stdout) if r["event"].get("type") == "host_probed"
+                 and r["event"]["at"] > after]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, f"no host_probed event about {host}"
+        time.sleep(1.0)
+
+
 def wait_state(lab: Lab, host: str, state: str, timeout: float = 45.0) -> float:
     started = time.monotonic()
     while state_of(lab, host) != state:
@@ -44,6 +58,7 @@ def test_a_power_cut_stops_everything_of_the_host_and_fence_lab_reports_it(lab_w
     guest = guest_factory(host="hv3")
     on = fence_lab(lab, "action=status", "plug=hv3")
     assert on.returncode == 0 and on.stdout.startswith("Status: ON ("), on
+    cut_at = time.time()
     cut = subprocess.run([*LAB_CLI, "--dir", str(lab.dir), "host", "poweroff", "hv3"], capture_output=True, text=True,
                          timeout=60)
     try:
@@ -55,15 +70,35 @@ def test_a_power_cut_stops_everything_of_the_host_and_fence_lab_reports_it(lab_w
         power = subprocess.run([*LAB_CLI, "--dir", str(lab.dir), "host", "power", "hv3"], capture_output=True, text=True,
                                timeout=60)
         assert (power.returncode, power.stdout.strip()) == (4, "hv3 is off")
-        # Nobody told the coordinator: it finds out from the silence.
+        # Nobody told the coordinator: it finds out from the silence, then asks hv3's peers.
         wait_state(lab, "hv3", "lost")
+        event = probed(lab, "hv3", cut_at)
+        assert event["verdict"] == "unreachable" and event["peers"] == ["hv1", "hv2"], event
+        assert "answers none of its peers" in event["reason"] and "a candidate for fencing" in event["reason"]
         unknown = fence_lab(lab, "action=status", "plug=hv9")
         assert unknown.returncode == 1 and unknown.stderr.startswith("fence_lab: "), unknown
     finally:
         back = fence_lab(lab, "action=on", "plug=hv3")
+        lab.reload()  # the power went off and on in other processes
     assert (back.returncode, back.stdout.strip()) == (0, "Success: Powered ON hv3"), back
     wait_state(lab, "hv3", "up")
     assert fence_lab(lab, "action=status", "plug=hv3").returncode == 0
     # The guest's QEMU died with the host: after the power comes back it is defined and off, not running.
     (info,) = [g for g in lab.guests() if g.name == guest]
     assert (info.host, info.state) == ("hv3", "shut off")
+
+
+def test_a_host_whose_agent_died_is_alive_to_its_peers_and_its_guest_runs_on(lab_with_ferry: Lab, guest_factory) -> None:
+    lab = lab_with_ferry
+    guest = guest_factory(host="hv3")
+    killed_at = time.time()
+    lab.kill("agent:hv3")
+    try:
+        wait_state(lab, "hv3", "lost")
+        event = probed(lab, "hv3", killed_at)
+    finally:
+        lab.start("agent:hv3")
+    assert event["verdict"] == "alive", event
+    assert event["reason"].startswith("hv3's agent is silent but its libvirtd answers hv1, hv2: not fenced"), event
+    lab.wait_for_tick(guest, "hv3", lab.wait_for_tick(guest, "hv3") + 1)
+    wait_state(lab, "hv3", "up")

@@ -8,11 +8,11 @@ request decoder with its smaller cap, as every endpoint does."""
 
 import msgspec
 
-from ferry.proto import agent, api, convergence, drain, events, host, leader, limits, network, progress, session
+from ferry.proto import agent, api, convergence, drain, events, ha, history, host, leader, limits, network, progress, session
 from ferry.proto.codec import Decoder, request_decoder
 from ferry.proto.host import StatusDecoder
 
-MODULES = (agent, api, convergence, drain, events, host, leader, limits, network, progress, session)
+MODULES = (agent, api, convergence, drain, events, ha, history, host, leader, limits, network, progress, session)
 # Subject families read as one tagged union.
 UNIONS: dict[str, object] = {
     "SessionUpdate": agent.SessionUpdate,

@@ -60,7 +60,28 @@ async def _cmd_show(client: FerryClient, args: argparse.Namespace, console: Cons
     return 0
 
 
+async def _cmd_confirm_dead(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
+    reply = await client.confirm_dead(args.host, args.reason)
+    if args.json:
+        print_json(reply)
+    else:
+        console.print(plain(f"{reply.record.reason}; recorded at {wall_time(reply.record.at)}"))
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    host = sub.add_parser("host", help="a host's power: say a lost host is off (for HA restarts)")
+    host_commands = host.add_subparsers(dest="host_command", required=True, metavar="COMMAND")
+    confirm = host_commands.add_parser(
+        "confirm-dead",
+        help="a lost host is powered off: checked by hand (its fence failed or it has none); its HA VMs may start "
+        "elsewhere. Saying so of a host that still runs them would run them twice",
+    )
+    confirm.add_argument("host")
+    confirm.add_argument("--reason", default="", help="recorded with who and when")
+    confirm.add_argument("--json", action="store_true")
+    confirm.set_defaults(run=_cmd_confirm_dead)
+
     ha = sub.add_parser("ha", help="HA: which VMs restart on another host when theirs dies (after it is fenced)")
     commands = ha.add_subparsers(dest="ha_command", required=True, metavar="COMMAND")
     set_ = commands.add_parser("set", help="a VM's restart priority: high first, off never")

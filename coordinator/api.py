@@ -21,6 +21,7 @@ from nats.micro.service import Service
 
 from ferry.coordinator import cordons as cordons_module
 from ferry.coordinator import drains as drain_records_module
+from ferry.coordinator import fences as fences_module
 from ferry.coordinator import ha_policies as ha_policies_module
 from ferry.coordinator import leadership as leadership_module
 from ferry.coordinator import limits_keeper, session_store
@@ -59,7 +60,7 @@ from ferry.proto.codec import encode, request_decoder
 from ferry.proto.drain import Drain, DrainReply, DrainRequest, DrainsReply, DrainsRequest, UndrainRequest
 from ferry.proto.errors import ErrorCode, ErrorReply, FerryError
 from ferry.proto.events import LimitsChanged
-from ferry.proto.ha import HaDefaultRequest, HaPolicy, HaReply, HaRequest, HaSetRequest
+from ferry.proto.ha import ConfirmDeadRequest, FenceReply, HaDefaultRequest, HaPolicy, HaReply, HaRequest, HaSetRequest
 from ferry.proto.history import EventsReply, EventsRequest
 from ferry.proto.leader import BucketView, MemberView, Role, StatusReply, StatusRequest
 from ferry.proto.limits import LimitsReply, LimitsRequest
@@ -81,6 +82,7 @@ BUCKETS = (
     leadership_module.BUCKET,
     cordons_module.BUCKET,
     ha_policies_module.BUCKET,
+    fences_module.BUCKET,
 )
 
 _ERROR = msgspec.json.Decoder(ErrorReply)
@@ -123,6 +125,7 @@ class Api:
             "downtime": (DowntimeChange, self._downtime),
             "ha_set": (HaSetRequest, self._ha_set),
             "ha_default": (HaDefaultRequest, self._ha_default),
+            "confirm_dead": (ConfirmDeadRequest, self._confirm_dead),
         }
 
     @asynccontextmanager
@@ -382,6 +385,12 @@ class Api:
         if event is not None:
             self._log.info("ha_default_set", priority=str(request.priority), by=caller)
             await term.announce(event)
+        return reply
+
+    async def _confirm_dead(self, term: LeaderTerm, request: ConfirmDeadRequest, caller: str) -> FenceReply:
+        reply, event = await term.fencer.confirm_dead(request.host, self._coordinator.views(), by=caller, reason=request.reason)
+        self._log.warning("host_confirmed_dead", host=request.host, by=caller, reason=request.reason)
+        await term.announce(event)
         return reply
 
     async def _force_complete(self, term: LeaderTerm, request: ForceCompleteRequest, caller: str) -> SessionReply:

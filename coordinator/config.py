@@ -5,6 +5,7 @@ from typing import Annotated
 
 import msgspec
 
+from ferry.coordinator.fencing import DEFAULT_FENCE_DIRS, FenceDevice, device_problem, find_agent
 from ferry.proto.limits import Limits
 from ferry.runtime.config import NatsSettings, nats_problems
 from ferry.runtime.metrics import address_problem
@@ -27,6 +28,20 @@ class EvacuationSettings(msgspec.Struct, frozen=True):
     # Long enough to ride out a probe that flaps, short enough to empty a host
     # that is really failing while it still can.
     debounce_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+
+
+class FencingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Power a lost host off through its fence device when its peers cannot reach
+    # its libvirtd (coordinator/host_death.py); only a confirmed off counts.
+    enabled: bool = True
+    # Where fence agents are looked up (a device names a program, never a path).
+    agent_dirs: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_FENCE_DIRS))
+    # Host name -> how it is powered off: [fencing.devices."hv1"] agent = "fence_ipmilan",
+    # options = { ip = "10.0.0.9", username = "admin", password = "...", lanplus = "1" }.
+    devices: dict[str, FenceDevice] = {}
+    # More lost hosts at once than this share of the cluster looks like the
+    # coordinator's own network, not dead hosts: none of them is fenced.
+    max_lost_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
 
 
 class LeaderSettings(msgspec.Struct, frozen=True):
@@ -86,6 +101,7 @@ class CoordinatorConfig(msgspec.Struct, frozen=True):
     evacuation: EvacuationSettings = EvacuationSettings()
     leader: LeaderSettings = LeaderSettings()
     history: HistorySettings = HistorySettings()
+    fencing: FencingSettings = FencingSettings()
 
 
 def problems(config: CoordinatorConfig) -> list[str]:
@@ -104,4 +120,11 @@ def problems(config: CoordinatorConfig) -> list[str]:
         )
     if config.leader.renew_every >= config.leader.step_down_after:
         problems.append("leader.renew_every must be shorter than leader.step_down_after")
+    dirs = tuple(config.fencing.agent_dirs)
+    for host, device in sorted(config.fencing.devices.items()):
+        problem = device_problem(device)
+        if problem is None and find_agent(device.agent, dirs) is None:
+            problem = f"fence agent {device.agent} is not installed in {', '.join(dirs)}"
+        if problem is not None:
+            problems.append(f"fencing.devices.{host}: {problem}")
     return problems

@@ -18,6 +18,7 @@ from ferry.coordinator.api import Api
 from ferry.coordinator.config import CoordinatorConfig
 from ferry.coordinator.cordons import open_cordon_records, with_cordons
 from ferry.coordinator.drains import draining_marks, open_drain_records
+from ferry.coordinator.fences import open_fence_records
 from ferry.coordinator.ha_policies import open_ha_records
 from ferry.coordinator.history_streams import open_history_streams
 from ferry.coordinator.kv import TypedBucket, WatchedBucket, open_bucket, replicas_for
@@ -170,7 +171,8 @@ class Coordinator:
             drain_records = self._drain_records = await open_drain_records(js, replicas=replicas)
             cordon_records = self._cordon_records = await open_cordon_records(js, replicas=replicas)
             ha_records = await open_ha_records(js, replicas=replicas)
-            for part in (limits, drain_records, cordon_records, ha_records):
+            fence_records = await open_fence_records(js, replicas=replicas)
+            for part in (limits, drain_records, cordon_records, ha_records, fence_records):
                 await part.start()
                 watched.append(part)
             leadership = self._leadership = await Leadership.open(
@@ -182,7 +184,8 @@ class Coordinator:
             def new_term(lease: Lease) -> LeaderTerm:
                 return LeaderTerm(
                     lease, self._config, store=store, claims=claims, agents=agents, limits=limits,
-                    drain_records=drain_records, views=self.current_views, emit=self._emit, clock=self._clock,
+                    drain_records=drain_records, fence_records=fence_records, views=self.current_views, emit=self._emit,
+                    clock=self._clock,
                     locate=self._registry.reporting, peer_uri=self._peer_uri,
                 )
 

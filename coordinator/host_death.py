@@ -26,6 +26,8 @@ from ferry.proto.host import HealthState
 
 PROBERS = 2
 PROBE_SECONDS = 5.0
+# Peers asked at most: one that cannot be asked (lost itself, just not known yet) is replaced by the next.
+CANDIDATES = 5
 
 
 class Death(enum.StrEnum):
@@ -74,13 +76,20 @@ class DeathCheck:
 
     async def check(self, lost: str) -> HostProbed:
         uri = self._peer_uri(lost)
-        peers = probers(lost, self._views())
+        candidates = probers(lost, self._views(), CANDIDATES)
         if not uri:
             verdict, reason = Death.UNKNOWN, f"{lost} never said its peer URI: its libvirtd cannot be probed; check it by hand"
-            return HostProbed(host=lost, verdict=str(verdict), reason=reason, peers=peers)
-        answers = await asyncio.gather(*(self._ask(peer, uri) for peer in peers))
-        verdict, reason = judge(lost, uri, list(answers))
-        return HostProbed(host=lost, verdict=str(verdict), reason=reason, peers=peers)
+            return HostProbed(host=lost, verdict=str(verdict), reason=reason, peers=candidates[:PROBERS])
+        # Two at a time; a peer that cannot be asked (it may be failing too) gives its turn to the next.
+        answers: list[ProbeReply | str] = []
+        asked: list[str] = []
+        while candidates and sum(isinstance(a, ProbeReply) for a in answers) < PROBERS:
+            wanted = PROBERS - sum(isinstance(a, ProbeReply) for a in answers)
+            turn, candidates = candidates[:wanted], candidates[wanted:]
+            asked += turn
+            answers += await asyncio.gather(*(self._ask(peer, uri) for peer in turn))
+        verdict, reason = judge(lost, uri, answers)
+        return HostProbed(host=lost, verdict=str(verdict), reason=reason, peers=[a.host for a in answers if isinstance(a, ProbeReply)] or asked)
 
     async def _ask(self, peer: str, uri: str) -> ProbeReply | str:
         try:

@@ -16,6 +16,7 @@ from ferry.coordinator.agents import AgentClient
 from ferry.coordinator.archiver import Archiver
 from ferry.coordinator.config import CoordinatorConfig
 from ferry.coordinator.drains import DrainController
+from ferry.coordinator.fences import Fencer
 from ferry.coordinator.health_watch import HealthWatch, Verdict
 from ferry.coordinator.host_death import Death, DeathCheck
 from ferry.coordinator.kv import WatchedBucket
@@ -27,7 +28,8 @@ from ferry.coordinator.sessions.ports import Clock
 from ferry.proto.api import HostView
 from ferry.proto.drain import Drain, DrainRequest
 from ferry.proto.errors import FerryError
-from ferry.proto.events import CoordinatorEvent
+from ferry.proto.events import CoordinatorEvent, HostNotFenced
+from ferry.proto.ha import FenceRecord
 from ferry.proto.host import HealthCheck, HealthState
 from ferry.proto.leader import Lease
 
@@ -45,6 +47,7 @@ class LeaderTerm:
         agents: AgentClient,
         limits: LimitsKeeper,
         drain_records: WatchedBucket[Drain],
+        fence_records: WatchedBucket[FenceRecord],
         views: Callable[[], list[HostView]],
         emit: Emit,
         clock: Clock,
@@ -61,6 +64,8 @@ class LeaderTerm:
         self._archiver = Archiver(store, SessionArchive(store.js), claims.holding_sessions, config.history, wall=clock.wall)
         self._emit = emit
         self._death = DeathCheck(agents.probe, views, peer_uri)
+        self.fencer = Fencer(fence_records, config.fencing, wall=clock.wall)
+        self._views = views
         # Lost hosts whose peers are being asked about them (see host_death.py).
         self._checks: dict[str, asyncio.Task] = {}
         evacuated = {host for host, drain in drain_records.values().items() if drain.automatic}
@@ -112,6 +117,14 @@ class LeaderTerm:
             log = self._log.error if event.verdict == Death.ALIVE else self._log.warning
             log("host_probed", host=host, verdict=event.verdict, reason=event.reason, peers=event.peers)
             await self._emit([event])
+            if event.verdict == Death.UNREACHABLE:
+                fenced = await self.fencer.fence(host, self._views())
+                if isinstance(fenced, HostNotFenced):
+                    # Loud: its VMs may still run there, and nothing restarts them elsewhere.
+                    self._log.error("host_not_fenced", host=host, reason=fenced.reason)
+                else:
+                    self._log.warning("host_fenced", host=host, by=fenced.by, reason=fenced.reason, seconds=fenced.seconds)
+                await self._emit([fenced])
         except Exception:
             self._log.exception("host_probe_failed", host=host)
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 from ferry.lab.layout import COORDINATORS, IMAGES_PATH, PKI_PATH, QEMU_TLS_PATH, HostLayout, LabLayout
 
@@ -114,8 +115,19 @@ allow_unsafe = true
 {extra}"""
 
 
-def coordinator_toml(layout: LabLayout, name: str, nats_urls: Sequence[str], nats_identity: str = "") -> str:
-    """Coordinator ``name``'s config: the name tells the two apart in the leader lease and the logs."""
+def coordinator_toml(
+    layout: LabLayout, name: str, nats_urls: Sequence[str], nats_identity: str = "", fence_dir: Path | None = None
+) -> str:
+    """Coordinator ``name``'s config: the name tells the two apart in the leader lease and the logs.
+    `fence_dir`: where fence_lab is installed; each lab host is fenced with it (a lab power cut)."""
+    fencing = ""
+    if fence_dir is not None:
+        fencing = f"\n[fencing]\nagent_dirs = [{_q(str(fence_dir))}]\n" + "".join(
+            f'[fencing.devices.{_q(host.name)}]\nagent = "fence_lab"\n'
+            f"options = {{ plug = {_q(host.name)}, lab_dir = {_q(str(layout.dir))} }}\n"
+            "run_timeout = 60\npower_timeout = 30\nstatus_every = 0.5\n"
+            for host in layout.hosts
+        )
     return f"""\
 # Written by ferry-lab for the lab in {layout.dir}.
 name = {_q(name)}
@@ -124,4 +136,4 @@ metrics_address = {_q(coordinator_metrics_address(layout, name))}
 
 [nats]
 servers = {_servers(nats_urls)}
-{nats_identity}"""
+{nats_identity}{fencing}"""

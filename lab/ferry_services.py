@@ -51,7 +51,8 @@ def write_agent_config(
 
 def write_coordinator_config(layout: LabLayout, name: str, nats_urls: Sequence[str]) -> None:
     identity = NatsSecurity(layout.nats_security_dir).config_lines(name, Role.COORDINATOR)
-    layout.coordinator_config(name).write_text(configs.coordinator_toml(layout, name, nats_urls, identity))
+    fence_dir = executable("fence_lab").parent
+    layout.coordinator_config(name).write_text(configs.coordinator_toml(layout, name, nats_urls, identity, fence_dir))
 
 
 def metrics_urls(layout: LabLayout) -> dict[str, str]:

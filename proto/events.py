@@ -176,6 +176,26 @@ class HostProbed(msgspec.Struct, frozen=True, tag="host_probed"):
     at: float = 0.0
 
 
+class HostFenced(msgspec.Struct, frozen=True, tag="host_fenced"):
+    """A lost host is off: its fence device confirmed it (`by` the agent), or an
+    operator did (`ferry host confirm-dead`, `by` their identity)."""
+
+    host: HostName
+    by: str
+    reason: str
+    seconds: float = 0.0
+    at: float = 0.0
+
+
+class HostNotFenced(msgspec.Struct, frozen=True, tag="host_not_fenced"):
+    """A lost host that may still run its VMs: nothing of it is restarted elsewhere
+    until its fence works or an operator confirms it dead."""
+
+    host: HostName
+    reason: str
+    at: float = 0.0
+
+
 class HaPolicySet(msgspec.Struct, frozen=True, tag="ha_policy_set"):
     """A VM's HA restart priority (`ferry ha set`), or the cluster default (`vm` empty: `ferry ha default`)."""
 
@@ -272,6 +292,8 @@ CoordinatorEvent = (
     | HostUncordoned
     | HaPolicySet
     | HostProbed
+    | HostFenced
+    | HostNotFenced
     | MigrationForced
     | DowntimeSet
     | LimitsChanged

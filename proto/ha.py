@@ -11,7 +11,7 @@ from typing import Annotated
 
 import msgspec
 
-from ferry.proto.names import VmName
+from ferry.proto.names import HostName, VmName
 
 
 class HaPriority(enum.StrEnum):
@@ -66,3 +66,40 @@ class HaReply(msgspec.Struct, frozen=True, tag="ha"):
     policies: list[HaPolicy] = []
     # The write changed nothing (the same priority was already set).
     changed: bool = True
+
+
+class FenceState(enum.StrEnum):
+    # Its fence device confirmed it off.
+    FENCED = "fenced"
+    # An operator checked by hand and said so (`ferry host confirm-dead`).
+    CONFIRMED_DEAD = "confirmed_dead"
+    # Not fenced: no device, the device failed, or the cluster looked partitioned.
+    FAILED = "failed"
+
+    @property
+    def dead(self) -> bool:
+        """Whether its VMs may be started elsewhere."""
+        return self in (FenceState.FENCED, FenceState.CONFIRMED_DEAD)
+
+
+class FenceRecord(msgspec.Struct, frozen=True):
+    """The last word on a lost host's power, kept in KV (bucket ferry_fences)."""
+
+    host: str
+    state: FenceState
+    reason: str
+    # The fence agent, or the operator identity that confirmed.
+    by: str = ""
+    at: float = 0.0
+    seconds: float = 0.0
+
+
+class ConfirmDeadRequest(msgspec.Struct, frozen=True):
+    """`ferry host confirm-dead HOST`: the operator checked that the host is off."""
+
+    host: HostName
+    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
+
+
+class FenceReply(msgspec.Struct, frozen=True, tag="fence"):
+    record: FenceRecord

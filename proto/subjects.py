@@ -37,6 +37,7 @@ READ_VERBS = ("hosts", "sessions", "session", "drains", "status", "limits", "eve
 WRITE_VERBS = (
     "migrate", "plan", "cancel", "bandwidth", "drain", "undrain", "set_limits",
     "cordon", "uncordon", "force_complete", "downtime", "ha_set", "ha_default",
+    "confirm_dead",
 )
 # Who asks is the subject's token after `ferry.api` (the caller's identity name,
 # which NATS lets only that identity publish under once permissions are on).

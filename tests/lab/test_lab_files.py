@@ -102,6 +102,12 @@ def test_the_coordinator_reads_the_lab_coordinator_config(layout: LabLayout) -> 
 
     config = msgspec.toml.decode(configs.coordinator_toml(layout, "c1", URLS), type=coordinator_config.CoordinatorConfig)
     assert config.name == "c1" and config.nats.servers == URLS and config.heartbeat_timeout == 6.0
+    fenced = msgspec.toml.decode(
+        configs.coordinator_toml(layout, "c1", URLS, fence_dir=Path("/venv/bin")), type=coordinator_config.CoordinatorConfig
+    )
+    assert fenced.fencing.agent_dirs == ["/venv/bin"] and sorted(fenced.fencing.devices) == [h.name for h in layout.hosts]
+    hv1 = fenced.fencing.devices["hv1"]
+    assert (hv1.agent, hv1.options) == ("fence_lab", {"plug": "hv1", "lab_dir": str(layout.dir)})
 
 
 def test_each_coordinator_and_nats_server_has_its_own_files(layout: LabLayout) -> None:

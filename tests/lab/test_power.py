@@ -31,17 +31,16 @@ def state_of(lab: Lab, host: str) -> str:
     return next(h["state"] for h in json.loads(shown.stdout)["hosts"] if h["host"] == host)
 
 
-def probed(lab: Lab, host: str, after: float, timeout: float = 60.0) -> dict:
-    """The first host_probed event about `host` stored after `after` (wall clock)."""
+def event_of(lab: Lab, kind: str, host: str, after: float, timeout: float = 60.0) -> dict:
+    """The first `kind` event about `host` stored after `after` (wall clock)."""
     deadline = time.monotonic() + timeout
     while True:
         shown = ferry(lab, "events", "--host", host, "--since", "10m", "--json")
         assert shown.code == 0, shown.stderr
-        found = [r["event"] for r in json.loads(shown.stdout) if r["event"].get("type") == "host_probed"
-                 and r["event"]["at"] > after]
+        found = [r["event"] for r in json.loads(shown.stdout) if r["event"].get("type") == kind and r["event"]["at"] > after]
         if found:
             return found[0]
-        assert time.monotonic() < deadline, f"no host_probed event about {host}"
+        assert time.monotonic() < deadline, f"no {kind} event about {host}"
         time.sleep(1.0)
 
 
@@ -72,9 +71,12 @@ def test_a_power_cut_stops_everything_of_the_host_and_fence_lab_reports_it(lab_w
         assert (power.returncode, power.stdout.strip()) == (4, "hv3 is off")
         # Nobody told the coordinator: it finds out from the silence, then asks hv3's peers.
         wait_state(lab, "hv3", "lost")
-        event = probed(lab, "hv3", cut_at)
+        event = event_of(lab, "host_probed", "hv3", cut_at)
         assert event["verdict"] == "unreachable" and event["peers"] == ["hv1", "hv2"], event
         assert "answers none of its peers" in event["reason"] and "a candidate for fencing" in event["reason"]
+        # The lab's coordinators fence each host with fence_lab: off, then a status that says off.
+        fenced = event_of(lab, "host_fenced", "hv3", cut_at)
+        assert (fenced["by"], fenced["reason"]) == ("fence_lab", "fence_lab confirms hv3 is off"), fenced
         unknown = fence_lab(lab, "action=status", "plug=hv9")
         assert unknown.returncode == 1 and unknown.stderr.startswith("fence_lab: "), unknown
     finally:
@@ -95,10 +97,13 @@ def test_a_host_whose_agent_died_is_alive_to_its_peers_and_its_guest_runs_on(lab
     lab.kill("agent:hv3")
     try:
         wait_state(lab, "hv3", "lost")
-        event = probed(lab, "hv3", killed_at)
+        event = event_of(lab, "host_probed", "hv3", killed_at)
     finally:
         lab.start("agent:hv3")
     assert event["verdict"] == "alive", event
     assert event["reason"].startswith("hv3's agent is silent but its libvirtd answers hv1, hv2: not fenced"), event
+    shown = ferry(lab, "events", "--host", "hv3", "--since", "10m", "--json")
+    assert not [r for r in json.loads(shown.stdout) if r["event"].get("type") in ("host_fenced", "host_not_fenced")
+                and r["event"]["at"] > killed_at], "an agent that died is no reason to fence"
     lab.wait_for_tick(guest, "hv3", lab.wait_for_tick(guest, "hv3") + 1)
     wait_state(lab, "hv3", "up")

@@ -63,8 +63,14 @@ async def test_the_check_asks_two_peers_and_says_what_they_found():
 
     check = DeathCheck(fake_probe, lambda: [view("hv1", HostState.LOST), view("hv2"), view("hv3")], lambda host: URI)
     event = await check.check("hv1")
-    assert sorted(asked) == [("hv2", URI), ("hv3", URI)] and event.peers == ["hv2", "hv3"]
+    assert sorted(asked) == [("hv2", URI), ("hv3", URI)] and event.peers == ["hv2"]
     assert event.verdict == "unknown" and "hv3 could not be asked: nobody answers" in event.reason
+    # A peer that cannot be asked gives its turn to the next one.
+    asked.clear()
+    more = DeathCheck(fake_probe, lambda: [view(h) for h in ("hv1", "hv2", "hv3", "hv4")], lambda host: URI)
+    event = await more.check("hv1")
+    assert [peer for peer, _uri in asked] == ["hv2", "hv3", "hv4"] and event.peers == ["hv2", "hv4"]
+    assert event.verdict == "unreachable"
     no_uri = await DeathCheck(fake_probe, lambda: [], lambda host: "").check("hv1")
     assert no_uri.verdict == "unknown" and no_uri.reason.startswith("hv1 never said its peer URI")
 

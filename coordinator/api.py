@@ -57,9 +57,9 @@ from ferry.proto.api import (
     UncordonRequest,
 )
 from ferry.proto.codec import encode, request_decoder
-from ferry.proto.drain import Drain, DrainReply, DrainRequest, DrainsReply, DrainsRequest, UndrainRequest
+from ferry.proto.drain import Drain, DrainReply, DrainRequest, DrainsReply, DrainsRequest, DrainState, UndrainRequest
 from ferry.proto.errors import ErrorCode, ErrorReply, FerryError
-from ferry.proto.events import LimitsChanged
+from ferry.proto.events import HostUndrained, LimitsChanged
 from ferry.proto.ha import ConfirmDeadRequest, FenceReply, HaDefaultRequest, HaPolicy, HaReply, HaRequest, HaSetRequest
 from ferry.proto.history import EventsReply, EventsRequest
 from ferry.proto.leader import BucketView, MemberView, Role, StatusReply, StatusRequest
@@ -405,7 +405,25 @@ class Api:
         return await term.drains.drain(request, requested_by=caller)
 
     async def _undrain(self, term: LeaderTerm, request: UndrainRequest, caller: str) -> DrainReply:
-        return DrainReply(drain=await term.drains.undrain(request.host, by=caller))
+        fence = term.fencer.record(request.host)
+        fenced = fence is not None and fence.state.dead
+        if fenced:
+            await term.fencer.clear(request.host)
+            self._log.warning("fenced_host_let_back", host=request.host, by=caller)
+        try:
+            return DrainReply(drain=await term.drains.undrain(request.host, by=caller))
+        except FerryError as exc:
+            if not fenced or exc.code != ErrorCode.NOT_FOUND:
+                raise
+        # Fenced, not drained: what kept it out of placement was the fence.
+        assert fence is not None
+        now = self._coordinator.clock.wall()
+        await term.announce(HostUndrained(host=request.host, cancelled=0, by=caller))
+        term.sessions.wake()
+        return DrainReply(drain=Drain(
+            host=request.host, state=DrainState.DONE, started_at=fence.at, updated_at=now, reason=fence.reason,
+            automatic=True, requested_by=fence.by, finished_at=now,
+        ))
 
     async def _change_limits(self, term: LeaderTerm, request: LimitsRequest, caller: str) -> LimitsReply:
         before = self._limits.current()

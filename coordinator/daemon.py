@@ -18,7 +18,7 @@ from ferry.coordinator.api import Api
 from ferry.coordinator.config import CoordinatorConfig
 from ferry.coordinator.cordons import open_cordon_records, with_cordons
 from ferry.coordinator.drains import draining_marks, open_drain_records
-from ferry.coordinator.fences import open_fence_records
+from ferry.coordinator.fences import fenced_marks, open_fence_records
 from ferry.coordinator.ha_policies import open_ha_records
 from ferry.coordinator.history_streams import open_history_streams
 from ferry.coordinator.kv import TypedBucket, WatchedBucket, open_bucket, replicas_for
@@ -46,6 +46,7 @@ from ferry.proto.events import (
     LeaderElected,
     PlacementsStopped,
 )
+from ferry.proto.ha import FenceRecord
 from ferry.proto.host import HostBeat, ReportRequest, StatusDecoder
 from ferry.proto.leader import Lease
 from ferry.proto.limits import Limits
@@ -95,6 +96,7 @@ class Coordinator:
         self._leadership: Leadership | None = None
         self._drain_records: WatchedBucket[Drain] | None = None
         self._cordon_records: WatchedBucket[Cordon] | None = None
+        self._fence_records: WatchedBucket[FenceRecord] | None = None
         self._connected_at = monotonic()
         self._new_term: Callable[[Lease], LeaderTerm] | None = None
         self._metrics = CoordinatorMetrics(config.metrics_address, lambda: take_snapshot(self), self.name)
@@ -146,6 +148,9 @@ class Coordinator:
 
     def _marked(self, views: list[HostView]) -> list[HostView]:
         marks = draining_marks(self._drain_records) if self._drain_records is not None else {}
+        if self._fence_records is not None:
+            # A fenced host stays out of placement, also once it reports again, until an operator undrains it.
+            marks = fenced_marks(self._fence_records) | marks
         cordons = self._cordon_records.values() if self._cordon_records is not None else {}
         if not marks and not cordons:
             return views
@@ -171,7 +176,7 @@ class Coordinator:
             drain_records = self._drain_records = await open_drain_records(js, replicas=replicas)
             cordon_records = self._cordon_records = await open_cordon_records(js, replicas=replicas)
             ha_records = await open_ha_records(js, replicas=replicas)
-            fence_records = await open_fence_records(js, replicas=replicas)
+            fence_records = self._fence_records = await open_fence_records(js, replicas=replicas)
             for part in (limits, drain_records, cordon_records, ha_records, fence_records):
                 await part.start()
                 watched.append(part)

@@ -49,6 +49,16 @@ def fence_refusal(host: str, views: Iterable[HostView], settings: FencingSetting
     return None
 
 
+def fenced_marks(records: WatchedBucket[FenceRecord]) -> dict[str, str]:
+    """Hosts fenced (or confirmed dead) and not yet let back by an operator, with why
+    they stay out of placement. Pure over the watched records."""
+    return {
+        host: f"fenced: {record.reason}; `ferry undrain {host}` lets VMs be placed there again"
+        for host, record in records.values().items()
+        if record.state.dead
+    }
+
+
 def _not_fenced(host: str, why: str) -> str:
     return f"{host} is not fenced: {why}; none of its VMs is started elsewhere (ferry host confirm-dead {host} after checking by hand)"
 
@@ -97,6 +107,16 @@ class Fencer:
         record = FenceRecord(host=host, state=FenceState.CONFIRMED_DEAD, reason=said, by=by, at=self._wall())
         await self._write(record)
         return FenceReply(record=record), HostFenced(host=host, by=by, reason=said)
+
+    async def clear(self, host: str) -> FenceRecord | None:
+        """Forget the host's fence (`ferry undrain`): it may take VMs again. The record, or None."""
+        async with self._lock:
+            held = self._records.get(host)
+            if held is None:
+                return None
+            await self._records.store.delete_if(host, held[1])
+            self._records.saw(host, None, held[1] + 1)
+        return held[0]
 
     async def _write(self, record: FenceRecord) -> None:
         async with self._lock:

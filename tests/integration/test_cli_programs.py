@@ -45,12 +45,12 @@ def test_the_bash_script_loads_and_completes_commands(tmp_path):
     assert run(["bash", "-n", str(path)]).returncode == 0
     loaded = run(["bash", "-c", f'source <({script("ferry")} completion bash) && complete -p ferry'])
     assert loaded.returncode == 0 and loaded.stdout.strip().endswith(" ferry"), loaded.stderr
-    # What <Tab> offers after `ferry ho` and after `ferry cancel --j`.
+    # What <Tab> offers after `ferry cor` and after `ferry cancel --j`.
     offered = run(["bash", "-c", f"""source {path}
-COMP_WORDS=(ferry ho); COMP_CWORD=1; _shtab_ferry; echo "${{COMPREPLY[@]}}"
+COMP_WORDS=(ferry cor); COMP_CWORD=1; _shtab_ferry; echo "${{COMPREPLY[@]}}"
 COMP_WORDS=(ferry cancel --j); COMP_CWORD=2; _shtab_ferry; echo "${{COMPREPLY[@]}}"
 """])
-    assert offered.stdout.splitlines() == ["hosts", "--json"], offered.stderr
+    assert offered.stdout.splitlines() == ["cordon", "--json"], offered.stderr
 
 
 @pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed here (the bash script is tested)")

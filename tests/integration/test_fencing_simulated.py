@@ -99,3 +99,20 @@ async def test_an_unreachable_host_is_fenced_a_failed_fence_is_loud_and_an_opera
 
         event = await eventually(confirmed_event, timeout=10, what="dead2 confirmed dead")
         assert event.by == LAB_ADMIN
+
+        # A fenced host that comes back stays out of placement until an operator lets it back.
+        daemons.start("dead1", "ferry-agent", simulated_agent_toml("dead1", url, tmp_path, vms=[("dead1-vm", 1, 256)]))
+
+        async def back():
+            hosts = {h.host: h for h in (await client.hosts()).hosts}
+            return hosts["dead1"] if hosts["dead1"].state == "up" else None
+
+        dead1 = await eventually(back, timeout=20, what="dead1 reporting again")
+        assert dead1.draining and dead1.drain_reason.startswith("fenced: fence_ok confirms dead1 is off; ")
+        refused = ferry(url, "migrate", "p1-vm", "--to", "dead1")
+        assert refused.code == 1 and "the destination dead1 is draining (fenced: " in refused.stderr, refused
+        undrained = ferry(url, "undrain", "dead1")
+        assert undrained.code == 0, undrained.stderr
+        assert not next(h for h in (await client.hosts()).hosts if h.host == "dead1").draining
+        again = ferry(url, "undrain", "dead1")
+        assert again.code == 1 and again.stderr.strip() == "ferry: not_found: dead1 is not draining"

@@ -104,6 +104,9 @@ JSON_RUNS: dict[str, list[str] | None] = {
     "uncordon": ["uncordon", "spare"],
     "cancel": ["cancel", "MOVING"],
     "force-complete": ["force-complete", "FORCED"],
+    "ha": ["ha", "show"],
+    # Needs a lost host: its --json is run in tests/integration/test_fencing_simulated.py.
+    "host": None,
     "completion": None,
 }
 

@@ -8,9 +8,11 @@ import stat
 import subprocess
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from ferry.lab.nats_security import LAB_ADMIN
+from ferry.proto.ha import FenceReply, FenceState
 from ferry.runtime.identity import Role
 from tests.support.cluster import CoordinatorEvents, connect_client, wait_hosts_up
 from tests.support.ferry_cli import CliResult, ferry
@@ -99,6 +101,10 @@ async def test_an_unreachable_host_is_fenced_a_failed_fence_is_loud_and_an_opera
 
         event = await eventually(confirmed_event, timeout=10, what="dead2 confirmed dead")
         assert event.by == LAB_ADMIN
+        as_json = ferry(url, "host", "confirm-dead", "dead2", "--json")
+        assert as_json.code == 0, as_json.stderr
+        record = msgspec.json.decode(as_json.stdout, type=FenceReply).record
+        assert (record.host, record.state, record.by) == ("dead2", FenceState.CONFIRMED_DEAD, LAB_ADMIN)
 
         # A fenced host that comes back stays out of placement until an operator lets it back.
         daemons.start("dead1", "ferry-agent", simulated_agent_toml("dead1", url, tmp_path, vms=[("dead1-vm", 1, 256)]))

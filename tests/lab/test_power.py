@@ -84,6 +84,11 @@ def test_a_power_cut_stops_everything_of_the_host_and_fence_lab_reports_it(lab_w
         lab.reload()  # the power went off and on in other processes
     assert (back.returncode, back.stdout.strip()) == (0, "Success: Powered ON hv3"), back
     wait_state(lab, "hv3", "up")
+    # Fenced, it stays out of placement until an operator lets it back (the other lab tests need it).
+    shown = json.loads(ferry(lab, "hosts", "--json").stdout)["hosts"]
+    assert next(h for h in shown if h["host"] == "hv3")["drain_reason"].startswith("fenced: fence_lab confirms hv3 is off")
+    undrained = ferry(lab, "undrain", "hv3")
+    assert undrained.code == 0, undrained.stderr
     assert fence_lab(lab, "action=status", "plug=hv3").returncode == 0
     # The guest's QEMU died with the host: after the power comes back it is defined and off, not running.
     (info,) = [g for g in lab.guests() if g.name == guest]

@@ -26,11 +26,11 @@ def policy_line(policy: HaPolicy) -> str:
     return what + (f", set by {policy.by}" if policy.by else "") + f" at {wall_time(policy.at)}"
 
 
-def _print(reply: HaReply, console: Console, args: argparse.Namespace) -> None:
+def _print(reply: HaReply, console: Console, args: argparse.Namespace, *, table: bool = False) -> None:
     if args.json:
         print_json(reply)
         return
-    if not args.table:
+    if not table:
         for policy in reply.policies or [reply.default]:
             console.print(plain(policy_line(policy) + ("" if reply.changed else " (unchanged)")))
         return
@@ -54,9 +54,7 @@ async def _cmd_default(client: FerryClient, args: argparse.Namespace, console: C
 
 
 async def _cmd_show(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
-    reply = await client.ha(args.vms)
-    args.table = not args.vms
-    _print(reply, console, args)
+    _print(await client.ha(args.vms), console, args, table=not args.vms)
     return 0
 
 
@@ -88,11 +86,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     set_.add_argument("vm")
     set_.add_argument("--priority", required=True, choices=PRIORITIES)
     set_.add_argument("--json", action="store_true")
-    set_.set_defaults(run=_cmd_set, table=False)
+    set_.set_defaults(run=_cmd_set)
     default = commands.add_parser("default", help="the priority of every VM without one of its own (built in: off)")
     default.add_argument("priority", choices=PRIORITIES)
     default.add_argument("--json", action="store_true")
-    default.set_defaults(run=_cmd_default, table=False)
+    default.set_defaults(run=_cmd_default)
     show = commands.add_parser("show", help="the policies set (or those of the VMs named) and the cluster default")
     show.add_argument("vms", nargs="*", metavar="VM")
     show.add_argument("--json", action="store_true")

@@ -53,7 +53,6 @@ class Cordons:
 
     def __init__(self, records: WatchedBucket[Cordon], *, wall: Callable[[], float] = time.time) -> None:
         self._records = records
-        self._store = records.store
         self._wall = wall
         self._lock = asyncio.Lock()
 
@@ -69,8 +68,7 @@ class Cordons:
                 # Cordoning twice has the effect of cordoning once: the first record (who, why, when) stays.
                 return CordonReply(cordon=held[0], changed=False), None
             cordon = Cordon(host=request.host, reason=request.reason, by=by, at=self._wall())
-            written = await self._store.create(request.host, cordon)
-            self._records.saw(request.host, cordon, written)
+            await self._records.write(request.host, cordon)
         return CordonReply(cordon=cordon), HostCordoned(host=cordon.host, reason=cordon.reason, by=by)
 
     async def uncordon(self, host: str, *, by: str = "") -> tuple[CordonReply, HostUncordoned]:
@@ -78,7 +76,6 @@ class Cordons:
             held = self._records.get(host)
             if held is None:
                 raise FerryError(ErrorCode.NOT_FOUND, f"{host} is not cordoned")
-            cordon, revision = held
-            await self._store.delete_if(host, revision)
-            self._records.saw(host, None, revision + 1)
+            cordon = held[0]
+            await self._records.remove(host)
         return CordonReply(cordon=cordon), HostUncordoned(host=host, by=by)

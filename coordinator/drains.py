@@ -196,9 +196,8 @@ class DrainController:
             held = self._records.get(host)
             if held is None:
                 raise FerryError(ErrorCode.NOT_FOUND, f"{host} is not draining")
-            drain, revision = held
-            await self._store.delete_if(host, revision)
-            self._records.saw(host, None, revision + 1)
+            drain = held[0]
+            await self._records.remove(host)
         cancelled = 0
         for item in drain.items:
             session = self._sessions.known(item.session_id) if item.session_id else None

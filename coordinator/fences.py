@@ -111,16 +111,8 @@ class Fencer:
     async def clear(self, host: str) -> FenceRecord | None:
         """Forget the host's fence (`ferry undrain`): it may take VMs again. The record, or None."""
         async with self._lock:
-            held = self._records.get(host)
-            if held is None:
-                return None
-            await self._records.store.delete_if(host, held[1])
-            self._records.saw(host, None, held[1] + 1)
-        return held[0]
+            return await self._records.remove(host)
 
     async def _write(self, record: FenceRecord) -> None:
         async with self._lock:
-            held = self._records.get(record.host)
-            store = self._records.store
-            written = await (store.put_if(record.host, record, held[1]) if held is not None else store.create(record.host, record))
-            self._records.saw(record.host, record, written)
+            await self._records.write(record.host, record)

@@ -66,13 +66,11 @@ class HaPolicies:
         return await self._write(DEFAULT_KEY, HaPolicy(priority=priority, by=by, at=self._wall()))
 
     async def _write(self, key: str, policy: HaPolicy) -> tuple[HaReply, HaPolicySet | None]:
-        store = self._records.store
         async with self._lock:
             held = self._records.get(key)
             if held is not None and held[0].priority == policy.priority:
                 # The same priority again changes nothing: who set it first, and when, stays.
                 return HaReply(default=self.default(), policies=[held[0]] if policy.vm else [], changed=False), None
-            written = await (store.put_if(key, policy, held[1]) if held is not None else store.create(key, policy))
-            self._records.saw(key, policy, written)
+            await self._records.write(key, policy)
         event = HaPolicySet(vm=policy.vm, priority=policy.priority, by=policy.by)
         return HaReply(default=self.default(), policies=[policy] if policy.vm else []), event

@@ -298,6 +298,24 @@ class WatchedBucket(Generic[T]):
         for key in changed:
             self._changed(key)
 
+    async def write(self, key: str, value: T) -> int:
+        """Store `value` as a compare-and-set on the revision held here (a create when
+        none is held) and hold it; a writer that got there first makes it a CONFLICT."""
+        held = self._values.get(key)
+        store = self._records
+        written = await (store.put_if(key, value, held[1]) if held is not None else store.create(key, value))
+        self.saw(key, value, written)
+        return written
+
+    async def remove(self, key: str) -> T | None:
+        """Delete the record held, as a compare-and-set on its revision; the record, or None."""
+        held = self._values.get(key)
+        if held is None:
+            return None
+        await self._records.delete_if(key, held[1])
+        self.saw(key, None, held[1] + 1)
+        return held[0]
+
     def saw(self, key: str, value: T | None, revision: int) -> None:
         """A record at `revision` (None: deleted by the entry at `revision`), from the
         watch or from this process's own write; anything not newer than what is

@@ -52,9 +52,7 @@ class LimitsKeeper:
         store = self._watched.store
         held = self._watched.get(KEY)
         if request.reset:
-            if held is not None:
-                await store.delete_if(KEY, held[1])
-                self._watched.saw(KEY, None, held[1] + 1)
+            await self._watched.remove(KEY)
         elif request != LimitsRequest():
             updated = apply(self.current(), request)
             if held is None:

@@ -125,12 +125,6 @@ class PlacementIndex:
         # Hosts no VM may take now, and facts that carry a reservation: judged one by one.
         self._aside: dict[str, HostFacts] = {}
 
-    def __len__(self) -> int:
-        return len(self._facts)
-
-    def get(self, name: str) -> HostFacts | None:
-        return self._facts.get(name)
-
     def sync(self, facts: Sequence[HostFacts]) -> None:
         """Take the hosts as they are now (one entry per host); only those whose facts
         are new objects are sorted again."""

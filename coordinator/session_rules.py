@@ -118,6 +118,19 @@ def host_facts(
     `cache`: facts kept from the last call for views that are the same objects.
     """
     views = list(hosts)
+    reserved = held_room(in_flight, lists_vm(views))
+    bases = cache.all(views) if cache is not None else [_facts_of(h) for h in views]
+    if not reserved:
+        return bases
+    return [
+        replace(base, reserved_vcpus=held[0], reserved_memory_mib=held[1]) if (held := reserved.get(base.name)) else base
+        for base in bases
+    ]
+
+
+def lists_vm(views: list[HostView]) -> Callable[[str, str], bool]:
+    """`reports(host, vm)` for `held_room` from these views: whether the host's last
+    report lists the VM (the views are indexed by name at the first question only)."""
     by_name: dict[str, HostView] = {}
 
     def reports(host: str, vm: str) -> bool:
@@ -126,14 +139,7 @@ def host_facts(
         dest = by_name.get(host)
         return dest is not None and any(v.name == vm for v in dest.vms)
 
-    reserved = held_room(in_flight, reports)
-    bases = cache.all(views) if cache is not None else [_facts_of(h) for h in views]
-    if not reserved:
-        return bases
-    return [
-        replace(base, reserved_vcpus=held[0], reserved_memory_mib=held[1]) if (held := reserved.get(base.name)) else base
-        for base in bases
-    ]
+    return reports
 
 
 def held_room(in_flight: Iterable[Session], reports: Callable[[str, str], bool]) -> dict[str, tuple[int, int]]:

@@ -386,16 +386,11 @@ class Lab:
         killed at once (SIGKILL), nothing is told and nothing cleans up. Returns what
         was running."""
         layout = self.host(host)
-        daemons = [(role, self.process(role)) for role in (agent_role(layout), libvirtd_role(layout))]
-        running = [(role, ref) for role, ref in daemons if ref is not None]
-        running += [(f"qemu {ref.pid}", ref) for ref in hosts.qemu_processes(layout)]
-        for _what, ref in running:
-            with suppress(ProcessLookupError):
-                os.kill(ref.pid, signal.SIGKILL)
-        for what, ref in running:
-            if not processes.wait_gone(ref, 5.0):
-                raise LabError(f"{what} of {host} (pid {ref.pid}) survived SIGKILL; it may be stuck in the kernel (state D).")
-        for role, _ref in daemons:
+        daemons = (agent_role(layout), libvirtd_role(layout))
+        running = [(role, ref) for role in daemons if (ref := self.process(role)) is not None]
+        running += [(f"qemu {ref.pid} of {host}", ref) for ref in hosts.qemu_processes(layout)]
+        _kill_at_once(running)
+        for role in daemons:
             self._record(role, None)
         return [what for what, _ref in running]
 
@@ -444,9 +439,7 @@ class Lab:
         ref = self.process(role)
         if ref is None:
             return False
-        os.kill(ref.pid, signal.SIGKILL)
-        if not processes.wait_gone(ref, 5.0):
-            raise LabError(f"{role} (pid {ref.pid}) survived SIGKILL; it may be stuck in the kernel (state D).")
+        _kill_at_once([(role, ref)])
         self._record(role, None)
         return True
 
@@ -594,6 +587,17 @@ class Lab:
                 )
             time.sleep(0.2)
         return tick
+
+
+def _kill_at_once(running: list[tuple[str, ProcessRef]]) -> None:
+    """SIGKILL to each (named) process first, then wait until each is gone: a crash or
+    a power cut, not a stop."""
+    for _what, ref in running:
+        with suppress(ProcessLookupError):
+            os.kill(ref.pid, signal.SIGKILL)
+    for what, ref in running:
+        if not processes.wait_gone(ref, 5.0):
+            raise LabError(f"{what} (pid {ref.pid}) survived SIGKILL; it may be stuck in the kernel (state D).")
 
 
 def sweep_namespaces(dir: Path, timeout: float = 10.0) -> list[int]:

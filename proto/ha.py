@@ -21,14 +21,6 @@ class HaPriority(enum.StrEnum):
     # Never restarted elsewhere: reported when its host dies.
     OFF = "off"
 
-    @property
-    def order(self) -> int:
-        """Restart order: high first; off never."""
-        return _ORDER[self]
-
-
-_ORDER = {HaPriority.HIGH: 0, HaPriority.MEDIUM: 1, HaPriority.LOW: 2, HaPriority.OFF: 3}
-
 
 class HaPolicy(msgspec.Struct, frozen=True):
     """A VM's policy (`vm` empty: the cluster default), who set it and when (wall clock)."""

@@ -26,6 +26,7 @@ from ferry.coordinator.session_rules import (
     check_policy,
     find_source,
     held_room,
+    lists_vm,
     prediction_for,
     reported_demand,
     rules_for,
@@ -229,17 +230,8 @@ class SessionManager:
         """The best hosts for `vm` from the placement index, kept up to date with the
         views (only hosts whose view is a new object are sorted again)."""
         self._index.sync(self._facts.all(hosts))
-        if self._locate is not None:
-            locate = self._locate
-
-            def reports(host: str, vm: str) -> bool:
-                return host in locate(vm)
-        else:
-            by_name = {h.host: h for h in hosts}
-
-            def reports(host: str, vm: str) -> bool:
-                return host in by_name and any(v.name == vm for v in by_name[host].vms)
-
+        locate = self._locate
+        reports = (lambda host, vm: host in locate(vm)) if locate is not None else lists_vm(hosts)
         return self._index.shortlist(vm, rules, held_room(self.holding(), reports), CANDIDATES_SHOWN)
 
     def _live(self, session: Session) -> Session:

@@ -48,6 +48,8 @@ class SimulatedHost(msgspec.Struct, frozen=True):
     unreachable_peers: list[str] = []
     # libvirt networks this host defines (all active), for VMs' interfaces.
     networks: list[str] = []
+    # Non-empty: every start of a restarted VM is refused with these words (as a disk lock would).
+    refuse_starts: str = ""
 
 
 class HypervisorSettings(msgspec.Struct, frozen=True):

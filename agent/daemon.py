@@ -21,6 +21,7 @@ from ferry.agent.journal import Journal
 from ferry.agent.metrics import AgentMetrics, AgentSnapshot
 from ferry.agent.peer_probe import probe
 from ferry.agent.probes import run_probes
+from ferry.agent.restarts import Restarts
 from ferry.agent.source import Source
 from ferry.agent.status import AGENT_VERSION, Observation, build_status
 from ferry.proto import subjects
@@ -42,6 +43,7 @@ from ferry.proto.api import AgentStatusRequest
 from ferry.proto.codec import MAX_REQUEST_BYTES, Decoder, encode, request_decoder
 from ferry.proto.errors import FerryError
 from ferry.proto.events import HealthChanged
+from ferry.proto.ha import RestartRequest
 from ferry.proto.host import HealthCheck, HealthState, HostStatus, ReportRequest, UnreadableVm, VmInfo, VmState
 from ferry.proto.network import HostNetworks
 from ferry.runtime.connection import connect, disconnect
@@ -68,12 +70,13 @@ VERB_REQUESTS: dict[str, type] = {
     "rollback": SessionRef,
     "measure": MeasureRequest,
     "probe": ProbeRequest,
+    "restart": RestartRequest,
 }
 # Verbs answered several at once, and how many at most; one more is answered
 # `unavailable` at once. A measurement watches the guest for a second or more
 # (up to a minute); a drain's dry run measures every VM of the host together,
 # so the limit is generous, but a flood of requests costs at most this many tasks.
-CONCURRENT_VERBS = {"measure": 32, "probe": 8}
+CONCURRENT_VERBS = {"measure": 32, "probe": 8, "restart": 8}
 
 
 class Agent:
@@ -106,6 +109,7 @@ class Agent:
         self._journal = Journal(config.state_dir, clock=clock)
         self._source = Source(config, hypervisor, self._publish, self._journal, clock=clock)
         self._destination = Destination(config, hypervisor, clock, self._journal, images=images_folder(config))
+        self._restarts = Restarts(config.host, hypervisor, images_folder(config))
         self._jobs = Jobs(config.host, hypervisor, [self._source, self._destination])
         self._metrics = AgentMetrics(config.metrics_address, self.metrics_snapshot, config.host)
 
@@ -182,6 +186,7 @@ class Agent:
             "rollback": self._destination.rollback,
             "measure": self._source.measure,
             "probe": lambda request: probe(request, me=self._config.host),
+            "restart": self._restarts.restart,
         }
 
     async def _recover(self) -> None:

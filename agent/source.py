@@ -144,7 +144,7 @@ class Source:
 
     async def describe(self, request: DescribeRequest) -> VmDescription:
         try:
-            vm = await self._hypervisor.describe_vm(request.vm)
+            vm = await self._hypervisor.describe_vm(request.vm, definition=request.definition)
         except VmNotFound:
             raise FerryError(ErrorCode.UNKNOWN_VM, f"{self._config.host} has no VM named {request.vm}") from None
         except HypervisorUnavailable as exc:

@@ -30,10 +30,12 @@ from ferry.proto.agent import (
 )
 from ferry.proto.codec import ReplyDecoder, encode
 from ferry.proto.errors import ErrorCode, FerryError
+from ferry.proto.ha import RestartReply, RestartRequest
 
 T = TypeVar("T")
 
 _DESCRIBE = ReplyDecoder(VmDescription, "describe")
+_RESTARTED = ReplyDecoder(RestartReply, "restart")
 _PREPARE = ReplyDecoder(PrepareReply, "prepare")  # type: ignore[arg-type]
 _MIGRATION = ReplyDecoder(MigrationState, "migrate")
 _ABORT = ReplyDecoder(AbortReply, "abort")
@@ -61,8 +63,16 @@ class AgentClient:
             raise FerryError(ErrorCode.TIMEOUT, f"the agent on {host} did not answer {verb} within {wait:g} s") from None
         return decoder.decode(reply.data)
 
-    async def describe(self, host: str, vm: str) -> VmDescription:
-        return await self._request(host, "describe", DescribeRequest(vm=vm), _DESCRIBE)
+    async def describe(self, host: str, vm: str, *, definition: bool = False) -> VmDescription:
+        return await self._request(host, "describe", DescribeRequest(vm=vm, definition=definition), _DESCRIBE)
+
+    async def definition(self, host: str, vm: str) -> VmDescription:
+        """The VM described with its persistent definition (kept for HA restarts)."""
+        return await self.describe(host, vm, definition=True)
+
+    async def restart(self, host: str, request: RestartRequest) -> RestartReply:
+        # Defining and starting a guest (QEMU start-up, leases) can take a moment.
+        return await self._request(host, "restart", request, _RESTARTED, timeout=max(self._timeout, 60.0))
 
     async def probe(self, host: str, request: ProbeRequest) -> ProbeReply:
         """Whether `host` reaches the libvirtd of another host's peer URI."""

@@ -20,18 +20,21 @@ from nats.micro import add_service
 from nats.micro.service import Service
 
 from ferry.coordinator import cordons as cordons_module
+from ferry.coordinator import domain_copies as domain_copies_module
 from ferry.coordinator import drains as drain_records_module
 from ferry.coordinator import fences as fences_module
 from ferry.coordinator import ha_policies as ha_policies_module
 from ferry.coordinator import leadership as leadership_module
 from ferry.coordinator import limits_keeper, session_store
+from ferry.coordinator import restarts as restarts_module
 from ferry.coordinator.cordons import Cordons
 from ferry.coordinator.drains import draining_marks, find_drain
 from ferry.coordinator.event_history import EventHistory
 from ferry.coordinator.ha_policies import HaPolicies
 from ferry.coordinator.host_pages import hosts_page, reply_budget
-from ferry.coordinator.kv import WatchedBucket, replicas_of
+from ferry.coordinator.kv import TypedBucket, WatchedBucket, replicas_of
 from ferry.coordinator.limits_keeper import LimitsKeeper
+from ferry.coordinator.restarts import read_restarts
 from ferry.coordinator.session_archive import SessionArchive
 from ferry.coordinator.session_store import SessionStore
 from ferry.coordinator.sessions.cancel_target import needs_sessions, session_to_cancel
@@ -60,7 +63,18 @@ from ferry.proto.codec import encode, request_decoder
 from ferry.proto.drain import Drain, DrainReply, DrainRequest, DrainsReply, DrainsRequest, DrainState, UndrainRequest
 from ferry.proto.errors import ErrorCode, ErrorReply, FerryError
 from ferry.proto.events import HostUndrained, LimitsChanged
-from ferry.proto.ha import ConfirmDeadRequest, FenceReply, HaDefaultRequest, HaPolicy, HaReply, HaRequest, HaSetRequest
+from ferry.proto.ha import (
+    ConfirmDeadRequest,
+    FenceReply,
+    HaDefaultRequest,
+    HaPolicy,
+    HaReply,
+    HaRequest,
+    HaSetRequest,
+    Restart,
+    RestartsReply,
+    RestartsRequest,
+)
 from ferry.proto.history import EventsReply, EventsRequest
 from ferry.proto.leader import BucketView, MemberView, Role, StatusReply, StatusRequest
 from ferry.proto.limits import LimitsReply, LimitsRequest
@@ -83,6 +97,8 @@ BUCKETS = (
     cordons_module.BUCKET,
     ha_policies_module.BUCKET,
     fences_module.BUCKET,
+    domain_copies_module.BUCKET,
+    restarts_module.BUCKET,
 )
 
 _ERROR = msgspec.json.Decoder(ErrorReply)
@@ -100,6 +116,7 @@ class Api:
         drain_records: WatchedBucket[Drain],
         cordon_records: WatchedBucket[Cordon],
         ha_records: WatchedBucket[HaPolicy],
+        restart_records: TypedBucket[Restart],
     ) -> None:
         self._coordinator = coordinator
         self._store = store
@@ -107,6 +124,7 @@ class Api:
         self._drains = drain_records
         self._cordons = Cordons(cordon_records, wall=coordinator.clock.wall)
         self._ha = HaPolicies(ha_records, wall=coordinator.clock.wall)
+        self._restarts = restart_records
         self._log = structlog.get_logger().bind(component="api", coordinator=coordinator.name)
         self._leader_service: Service | None = None
         self._nc: Client | None = None
@@ -145,6 +163,7 @@ class Api:
                 "limits": (LimitsRequest, self._limits_verb),
                 "events": (EventsRequest, self._events),
                 "ha": (HaRequest, self._ha_read),
+                "restarts": (RestartsRequest, self._restarts_read),
             }
             assert set(reads) == set(subjects.READ_VERBS) and set(self._writes) == set(subjects.WRITE_VERBS)
             for verb, (type_, handler) in reads.items():
@@ -391,7 +410,11 @@ class Api:
         reply, event = await term.fencer.confirm_dead(request.host, self._coordinator.views(), by=caller, reason=request.reason)
         self._log.warning("host_confirmed_dead", host=request.host, by=caller, reason=request.reason)
         await term.announce(event)
+        await term.restarts.plan(request.host)
         return reply
+
+    async def _restarts_read(self, request: RestartsRequest) -> RestartsReply:
+        return RestartsReply(restarts=await read_restarts(self._restarts, request.host, request.limit))
 
     async def _force_complete(self, term: LeaderTerm, request: ForceCompleteRequest, caller: str) -> SessionReply:
         self._log.info("force_complete", session_id=request.id, by=caller)

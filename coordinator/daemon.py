@@ -17,6 +17,7 @@ from ferry.coordinator.agents import AgentClient
 from ferry.coordinator.api import Api
 from ferry.coordinator.config import CoordinatorConfig
 from ferry.coordinator.cordons import open_cordon_records, with_cordons
+from ferry.coordinator.domain_copies import open_domain_copies
 from ferry.coordinator.drains import draining_marks, open_drain_records
 from ferry.coordinator.fences import fenced_marks, open_fence_records
 from ferry.coordinator.ha_policies import open_ha_records
@@ -29,6 +30,7 @@ from ferry.coordinator.limits_keeper import LimitsKeeper
 from ferry.coordinator.metrics import CoordinatorMetrics, take_snapshot
 from ferry.coordinator.rate_limit import RateLimit
 from ferry.coordinator.registry import MAX_HOSTS, Registry
+from ferry.coordinator.restarts import open_restart_records
 from ferry.coordinator.session_store import SessionStore, VmClaims
 from ferry.coordinator.sessions.ports import Clock
 from ferry.coordinator.term import LeaderTerm
@@ -177,7 +179,9 @@ class Coordinator:
             cordon_records = self._cordon_records = await open_cordon_records(js, replicas=replicas)
             ha_records = await open_ha_records(js, replicas=replicas)
             fence_records = self._fence_records = await open_fence_records(js, replicas=replicas)
-            for part in (limits, drain_records, cordon_records, ha_records, fence_records):
+            domain_copies = await open_domain_copies(js, replicas=replicas)
+            restart_records = await open_restart_records(js, replicas=replicas)
+            for part in (limits, drain_records, cordon_records, ha_records, fence_records, domain_copies):
                 await part.start()
                 watched.append(part)
             leadership = self._leadership = await Leadership.open(
@@ -189,13 +193,14 @@ class Coordinator:
             def new_term(lease: Lease) -> LeaderTerm:
                 return LeaderTerm(
                     lease, self._config, store=store, claims=claims, agents=agents, limits=limits,
-                    drain_records=drain_records, fence_records=fence_records, views=self.current_views, emit=self._emit,
+                    drain_records=drain_records, fence_records=fence_records, ha_records=ha_records,
+                    domain_copies=domain_copies, restart_records=restart_records, views=self.current_views, emit=self._emit,
                     clock=self._clock,
                     locate=self._registry.reporting, peer_uri=self._peer_uri,
                 )
 
             self._new_term = new_term
-            api = Api(self, store, limits, drain_records, cordon_records, ha_records)
+            api = Api(self, store, limits, drain_records, cordon_records, ha_records, restart_records)
             await nc.subscribe(subjects.ALL_HOST_STATUS, cb=self._on_status)
             await nc.subscribe(subjects.ALL_HOST_SESSIONS, cb=self._on_session_update)
             async with api.serve(nc):
@@ -250,6 +255,7 @@ class Coordinator:
         term = self._term = self._new_term(lease)
         term.sessions.on_end(self._metrics.session_ended)
         term.sessions.on_admission_pass(self._metrics.admission_pass)
+        term.restarts.on_end(self._metrics.restart_ended)
         self._term_task = asyncio.create_task(self._run_term(term), name=f"term-{lease.term}")
         await api.start_leading()
         await self._emit([LeaderElected(leader=self.name, term=lease.term, reason=reason, previous=previous)])

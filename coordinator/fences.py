@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 
+import msgspec
 from nats.js import JetStreamContext
 
 from ferry.coordinator.config import FencingSettings
@@ -59,6 +60,12 @@ def fenced_marks(records: WatchedBucket[FenceRecord]) -> dict[str, str]:
     }
 
 
+def _last_heard(host: str, views: list[HostView], now: float) -> float:
+    """When the host was last heard from (wall clock): restart times count from there."""
+    view = next((v for v in views if v.host == host), None)
+    return round(now - view.last_seen_age, 3) if view is not None else now
+
+
 def _not_fenced(host: str, why: str) -> str:
     return f"{host} is not fenced: {why}; none of its VMs is started elsewhere (ferry host confirm-dead {host} after checking by hand)"
 
@@ -88,7 +95,7 @@ class Fencer:
             state = FenceState.FENCED if result.confirmed_off else FenceState.FAILED
             reason = result.reason if result.confirmed_off else _not_fenced(host, result.reason)
             record = FenceRecord(host=host, state=state, reason=reason, by=device.agent, at=self._wall(),
-                                 seconds=round(result.seconds, 3))
+                                 seconds=round(result.seconds, 3), lost_at=_last_heard(host, views, self._wall()))
         await self._write(record)
         if record.state.dead:
             return HostFenced(host=host, by=record.by, reason=record.reason, seconds=record.seconds)
@@ -104,9 +111,21 @@ class Fencer:
                 f"{host} is {view.state}: its agent reports, so it is not dead; only a lost host can be confirmed dead",
             )
         said = f"{by or 'an operator'} confirmed {host} is off" + (f": {reason}" if reason else "")
-        record = FenceRecord(host=host, state=FenceState.CONFIRMED_DEAD, reason=said, by=by, at=self._wall())
+        record = FenceRecord(host=host, state=FenceState.CONFIRMED_DEAD, reason=said, by=by, at=self._wall(),
+                             lost_at=_last_heard(host, views, self._wall()))
         await self._write(record)
         return FenceReply(record=record), HostFenced(host=host, by=by, reason=said)
+
+    def dead_unplanned(self) -> list[str]:
+        """Hosts fenced (or confirmed dead) whose restarts were not recorded yet."""
+        return [host for host, r in self._records.values().items() if r.state.dead and not r.restarts_planned]
+
+    async def planned(self, host: str) -> None:
+        """Its restarts are recorded: a later leader does not plan them again."""
+        async with self._lock:
+            record = self.record(host)
+            if record is not None and not record.restarts_planned:
+                await self._records.write(host, msgspec.structs.replace(record, restarts_planned=True))
 
     async def clear(self, host: str) -> FenceRecord | None:
         """Forget the host's fence (`ferry undrain`): it may take VMs again. The record, or None."""

@@ -20,6 +20,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from ferry.coordinator.leadership import Leadership
 from ferry.coordinator.term import LeaderTerm
 from ferry.proto.api import HostState, HostView
+from ferry.proto.ha import Restart, RestartState
 from ferry.proto.host import HealthState
 from ferry.proto.session import Outcome, Session, SessionCode, SessionState
 from ferry.runtime.metrics import (
@@ -207,6 +208,18 @@ class CoordinatorMetrics(SnapshotMetrics[CoordinatorSnapshot]):
             buckets=DURATION_BUCKETS, registry=self.registry,
         )
         self._ended: OrderedDict[str, None] = OrderedDict()
+        self._restarted = Counter(
+            "ferry_ha_restart_succeeded", "HA VMs of dead hosts running again elsewhere (counted by the leader).",
+            registry=self.registry,
+        )
+        self._restart_failed = Counter(
+            "ferry_ha_restart_failed", "HA restarts that failed, by reason code (counted by the leader).", ["code"],
+            registry=self.registry,
+        )
+        self._restart_seconds = Histogram(
+            "ferry_ha_restart_seconds", "From a host's last heartbeat to its HA VM running again elsewhere.",
+            buckets=DURATION_BUCKETS, registry=self.registry,
+        )
         self._admission = Histogram(
             "ferry_admission_pass_seconds", "How long an admission pass took to decide (the leader's, with sessions queued).",
             buckets=ADMISSION_BUCKETS, registry=self.registry,
@@ -214,6 +227,15 @@ class CoordinatorMetrics(SnapshotMetrics[CoordinatorSnapshot]):
         self._last_admission = Gauge(
             "ferry_admission_last_pass_seconds", "How long the last admission pass took to decide.", registry=self.registry
         )
+
+    def restart_ended(self, restart: Restart) -> None:
+        """The leader's hook for a restart session that ended (running or failed)."""
+        if restart.state == RestartState.RUNNING:
+            self._restarted.inc()
+            if restart.seconds:
+                self._restart_seconds.observe(restart.seconds)
+        else:
+            self._restart_failed.labels(code=restart.code or "unknown").inc()
 
     def admission_pass(self, seconds: float) -> None:
         """The leader's hook after each admission pass with sessions queued."""

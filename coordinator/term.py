@@ -15,22 +15,25 @@ import structlog
 from ferry.coordinator.agents import AgentClient
 from ferry.coordinator.archiver import Archiver
 from ferry.coordinator.config import CoordinatorConfig
+from ferry.coordinator.domain_copies import DomainCopies
 from ferry.coordinator.drains import DrainController
 from ferry.coordinator.fences import Fencer
+from ferry.coordinator.ha_policies import HaPolicies
 from ferry.coordinator.health_watch import HealthWatch, Verdict
 from ferry.coordinator.host_death import Death, DeathCheck
-from ferry.coordinator.kv import WatchedBucket
+from ferry.coordinator.kv import TypedBucket, WatchedBucket
 from ferry.coordinator.limits_keeper import LimitsKeeper
+from ferry.coordinator.restarts import RestartController
 from ferry.coordinator.session_archive import SessionArchive
 from ferry.coordinator.session_store import SessionStore, VmClaims
 from ferry.coordinator.sessions import SessionManager
 from ferry.coordinator.sessions.ports import Clock
-from ferry.proto.api import HostView
+from ferry.proto.api import HostState, HostView
 from ferry.proto.drain import Drain, DrainRequest
 from ferry.proto.errors import FerryError
 from ferry.proto.events import CoordinatorEvent, HostNotFenced
-from ferry.proto.ha import FenceRecord
-from ferry.proto.host import HealthCheck, HealthState
+from ferry.proto.ha import DomainCopy, FenceRecord, HaPolicy, Restart
+from ferry.proto.host import HealthCheck, HealthState, VmState
 from ferry.proto.leader import Lease
 
 Emit = Callable[[list[CoordinatorEvent]], Awaitable[None]]
@@ -48,6 +51,9 @@ class LeaderTerm:
         limits: LimitsKeeper,
         drain_records: WatchedBucket[Drain],
         fence_records: WatchedBucket[FenceRecord],
+        ha_records: WatchedBucket[HaPolicy],
+        domain_copies: WatchedBucket[DomainCopy],
+        restart_records: TypedBucket[Restart],
         views: Callable[[], list[HostView]],
         emit: Emit,
         clock: Clock,
@@ -65,6 +71,12 @@ class LeaderTerm:
         self._emit = emit
         self._death = DeathCheck(agents.probe, views, peer_uri)
         self.fencer = Fencer(fence_records, config.fencing, wall=clock.wall)
+        located = locate if locate is not None else _locate_in(views)
+        self.copies = DomainCopies(domain_copies, agents.definition, locate=located, wall=clock.wall)
+        self.restarts = RestartController(
+            restart_records, self.copies, self.fencer, HaPolicies(ha_records, wall=clock.wall), agents.restart, views,
+            _running_in(views, located), limits.current, emit, holding=self.sessions.holding, wall=clock.wall,
+        )
         self._views = views
         # Lost hosts whose peers are being asked about them (see host_death.py).
         self._checks: dict[str, asyncio.Task] = {}
@@ -82,12 +94,15 @@ class LeaderTerm:
             # because this coordinator has not heard its source yet.
             warm_for = await warm_up()
             adopted = await self.sessions.adopt()
-            self._log.info("sessions_adopted", adopted=adopted, warm_up_seconds=round(warm_for, 2))
-            await asyncio.gather(self.sessions.run(), self.drains.run(), self._archiver.run())
+            restarts = await self.restarts.adopt()
+            self._log.info("sessions_adopted", adopted=adopted, restarts=restarts, warm_up_seconds=round(warm_for, 2))
+            await asyncio.gather(self.sessions.run(), self.drains.run(), self._archiver.run(), self.restarts.run())
         finally:
             stop_listening()
             for task in self._checks.values():
                 task.cancel()
+            await self.restarts.close()
+            await self.copies.close()
             await self.sessions.close()
 
     def _limits_changed(self) -> None:
@@ -125,6 +140,7 @@ class LeaderTerm:
                 else:
                     self._log.warning("host_fenced", host=host, by=fenced.by, reason=fenced.reason, seconds=fenced.seconds)
                 await self._emit([fenced])
+                await self.restarts.plan(host)
         except Exception:
             self._log.exception("host_probe_failed", host=host)
         finally:
@@ -136,6 +152,7 @@ class LeaderTerm:
 
     async def tick(self) -> None:
         self.sessions.refresh_placement()
+        self.copies.refresh(self._views())
         await self.act(self.health.tick(self._clock.wall()))
 
     async def act(self, verdict: Verdict) -> None:
@@ -146,3 +163,30 @@ class LeaderTerm:
                 await self.drains.drain(DrainRequest(host=host, reason=reason), automatic=True)
             except FerryError as exc:
                 self._log.error("evacuation_not_started", host=host, reason=exc.message)
+
+
+def _locate_in(views: Callable[[], list[HostView]]) -> Callable[[str], list[str]]:
+    """The hosts whose last report lists a VM, looked up in the views (without the registry's index)."""
+
+    def locate(vm: str) -> list[str]:
+        return [v.host for v in views() if any(info.name == vm for info in v.vms)]
+
+    return locate
+
+
+def _running_in(views: Callable[[], list[HostView]], locate: Callable[[str], list[str]]) -> Callable[[str], list[str]]:
+    """The hosts that report a VM running (or paused) and are not lost: where it runs now.
+    A lost host's last report, and a returned host's shut-off definition, do not count."""
+
+    def running_on(vm: str) -> list[str]:
+        listed = set(locate(vm))
+        if not listed:
+            return []
+        return [
+            v.host
+            for v in views()
+            if v.host in listed and v.state != HostState.LOST
+            and any(info.name == vm and info.state in (VmState.RUNNING, VmState.PAUSED) for info in v.vms)
+        ]
+
+    return running_on

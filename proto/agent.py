@@ -11,6 +11,7 @@ from typing import Annotated
 import msgspec
 
 from ferry.proto.convergence import PolicyAction
+from ferry.proto.ha import DOMAIN_XML_MAX
 from ferry.proto.host import Versions, VmState
 from ferry.proto.names import HostName, NonNegative, SessionId, VmName
 from ferry.proto.network import Attachment
@@ -48,10 +49,16 @@ class VmDescription(msgspec.Struct, frozen=True, tag="vm"):
     dirty_rate_at: float = 0.0
     # What its interfaces need on the destination (libvirt networks, bridges, devices).
     attachments: list[Attachment] = []
+    # Asked for (DescribeRequest.definition): its persistent definition, and its digest
+    # as the host's report gives it (proto/host.py VmInfo.definition).
+    domain_xml: Annotated[str, msgspec.Meta(max_length=DOMAIN_XML_MAX)] = ""
+    definition: str = ""
 
 
 class DescribeRequest(msgspec.Struct, frozen=True):
     vm: VmName
+    # Also send the persistent definition (the coordinator keeps it for HA restarts).
+    definition: bool = False
 
 
 class ProbeRequest(msgspec.Struct, frozen=True):

@@ -23,6 +23,11 @@ class ErrorCode(enum.StrEnum):
     TLS_REQUIRED = "tls_required"
     # The source agent does not dial that libvirt peer URI (migration.allowed_peer_schemes).
     PEER_REFUSED = "peer_refused"
+    # The hypervisor would not start a restarted VM: a disk is held by a running copy
+    # (libvirt's lock manager or QEMU's image lock). Never tried on another host.
+    DISK_LOCKED = "disk_locked"
+    # The hypervisor would not start a restarted VM for another reason (its words follow).
+    START_REFUSED = "start_refused"
     INTERNAL = "internal"
 
 

@@ -205,6 +205,62 @@ class HaPolicySet(msgspec.Struct, frozen=True, tag="ha_policy_set"):
     at: float = 0.0
 
 
+class VmRestartQueued(msgspec.Struct, frozen=True, tag="vm_restart_queued"):
+    """An HA VM of a fenced host is to be started elsewhere (a restart session)."""
+
+    restart_id: str
+    vm: str
+    host: HostName
+    priority: str
+    at: float = 0.0
+
+
+class VmNotRestarted(msgspec.Struct, frozen=True, tag="vm_not_restarted"):
+    """A VM of a fenced host that is not started elsewhere, and why (HA off, local disks, ...)."""
+
+    vm: str
+    host: HostName
+    reason: str
+    at: float = 0.0
+
+
+class VmRestartStarting(msgspec.Struct, frozen=True, tag="vm_restart_starting"):
+    restart_id: str
+    vm: str
+    dest: HostName
+    at: float = 0.0
+
+
+class VmRestarted(msgspec.Struct, frozen=True, tag="vm_restarted"):
+    """It runs again: `seconds` from its host found lost to running on `dest`."""
+
+    restart_id: str
+    vm: str
+    host: HostName
+    dest: HostName
+    seconds: float
+    at: float = 0.0
+
+
+class VmRestartFailed(msgspec.Struct, frozen=True, tag="vm_restart_failed"):
+    restart_id: str
+    vm: str
+    host: HostName
+    code: str
+    reason: str
+    at: float = 0.0
+
+
+class VmsRetired(msgspec.Struct, frozen=True, tag="vms_retired"):
+    """A fenced host came back: the definitions of its VMs that were restarted
+    elsewhere were removed there, so nobody starts them twice."""
+
+    host: HostName
+    vms: list[str]
+    reason: str = ""
+    at: float = 0.0
+
+
 class HostCordoned(msgspec.Struct, frozen=True, tag="host_cordoned"):
     """No new VMs are placed on the host (`ferry cordon`); the VMs it runs stay."""
 
@@ -294,6 +350,12 @@ CoordinatorEvent = (
     | HostProbed
     | HostFenced
     | HostNotFenced
+    | VmRestartQueued
+    | VmNotRestarted
+    | VmRestartStarting
+    | VmRestarted
+    | VmRestartFailed
+    | VmsRetired
     | MigrationForced
     | DowntimeSet
     | LimitsChanged

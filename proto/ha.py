@@ -11,7 +11,13 @@ from typing import Annotated
 
 import msgspec
 
-from ferry.proto.names import HostName, VmName
+from ferry.proto.names import HostName, NonNegative, VmName
+from ferry.proto.network import Attachment
+
+# A domain's XML as it is kept and sent to restart it (libvirt's run to a few KiB;
+# a restart request carrying one stays under the agents' request cap).
+DOMAIN_XML_MAX = 200 * 1024
+RestartId = Annotated[str, msgspec.Meta(pattern=r"^r[a-z0-9]{6,40}\Z", description="restart id")]
 
 
 class HaPriority(enum.StrEnum):
@@ -84,6 +90,10 @@ class FenceRecord(msgspec.Struct, frozen=True):
     by: str = ""
     at: float = 0.0
     seconds: float = 0.0
+    # The restarts of its HA VMs are recorded (a leader that dies before plans them again).
+    restarts_planned: bool = False
+    # When the coordinator found the host silent (wall clock): restart times count from here.
+    lost_at: float = 0.0
 
 
 class ConfirmDeadRequest(msgspec.Struct, frozen=True):
@@ -95,3 +105,97 @@ class ConfirmDeadRequest(msgspec.Struct, frozen=True):
 
 class FenceReply(msgspec.Struct, frozen=True, tag="fence"):
     record: FenceRecord
+
+
+class DomainCopy(msgspec.Struct, frozen=True):
+    """What is needed to start a VM elsewhere once its host is dead, kept in KV
+    (bucket ferry_domains) from its host's `describe`, refreshed when it changes."""
+
+    vm: str
+    uuid: str
+    host: str
+    # The digest the host's report gives for this definition (proto/host.py VmInfo.definition).
+    digest: str
+    # The persistent definition (libvirt's inactive, migratable XML; no secrets).
+    xml: str
+    vcpus: NonNegative = 0
+    memory_mib: NonNegative = 0
+    # Disks on the host's own storage: such a VM cannot start anywhere else.
+    local_disks: list[str] = []
+    # What its interfaces need on whichever host starts it (placement checks hosts against it).
+    attachments: list[Attachment] = []
+    at: float = 0.0
+
+
+class RestartState(enum.StrEnum):
+    QUEUED = "queued"
+    STARTING = "starting"
+    # Runs on its new host (terminal).
+    RUNNING = "running"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RestartState.RUNNING, RestartState.FAILED)
+
+
+class RestartStep(msgspec.Struct, frozen=True):
+    at: float
+    state: RestartState
+    dest: str = ""
+    reason: str = ""
+
+
+class Restart(msgspec.Struct, frozen=True):
+    """A restart session: one HA VM of a dead host started on another (KV ferry_restarts)."""
+
+    id: str
+    vm: str
+    # The dead host, and the fence record that let the restart happen.
+    host: str
+    priority: HaPriority
+    state: RestartState
+    created_at: float
+    updated_at: float
+    lost_at: float = 0.0
+    fenced_by: str = ""
+    dest: str = ""
+    candidates_tried: list[str] = []
+    history: list[RestartStep] = []
+    code: str = ""
+    reason: str = ""
+    # From the host found lost to the VM running again (seconds), once it runs.
+    seconds: float = 0.0
+    vcpus: NonNegative = 0
+    memory_mib: NonNegative = 0
+    # Why it is still queued (a limit, or no room yet).
+    waiting: str = ""
+
+
+class RestartsRequest(msgspec.Struct, frozen=True):
+    """`ferry ha restarts`: restart sessions, newest first (`host`: of one dead host)."""
+
+    host: HostName | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+
+
+class RestartsReply(msgspec.Struct, frozen=True, tag="restarts"):
+    restarts: list[Restart] = []
+
+
+class RestartRequest(msgspec.Struct, frozen=True):
+    """Coordinator -> agent: define this VM from its kept XML and start it here.
+    Idempotent: the same restart again reports where the first one stands."""
+
+    restart_id: RestartId
+    vm: VmName
+    uuid: Annotated[str, msgspec.Meta(max_length=64)]
+    xml: Annotated[str, msgspec.Meta(max_length=DOMAIN_XML_MAX)]
+
+
+class RestartReply(msgspec.Struct, frozen=True, tag="restarted"):
+    vm: str
+    host: str
+    # It runs here now (started by this request, or it already ran).
+    running: bool
+    detail: str = ""

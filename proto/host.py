@@ -59,6 +59,9 @@ class VmInfo(msgspec.Struct, frozen=True, gc=False):
     persistent: bool = True
     # What its interfaces need on whichever host runs it (placement checks hosts against it).
     attachments: list[Attachment] = []
+    # A digest of its persistent definition: the coordinator keeps a copy of the
+    # definition (to restart it if the host dies) and fetches it again when this changes.
+    definition: Annotated[str, msgspec.Meta(max_length=64)] = ""
 
 
 class UnreadableVm(msgspec.Struct, frozen=True, gc=False):

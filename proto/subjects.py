@@ -33,7 +33,7 @@ def agent_verb(host: HostName, verb: str) -> str:
 
 
 # The API's verbs. A viewer may send only the read verbs; `limits` reads, `set_limits` changes.
-READ_VERBS = ("hosts", "sessions", "session", "drains", "status", "limits", "events", "ha")
+READ_VERBS = ("hosts", "sessions", "session", "drains", "status", "limits", "events", "ha", "restarts")
 WRITE_VERBS = (
     "migrate", "plan", "cancel", "bandwidth", "drain", "undrain", "set_limits",
     "cordon", "uncordon", "force_complete", "downtime", "ha_set", "ha_default",

@@ -1,5 +1,6 @@
 """The one seam between the agent and a hypervisor."""
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,6 +24,11 @@ class MigrationFailed(Exception):
 class LeverRefused(Exception):
     """The hypervisor refused to change a running migration (no job any more, post-copy
     not armed at its start, a value QEMU rejects). The message is a sentence for people."""
+
+
+class StartRefused(Exception):
+    """The hypervisor would not define or start the domain (a disk another host's
+    guest holds, a device missing here). The message is the hypervisor's own words."""
 
 
 class MeasurementFailed(Exception):
@@ -91,8 +97,14 @@ class Hypervisor(Protocol):
         """What this host offers VMs' interfaces: libvirt networks (with portgroups) and devices."""
         ...
 
-    async def describe_vm(self, name: str) -> VmDescription:
-        """Raises VmNotFound."""
+    async def describe_vm(self, name: str, *, definition: bool = False) -> VmDescription:
+        """Raises VmNotFound. `definition`: with its persistent domain XML and digest."""
+        ...
+
+    async def start_defined(self, xml: str, uuid: str) -> bool:
+        """Define the domain from `xml` (checked by the caller) and start it, unless the
+        domain of that UUID already runs here. True when this call started it. Raises
+        StartRefused; a definition this call made is removed again when the start fails."""
         ...
 
     async def vm_state(self, name: str) -> VmState | None:
@@ -172,3 +184,8 @@ class Hypervisor(Protocol):
 def version_string(encoded: int) -> str:
     """libvirt encodes versions as major * 1,000,000 + minor * 1,000 + micro."""
     return f"{encoded // 1_000_000}.{encoded // 1000 % 1000}.{encoded % 1000}"
+
+
+def definition_digest(xml: str) -> str:
+    """The digest of a persistent definition that hosts' reports carry (VmInfo.definition)."""
+    return hashlib.sha256(xml.encode()).hexdigest()[:32]

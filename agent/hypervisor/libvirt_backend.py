@@ -23,13 +23,16 @@ from ferry.agent.hypervisor.base import (
     MigrationFailed,
     MigrationPlan,
     NodeFacts,
+    StartRefused,
     VmInventory,
     VmNotFound,
+    definition_digest,
     version_string,
 )
 from ferry.agent.hypervisor.disks import ImagesFolder, create_image, remove_image
 from ferry.agent.hypervisor.networks import attachments_of, network_portgroups, read_devices
 from ferry.proto.agent import DiskInfo, VmDescription
+from ferry.proto.ha import DOMAIN_XML_MAX
 from ferry.proto.host import UnreadableVm, VmInfo, VmState
 from ferry.proto.names import VM_NAME_MAX, vm_name_problem
 from ferry.proto.network import HostNetworks, LibvirtNetwork
@@ -155,8 +158,11 @@ class LibvirtHypervisor:
             raise HypervisorUnavailable(f"cannot read libvirt's networks at {self._uri}: {exc.get_error_message()}") from None
         return HostNetworks(networks=networks, devices=await asyncio.to_thread(read_devices))
 
-    async def describe_vm(self, name: str) -> VmDescription:
-        return await self._on_domain(name, lambda dom: _describe(dom, self._images))
+    async def describe_vm(self, name: str, *, definition: bool = False) -> VmDescription:
+        return await self._on_domain(name, lambda dom: _describe(dom, self._images, definition=definition))
+
+    async def start_defined(self, xml: str, uuid: str) -> bool:
+        return await self._call(lambda conn: _start_defined(conn, xml, uuid))
 
     async def vm_state(self, name: str) -> VmState | None:
         try:
@@ -393,6 +399,7 @@ def _read_vms(conn: libvirt.virConnect) -> VmInventory:
                     state=_STATE.get(state, VmState.OTHER),
                     persistent=bool(dom.isPersistent()),
                     attachments=attachments_of(ET.fromstring(dom.XMLDesc(0))),
+                    definition=definition_digest(_definition_xml(dom)) if dom.isPersistent() else "",
                 )
             )
         except libvirt.libvirtError as exc:
@@ -448,7 +455,43 @@ def _lookup(conn: libvirt.virConnect, name: str) -> libvirt.virDomain:
         raise
 
 
-def _describe(dom: libvirt.virDomain, images: ImagesFolder) -> VmDescription:
+def _definition_xml(dom: libvirt.virDomain) -> str:
+    """The persistent definition as another host can define it: inactive (not the
+    running state), migratable (no host-made defaults), without secrets."""
+    return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+
+
+def _start_defined(conn: libvirt.virConnect, xml: str, uuid: str) -> bool:
+    try:
+        held = conn.lookupByUUIDString(uuid)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise
+        held = None
+    if held is not None and held.isActive():
+        return False
+    try:
+        dom = conn.defineXML(xml)
+    except libvirt.libvirtError as exc:
+        if not conn.isAlive():
+            raise
+        raise StartRefused(exc.get_error_message()) from None
+    try:
+        dom.create()
+    except libvirt.libvirtError as exc:
+        if not conn.isAlive():
+            raise
+        if held is None:
+            # Leave no definition behind that someone could start by hand later.
+            try:
+                dom.undefine()
+            except libvirt.libvirtError:
+                pass
+        raise StartRefused(exc.get_error_message()) from None
+    return True
+
+
+def _describe(dom: libvirt.virDomain, images: ImagesFolder, *, definition: bool = False) -> VmDescription:
     state, max_mem_kib, _mem_kib, vcpus, _cpu_time = dom.info()
     root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
     cpu = root.find("cpu")
@@ -481,7 +524,14 @@ def _describe(dom: libvirt.virDomain, images: ImagesFolder) -> VmDescription:
         disks=disks,
         running=state == libvirt.VIR_DOMAIN_RUNNING,
         attachments=attachments_of(root),
+        **(_with_definition(dom) if definition and dom.isPersistent() else {}),
     )
+
+
+def _with_definition(dom: libvirt.virDomain) -> dict[str, str]:
+    xml = _definition_xml(dom)
+    # One larger than any message may carry is not sent: the coordinator says it has no copy.
+    return {"domain_xml": xml if len(xml) <= DOMAIN_XML_MAX else "", "definition": definition_digest(xml)}
 
 
 def _migrate_flags(plan: MigrationPlan) -> int:

@@ -16,7 +16,11 @@ import asyncio
 import re
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from xml.sax.saxutils import escape
+
+import msgspec
 
 from ferry.agent.config import SimulatedHost
 from ferry.agent.hypervisor.base import (
@@ -26,8 +30,10 @@ from ferry.agent.hypervisor.base import (
     MigrationFailed,
     MigrationPlan,
     NodeFacts,
+    StartRefused,
     VmInventory,
     VmNotFound,
+    definition_digest,
 )
 from ferry.proto.agent import DiskInfo, VmDescription
 from ferry.proto.host import VmInfo, VmState
@@ -84,7 +90,7 @@ class SimulatedHypervisor:
             )
 
     def add_vm(self, vm: VmInfo, cpu_model: str = "", dirty_mib_per_s: int = 0) -> None:
-        self._vms[vm.name] = vm
+        self._vms[vm.name] = msgspec.structs.replace(vm, definition=definition_digest(_domain_xml(vm)))
         if cpu_model:
             self._cpu_models[vm.name] = cpu_model
         self.set_dirty_rate(vm.name, dirty_mib_per_s)
@@ -126,8 +132,9 @@ class SimulatedHypervisor:
         except KeyError:
             raise VmNotFound(name) from None
 
-    async def describe_vm(self, name: str) -> VmDescription:
+    async def describe_vm(self, name: str, *, definition: bool = False) -> VmDescription:
         vm = self._vm(name)
+        xml = _domain_xml(vm) if definition else ""
         model = self._cpu_models.get(name, "")
         return VmDescription(
             name=vm.name,
@@ -139,7 +146,25 @@ class SimulatedHypervisor:
             cpu_xml=f"<cpu><model>{model}</model></cpu>" if model else "",
             running=vm.state == VmState.RUNNING,
             attachments=list(vm.attachments),
+            domain_xml=xml,
+            definition=definition_digest(xml) if xml else "",
         )
+
+    async def start_defined(self, xml: str, uuid: str) -> bool:
+        held = next((vm for vm in self._vms.values() if vm.uuid == uuid), None)
+        if held is not None and held.state == VmState.RUNNING:
+            return False
+        try:
+            root = ET.fromstring(xml)
+            name = root.findtext("name") or ""
+            memory_mib = int(root.findtext("memory") or 0) // 1024
+            vcpus = int(root.findtext("vcpu") or 1)
+        except (ET.ParseError, ValueError) as exc:
+            raise StartRefused(f"XML error: {exc}") from None
+        if self._spec.refuse_starts:
+            raise StartRefused(self._spec.refuse_starts)
+        self.add_vm(VmInfo(name=name, uuid=uuid, vcpus=vcpus, memory_mib=memory_mib, state=VmState.RUNNING))
+        return True
 
     async def vm_state(self, name: str) -> VmState | None:
         vm = self._vms.get(name)
@@ -290,6 +315,15 @@ class SimulatedHypervisor:
 
     async def close(self) -> None:
         pass
+
+
+def _domain_xml(vm: VmInfo) -> str:
+    """A definition as libvirt would write one, for the parts a restart reads."""
+    return (
+        f"<domain type='qemu'><name>{escape(vm.name)}</name><uuid>{vm.uuid}</uuid>"
+        f"<memory unit='KiB'>{vm.memory_mib * 1024}</memory><vcpu>{vm.vcpus}</vcpu>"
+        "<os><type arch='x86_64'>hvm</type></os><devices/></domain>"
+    )
 
 
 def _cpu_model(cpu_xml: str) -> str:

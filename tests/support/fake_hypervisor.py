@@ -73,7 +73,7 @@ class FakeHypervisor:
         self._up()
         return HostNetworks()
 
-    async def describe_vm(self, name: str) -> VmDescription:
+    async def describe_vm(self, name: str, *, definition: bool = False) -> VmDescription:
         self._up()
         if name not in self.vms:
             raise VmNotFound(name)
@@ -85,6 +85,10 @@ class FakeHypervisor:
     async def vm_state(self, name: str) -> VmState | None:
         self._up()
         return self.vms.get(name)
+
+    async def start_defined(self, xml: str, uuid: str) -> bool:
+        self._up()
+        return False
 
     async def cpu_incompatibility(self, vm: VmDescription) -> str | None:
         return None

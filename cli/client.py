@@ -41,7 +41,17 @@ from ferry.proto.drain import (
 )
 from ferry.proto.errors import ErrorCode, FerryError
 from ferry.proto.events import CoordinatorEvent, SessionChanged
-from ferry.proto.ha import ConfirmDeadRequest, FenceReply, HaDefaultRequest, HaPriority, HaReply, HaRequest, HaSetRequest
+from ferry.proto.ha import (
+    ConfirmDeadRequest,
+    FenceReply,
+    HaDefaultRequest,
+    HaPriority,
+    HaReply,
+    HaRequest,
+    HaSetRequest,
+    RestartsReply,
+    RestartsRequest,
+)
 from ferry.proto.history import EventsReply, EventsRequest
 from ferry.proto.leader import StatusReply, StatusRequest
 from ferry.proto.limits import LimitsReply, LimitsRequest
@@ -62,6 +72,7 @@ _DRAINS = ReplyDecoder(DrainsReply, "drains")
 _STATUS = ReplyDecoder(StatusReply, "status")
 _CORDON = ReplyDecoder(CordonReply, "cordon")
 _HA = ReplyDecoder(HaReply, "ha")
+_RESTARTS = ReplyDecoder(RestartsReply, "restarts")
 _FENCE = ReplyDecoder(FenceReply, "fence")
 _EVENTS = ReplyDecoder(EventsReply, "events")
 _UPDATE = Decoder(SessionUpdate, "session update")  # type: ignore[arg-type]
@@ -240,6 +251,10 @@ class FerryClient:
     async def confirm_dead(self, host: str, reason: str = "") -> FenceReply:
         """Say a lost host is off (checked by hand): its HA VMs may start elsewhere."""
         return await self.call("confirm_dead", ConfirmDeadRequest(host=host, reason=reason), _FENCE)
+
+    async def restarts(self, host: str | None = None, limit: int = 100) -> RestartsReply:
+        """Restart sessions of HA VMs of dead hosts, newest first."""
+        return await self.call("restarts", RestartsRequest(host=host, limit=limit), _RESTARTS)
 
     async def limits(self, request: LimitsRequest | None = None) -> LimitsReply:
         """The limits in force; with fields set, change them first."""

@@ -3,6 +3,7 @@
     ferry ha set VM --priority high|medium|low|off
     ferry ha default high|medium|low|off      # every VM without a policy of its own
     ferry ha show [VM ...] [--json]
+    ferry ha restarts [--host HOST] [--json]  # restart sessions of dead hosts' VMs
 """
 
 import argparse
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from ferry.cli.client import FerryClient
 from ferry.cli.output import plain, print_json, wall_time
-from ferry.proto.ha import HaPolicy, HaPriority, HaReply
+from ferry.proto.ha import HaPolicy, HaPriority, HaReply, Restart, RestartState
 
 PRIORITIES = [str(p) for p in HaPriority]
 
@@ -58,6 +59,29 @@ async def _cmd_show(client: FerryClient, args: argparse.Namespace, console: Cons
     return 0
 
 
+def restart_line(r: Restart) -> str:
+    where = f"on {r.dest}" if r.dest else "not placed yet"
+    line = f"{r.vm} ({r.priority}) from {r.host}: {r.state} {where}"
+    if r.state == RestartState.RUNNING and r.seconds:
+        line += f", {r.seconds:.1f} s after {r.host} was last heard"
+    if r.code:
+        line += f" [{r.code}]"
+    said = r.waiting or r.reason
+    return line + (f": {said}" if said else "")
+
+
+async def _cmd_restarts(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
+    reply = await client.restarts(args.host, args.limit)
+    if args.json:
+        print_json(reply)
+    elif not reply.restarts:
+        console.print("no restart sessions" + (f" for {args.host}" if args.host else ""))
+    else:
+        for restart in reply.restarts:
+            console.print(plain(f"{restart.id}  {wall_time(restart.created_at)}  {restart_line(restart)}"))
+    return 0
+
+
 async def _cmd_confirm_dead(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
     reply = await client.confirm_dead(args.host, args.reason)
     if args.json:
@@ -95,3 +119,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     show.add_argument("vms", nargs="*", metavar="VM")
     show.add_argument("--json", action="store_true")
     show.set_defaults(run=_cmd_show)
+    restarts = commands.add_parser("restarts", help="restart sessions: dead hosts' HA VMs started elsewhere, newest first")
+    restarts.add_argument("--host", help="only the VMs of this dead host")
+    restarts.add_argument("--limit", type=int, default=100, help="at most this many (1-1000)")
+    restarts.add_argument("--json", action="store_true")
+    restarts.set_defaults(run=_cmd_restarts)

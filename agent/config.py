@@ -28,6 +28,8 @@ class SimulatedVm(msgspec.Struct, frozen=True):
     dirty_mib_per_s: Annotated[int, msgspec.Meta(ge=0)] = 0
     # libvirt networks its interfaces use: a host that defines none of them declines it.
     networks: list[str] = []
+    # Defined but shut off (as a host's guests are after a power cut).
+    running: bool = True
 
 
 class SimulatedHost(msgspec.Struct, frozen=True):

@@ -43,7 +43,7 @@ from ferry.proto.api import AgentStatusRequest
 from ferry.proto.codec import MAX_REQUEST_BYTES, Decoder, encode, request_decoder
 from ferry.proto.errors import FerryError
 from ferry.proto.events import HealthChanged
-from ferry.proto.ha import RestartRequest
+from ferry.proto.ha import RestartRequest, RetireRequest
 from ferry.proto.host import HealthCheck, HealthState, HostStatus, ReportRequest, UnreadableVm, VmInfo, VmState
 from ferry.proto.network import HostNetworks
 from ferry.runtime.connection import connect, disconnect
@@ -71,6 +71,7 @@ VERB_REQUESTS: dict[str, type] = {
     "measure": MeasureRequest,
     "probe": ProbeRequest,
     "restart": RestartRequest,
+    "retire": RetireRequest,
 }
 # Verbs answered several at once, and how many at most; one more is answered
 # `unavailable` at once. A measurement watches the guest for a second or more
@@ -187,6 +188,7 @@ class Agent:
             "measure": self._source.measure,
             "probe": lambda request: probe(request, me=self._config.host),
             "restart": self._restarts.restart,
+            "retire": self._restarts.retire,
         }
 
     async def _recover(self) -> None:

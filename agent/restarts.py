@@ -17,7 +17,7 @@ from ferry.agent.hypervisor.disks import ImagesFolder
 from ferry.agent.restart_rules import RestartRefused, disk_paths, restart_xml
 from ferry.proto.agent import DiskInfo
 from ferry.proto.errors import ErrorCode, FerryError
-from ferry.proto.ha import RestartReply, RestartRequest
+from ferry.proto.ha import RestartReply, RestartRequest, RetireReply, RetireRequest
 
 
 def lock_refusal(message: str) -> bool:
@@ -59,3 +59,20 @@ class Restarts:
         log.warning("vm_restarted" if started else "vm_already_running")
         detail = "defined and started here" if started else "already running here"
         return RestartReply(vm=request.vm, host=self._host, running=True, detail=detail)
+
+    async def retire(self, request: RetireRequest) -> RetireReply:
+        """This host was fenced and is back: the VMs restarted elsewhere lose their definition here."""
+        found: dict[str, list[str]] = {"retired": [], "running": [], "missing": []}
+        async with self._lock:
+            for vm in request.vms:
+                try:
+                    outcome = await self._hypervisor.retire_defined(vm.uuid)
+                except HypervisorUnavailable as exc:
+                    raise FerryError(ErrorCode.UNAVAILABLE, str(exc)) from None
+                found[outcome].append(vm.vm)
+        if found["running"]:
+            # Two copies: the lock manager should have made this impossible.
+            self._log.critical("vm_runs_twice", vms=found["running"])
+        if found["retired"]:
+            self._log.warning("vms_retired", vms=found["retired"])
+        return RetireReply(host=self._host, **found)

@@ -30,12 +30,13 @@ from ferry.proto.agent import (
 )
 from ferry.proto.codec import ReplyDecoder, encode
 from ferry.proto.errors import ErrorCode, FerryError
-from ferry.proto.ha import RestartReply, RestartRequest
+from ferry.proto.ha import RestartReply, RestartRequest, RetireReply, RetireRequest
 
 T = TypeVar("T")
 
 _DESCRIBE = ReplyDecoder(VmDescription, "describe")
 _RESTARTED = ReplyDecoder(RestartReply, "restart")
+_RETIRED = ReplyDecoder(RetireReply, "retire")
 _PREPARE = ReplyDecoder(PrepareReply, "prepare")  # type: ignore[arg-type]
 _MIGRATION = ReplyDecoder(MigrationState, "migrate")
 _ABORT = ReplyDecoder(AbortReply, "abort")
@@ -69,6 +70,9 @@ class AgentClient:
     async def definition(self, host: str, vm: str) -> VmDescription:
         """The VM described with its persistent definition (kept for HA restarts)."""
         return await self.describe(host, vm, definition=True)
+
+    async def retire(self, host: str, request: RetireRequest) -> RetireReply:
+        return await self._request(host, "retire", request, _RETIRED, timeout=max(self._timeout, 30.0))
 
     async def restart(self, host: str, request: RestartRequest) -> RestartReply:
         # Defining and starting a guest (QEMU start-up, leases) can take a moment.

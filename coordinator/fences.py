@@ -116,6 +116,10 @@ class Fencer:
         await self._write(record)
         return FenceReply(record=record), HostFenced(host=host, by=by, reason=said)
 
+    def dead_hosts(self) -> set[str]:
+        """Hosts fenced (or confirmed dead) and not let back yet."""
+        return {host for host, r in self._records.values().items() if r.state.dead}
+
     def dead_unplanned(self) -> list[str]:
         """Hosts fenced (or confirmed dead) whose restarts were not recorded yet."""
         return [host for host, r in self._records.values().items() if r.state.dead and not r.restarts_planned]

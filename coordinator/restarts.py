@@ -20,7 +20,7 @@ another. Every record reaches `running` or `failed` within its deadline.
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import msgspec
@@ -34,7 +34,7 @@ from ferry.coordinator.kv import TypedBucket, open_bucket
 from ferry.coordinator.restart_plan import choose_hosts, new_restart, plan_restarts
 from ferry.coordinator.session_rules import FactsCache, host_facts
 from ferry.coordinator.sessions.ports import Emit, Hosts, LimitsNow
-from ferry.proto.api import HostState
+from ferry.proto.api import HostState, HostView
 from ferry.proto.errors import ErrorCode, FerryError
 from ferry.proto.events import (
     CoordinatorEvent,
@@ -43,8 +43,9 @@ from ferry.proto.events import (
     VmRestartFailed,
     VmRestartQueued,
     VmRestartStarting,
+    VmsRetired,
 )
-from ferry.proto.ha import Restart, RestartReply, RestartRequest, RestartState, RestartStep
+from ferry.proto.ha import Restart, RestartReply, RestartRequest, RestartState, RestartStep, RetiredVm, RetireReply, RetireRequest
 from ferry.proto.session import Session
 
 R = RestartState
@@ -56,7 +57,7 @@ HOSTS_TRIED = 3
 PASS_SECONDS = 1.0
 RETRY_SECONDS = 2.0
 
-Restarter = Callable[[str, RestartRequest], "asyncio.Future[RestartReply]"]
+Restarter = Callable[[str, RestartRequest], Awaitable[RestartReply]]
 
 
 async def open_restart_records(js: JetStreamContext, *, replicas: int = 1) -> TypedBucket[Restart]:
@@ -78,6 +79,7 @@ class RestartController:
         fencer: Fencer,
         policies: HaPolicies,
         restart: Restarter,
+        retire: Callable[[str, RetireRequest], Awaitable[RetireReply]],
         hosts: Hosts,
         locate: Callable[[str], list[str]],
         limits: LimitsNow,
@@ -91,6 +93,7 @@ class RestartController:
         self._fencer = fencer
         self._policies = policies
         self._restart = restart
+        self._retire = retire
         self._hosts = hosts
         self._locate = locate
         self._limits = limits
@@ -316,6 +319,28 @@ class RestartController:
         else:
             self._open[restart.id] = (restart, revision)
         return restart
+
+    # ----- a fenced host that returns -----
+
+    async def retire_returned(self, view: HostView) -> VmsRetired | None:
+        """A fenced host reports again: the definitions it holds of VMs that were
+        restarted elsewhere are removed there (agent verb `retire`), so neither an
+        operator nor an autostart runs them a second time."""
+        moved = {r.vm for r in await self._records.all()
+                 if r.host == view.host and r.state == R.RUNNING and r.dest != view.host}
+        todo = [RetiredVm(vm=vm.name, uuid=vm.uuid) for vm in view.vms if vm.name in moved and vm.uuid]
+        if not todo:
+            return None
+        reply = await self._retire(view.host, RetireRequest(vms=todo))
+        event = VmsRetired(
+            host=view.host, vms=reply.retired, running=reply.running, at=self._wall(),
+            reason=f"{view.host} was fenced; these VMs run on other hosts since",
+        )
+        if reply.running:
+            self._log.critical("vm_runs_twice", host=view.host, vms=reply.running)
+        self._log.warning("vms_retired", host=view.host, vms=reply.retired, running=reply.running)
+        await self._emit([event])
+        return event
 
     async def close(self) -> None:
         for task in list(self._tasks.values()):

@@ -37,6 +37,8 @@ from ferry.proto.host import HealthCheck, HealthState, VmState
 from ferry.proto.leader import Lease
 
 Emit = Callable[[list[CoordinatorEvent]], Awaitable[None]]
+# A lost host judged alive (its agent died) or unknown is asked about again this often.
+REPROBE_SECONDS = 15.0
 
 
 class LeaderTerm:
@@ -74,12 +76,15 @@ class LeaderTerm:
         located = locate if locate is not None else _locate_in(views)
         self.copies = DomainCopies(domain_copies, agents.definition, locate=located, wall=clock.wall)
         self.restarts = RestartController(
-            restart_records, self.copies, self.fencer, HaPolicies(ha_records, wall=clock.wall), agents.restart, views,
+            restart_records, self.copies, self.fencer, HaPolicies(ha_records, wall=clock.wall), agents.restart,
+            agents.retire, views,
             _running_in(views, located), limits.current, emit, holding=self.sessions.holding, wall=clock.wall,
         )
         self._views = views
         # Lost hosts whose peers are being asked about them (see host_death.py).
         self._checks: dict[str, asyncio.Task] = {}
+        # Fenced hosts back again: the view whose VMs were retired (a new report is looked at again).
+        self._retired: dict[str, int] = {}
         evacuated = {host for host, drain in drain_records.values().items() if drain.automatic}
         for view in views():
             self.health.seed(view.host, view.health, evacuated=view.host in evacuated)
@@ -126,25 +131,58 @@ class LeaderTerm:
             self._checks[host] = asyncio.create_task(self._probe_lost(host), name=f"probe-{host}")
 
     async def _probe_lost(self, host: str) -> None:
-        """Is it dead, or only its agent? The peers say (a host_probed event)."""
+        """Is it dead, or only its agent? The peers say (a host_probed event when the
+        verdict changes). Asked again while the host stays lost: a host whose agent
+        died may die itself later, and a verdict of `unknown` may clear."""
         try:
-            event = await self._death.check(host)
-            log = self._log.error if event.verdict == Death.ALIVE else self._log.warning
-            log("host_probed", host=host, verdict=event.verdict, reason=event.reason, peers=event.peers)
-            await self._emit([event])
-            if event.verdict == Death.UNREACHABLE:
-                fenced = await self.fencer.fence(host, self._views())
-                if isinstance(fenced, HostNotFenced):
-                    # Loud: its VMs may still run there, and nothing restarts them elsewhere.
-                    self._log.error("host_not_fenced", host=host, reason=fenced.reason)
-                else:
-                    self._log.warning("host_fenced", host=host, by=fenced.by, reason=fenced.reason, seconds=fenced.seconds)
-                await self._emit([fenced])
-                await self.restarts.plan(host)
+            said = None
+            while True:
+                event = await self._death.check(host)
+                if event.verdict != said:
+                    log = self._log.error if event.verdict == Death.ALIVE else self._log.warning
+                    log("host_probed", host=host, verdict=event.verdict, reason=event.reason, peers=event.peers)
+                    await self._emit([event])
+                    said = event.verdict
+                if event.verdict == Death.UNREACHABLE:
+                    await self._fence(host)
+                    return
+                await self._clock.sleep(REPROBE_SECONDS)
+                view = next((v for v in self._views() if v.host == host), None)
+                if view is None or view.state != HostState.LOST:
+                    return
         except Exception:
             self._log.exception("host_probe_failed", host=host)
         finally:
             self._checks.pop(host, None)
+
+    async def _fence(self, host: str) -> None:
+        fenced = await self.fencer.fence(host, self._views())
+        if isinstance(fenced, HostNotFenced):
+            # Loud: its VMs may still run there, and nothing restarts them elsewhere.
+            self._log.error("host_not_fenced", host=host, reason=fenced.reason)
+        else:
+            self._log.warning("host_fenced", host=host, by=fenced.by, reason=fenced.reason, seconds=fenced.seconds)
+        await self._emit([fenced])
+        await self.restarts.plan(host)
+
+    def _retire_returned(self, views: list[HostView]) -> None:
+        dead = self.fencer.dead_hosts()
+        if not dead:
+            return
+        for view in views:
+            if view.host in dead and view.state != HostState.LOST and self._retired.get(view.host) != id(view):
+                self._retired[view.host] = id(view)
+                asyncio.create_task(self._retire(view), name=f"retire-{view.host}")
+
+    async def _retire(self, view: HostView) -> None:
+        try:
+            await self.restarts.retire_returned(view)
+        except FerryError as exc:
+            self._retired.pop(view.host, None)  # asked again at the next sweep
+            self._log.warning("retire_not_done", host=view.host, reason=exc.message)
+        except Exception:
+            self._retired.pop(view.host, None)
+            self._log.exception("retire_not_done", host=view.host)
 
     async def announce(self, event: CoordinatorEvent) -> None:
         """An event of the leader's own (a limits change through the API)."""
@@ -152,7 +190,9 @@ class LeaderTerm:
 
     async def tick(self) -> None:
         self.sessions.refresh_placement()
-        self.copies.refresh(self._views())
+        views = self._views()
+        self.copies.refresh(views)
+        self._retire_returned(views)
         await self.act(self.health.tick(self._clock.wall()))
 
     async def act(self, verdict: Verdict) -> None:

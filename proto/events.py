@@ -257,6 +257,8 @@ class VmsRetired(msgspec.Struct, frozen=True, tag="vms_retired"):
 
     host: HostName
     vms: list[str]
+    # Running there as well as on their new host: two copies, not touched, loud.
+    running: list[str] = []
     reason: str = ""
     at: float = 0.0
 

@@ -199,3 +199,25 @@ class RestartReply(msgspec.Struct, frozen=True, tag="restarted"):
     # It runs here now (started by this request, or it already ran).
     running: bool
     detail: str = ""
+
+
+class RetiredVm(msgspec.Struct, frozen=True):
+    vm: VmName
+    uuid: Annotated[str, msgspec.Meta(max_length=64)]
+
+
+class RetireRequest(msgspec.Struct, frozen=True):
+    """Coordinator -> a fenced host that came back: these VMs were restarted elsewhere;
+    remove their definitions here (disks stay) so that nobody starts them twice."""
+
+    vms: Annotated[list[RetiredVm], msgspec.Meta(max_length=10_000)]
+
+
+class RetireReply(msgspec.Struct, frozen=True, tag="retired"):
+    host: str
+    # Definitions removed (shut off here, as they should be).
+    retired: list[str] = []
+    # Running here as well as elsewhere: not touched, and said loudly.
+    running: list[str] = []
+    # No domain of that UUID here (removed already).
+    missing: list[str] = []

@@ -178,6 +178,11 @@ class Hypervisor(Protocol):
         for a real hypervisor; the simulated one materialises the VM here."""
         ...
 
+    async def retire_defined(self, uuid: str) -> str:
+        """Remove the definition of the domain of that UUID (its autostart too) unless it
+        runs: "retired", "running" (untouched) or "missing". Disks are never touched."""
+        ...
+
     async def close(self) -> None: ...
 
 

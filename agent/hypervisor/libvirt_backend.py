@@ -164,6 +164,9 @@ class LibvirtHypervisor:
     async def start_defined(self, xml: str, uuid: str) -> bool:
         return await self._call(lambda conn: _start_defined(conn, xml, uuid))
 
+    async def retire_defined(self, uuid: str) -> str:
+        return await self._call(lambda conn: _retire_defined(conn, uuid))
+
     async def vm_state(self, name: str) -> VmState | None:
         try:
             state = await self._on_domain(name, lambda dom: dom.state()[0])
@@ -459,6 +462,32 @@ def _definition_xml(dom: libvirt.virDomain) -> str:
     """The persistent definition as another host can define it: inactive (not the
     running state), migratable (no host-made defaults), without secrets."""
     return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+
+
+# What a definition leaves that belongs to the copy that runs elsewhere now; NVRAM stays (the guest's own data).
+_RETIRE_FLAGS = (
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
+)
+
+
+def _retire_defined(conn: libvirt.virConnect, uuid: str) -> str:
+    try:
+        dom = conn.lookupByUUIDString(uuid)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return "missing"
+        raise
+    if dom.isActive():
+        return "running"
+    try:
+        dom.setAutostart(0)
+        dom.undefineFlags(_RETIRE_FLAGS)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return "missing"
+        raise
+    return "retired"
 
 
 def _start_defined(conn: libvirt.virConnect, xml: str, uuid: str) -> bool:

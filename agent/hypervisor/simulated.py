@@ -82,7 +82,7 @@ class SimulatedHypervisor:
                     uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{host_name}/{vm.name}")),
                     vcpus=vm.vcpus,
                     memory_mib=vm.memory_mib,
-                    state=VmState.RUNNING,
+                    state=VmState.RUNNING if vm.running else VmState.SHUTOFF,
                     attachments=[Attachment(AttachmentKind.NETWORK, network) for network in vm.networks],
                 ),
                 cpu_model=vm.cpu_model,
@@ -149,6 +149,15 @@ class SimulatedHypervisor:
             domain_xml=xml,
             definition=definition_digest(xml) if xml else "",
         )
+
+    async def retire_defined(self, uuid: str) -> str:
+        held = next((vm for vm in self._vms.values() if vm.uuid == uuid), None)
+        if held is None:
+            return "missing"
+        if held.state == VmState.RUNNING:
+            return "running"
+        self.remove_vm(held.name)
+        return "retired"
 
     async def start_defined(self, xml: str, uuid: str) -> bool:
         held = next((vm for vm in self._vms.values() if vm.uuid == uuid), None)

@@ -105,3 +105,24 @@ async def test_a_fenced_hosts_ha_vms_restart_elsewhere_once_and_a_failed_fence_w
         assert back.dest in ("p1", "p2")
         assert len(events.tagged("vm_restarted")) == 3  # each VM restarted once
 
+
+        # dead1 comes back (its guests shut off, as after a power cut): the definitions of db and web,
+        # which run elsewhere now, are removed there; scratch (never restarted) stays; dead1 stays out of
+        # placement until an operator lets it back.
+        daemons.start("dead1", "ferry-agent", simulated_agent_toml(
+            "dead1", url, tmp_path, vms=guests["dead1"], shut_off=["db", "web", "scratch"]))
+
+        async def retired():
+            return next(iter(events.tagged("vms_retired")), None)
+
+        event = await eventually(retired, timeout=30, what="db and web retired on dead1")
+        assert (sorted(event.vms), event.running) == (["db", "web"], [])
+
+        async def dead1_listing():
+            dead1 = next(h for h in (await client.hosts()).hosts if h.host == "dead1")
+            return dead1 if dead1.state == "up" and [v.name for v in dead1.vms] == ["scratch"] else None
+
+        dead1 = await eventually(dead1_listing, timeout=20, what="dead1 listing only scratch")
+        assert dead1.draining
+        assert len(events.tagged("vm_restarted")) == 3
+        assert ferry(url, "undrain", "dead1").code == 0

@@ -90,6 +90,10 @@ class FakeHypervisor:
         self._up()
         return False
 
+    async def retire_defined(self, uuid: str) -> str:
+        self._up()
+        return "missing"
+
     async def cpu_incompatibility(self, vm: VmDescription) -> str | None:
         return None
 

@@ -94,8 +94,10 @@ def simulated_agent_toml(
     nats_extra: str = "",
     state_dir: Path | str | None = None,
     metrics_address: str = "",
+    shut_off: Iterable[str] = (),
 ) -> str:
-    """agent.toml for a simulated host (keys as in agent/config.py).
+    """agent.toml for a simulated host (keys as in agent/config.py). `shut_off`: VMs
+    defined but not running.
 
     `metrics_address` is off ("") unless a test asks: test daemons must not
     fight over the default port.
@@ -110,13 +112,14 @@ def simulated_agent_toml(
     peer rules apply as they do in production; the simulated backend uses it
     only to match `unreachable` hosts (migrations towards them fail part-way).
     """
+    stopped = set(shut_off)
     simulated = [f"cpus = {cpus}", f"memory_mib = {memory_mib}"]
     if cpu_model is not None:
         simulated.append(f"cpu_model = {_quoted(cpu_model)}")
     simulated += [
         f"migration_mib_per_s = {migration_mib_per_s}",
         f"unreachable_peers = {_quoted([simulated_peer_uri(h) for h in unreachable])}",
-        f"vms = [{', '.join(map(_vm_table, vms))}]",
+        f"vms = [{', '.join(_vm_table(vm, running=vm[0] not in stopped) for vm in vms)}]",
     ]
     health = [f"interval = {health_interval}"]
     if probe_dir is not None:
@@ -150,9 +153,11 @@ def simulated_peer_uri(host: str) -> str:
     return f"qemu+tls://{host}/system"
 
 
-def _vm_table(vm: SimulatedVmSpec) -> str:
+def _vm_table(vm: SimulatedVmSpec, *, running: bool = True) -> str:
     name, vcpus, memory_mib, *rest = vm
     keys = [f"name = {_quoted(name)}", f"vcpus = {vcpus}", f"memory_mib = {memory_mib}"]
+    if not running:
+        keys.append("running = false")
     if rest and rest[0]:
         keys.append(f"cpu_model = {_quoted(rest[0])}")
     if len(rest) > 1:

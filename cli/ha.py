@@ -27,13 +27,19 @@ def policy_line(policy: HaPolicy) -> str:
     return what + (f", set by {policy.by}" if policy.by else "") + f" at {wall_time(policy.at)}"
 
 
-def _print(reply: HaReply, console: Console, args: argparse.Namespace, *, table: bool = False) -> None:
+def _print(reply: HaReply, console: Console, args: argparse.Namespace, *, table: bool = False, copies: bool = False) -> None:
     if args.json:
         print_json(reply)
         return
+    kept = {d.vm: d for d in reply.definitions}
     if not table:
         for policy in reply.policies or [reply.default]:
-            console.print(plain(policy_line(policy) + ("" if reply.changed else " (unchanged)")))
+            line = policy_line(policy) + ("" if reply.changed else " (unchanged)")
+            if copies and policy.vm:
+                copy = kept.get(policy.vm)
+                line += (f"; definition kept from {copy.host} at {wall_time(copy.at)}" if copy
+                         else "; no copy of its definition is kept yet (it could not be restarted)")
+            console.print(plain(line))
         return
     table = Table(box=None, pad_edge=False)
     for column in ("VM", "PRIORITY", "SET BY", "AT"):
@@ -55,7 +61,7 @@ async def _cmd_default(client: FerryClient, args: argparse.Namespace, console: C
 
 
 async def _cmd_show(client: FerryClient, args: argparse.Namespace, console: Console) -> int:
-    _print(await client.ha(args.vms), console, args, table=not args.vms)
+    _print(await client.ha(args.vms), console, args, table=not args.vms, copies=True)
     return 0
 
 

@@ -36,7 +36,7 @@ from ferry.coordinator.kv import TypedBucket, WatchedBucket, replicas_of
 from ferry.coordinator.limits_keeper import LimitsKeeper
 from ferry.coordinator.restarts import read_restarts
 from ferry.coordinator.session_archive import SessionArchive
-from ferry.coordinator.session_store import SessionStore
+from ferry.coordinator.session_store import SessionStore, claim_key
 from ferry.coordinator.sessions.cancel_target import needs_sessions, session_to_cancel
 from ferry.coordinator.term import LeaderTerm
 from ferry.proto import subjects
@@ -65,6 +65,8 @@ from ferry.proto.errors import ErrorCode, ErrorReply, FerryError
 from ferry.proto.events import HostUndrained, LimitsChanged
 from ferry.proto.ha import (
     ConfirmDeadRequest,
+    DefinitionKept,
+    DomainCopy,
     FenceReply,
     HaDefaultRequest,
     HaPolicy,
@@ -117,6 +119,7 @@ class Api:
         cordon_records: WatchedBucket[Cordon],
         ha_records: WatchedBucket[HaPolicy],
         restart_records: TypedBucket[Restart],
+        domain_copies: WatchedBucket[DomainCopy],
     ) -> None:
         self._coordinator = coordinator
         self._store = store
@@ -125,6 +128,7 @@ class Api:
         self._cordons = Cordons(cordon_records, wall=coordinator.clock.wall)
         self._ha = HaPolicies(ha_records, wall=coordinator.clock.wall)
         self._restarts = restart_records
+        self._copies = domain_copies
         self._log = structlog.get_logger().bind(component="api", coordinator=coordinator.name)
         self._leader_service: Service | None = None
         self._nc: Client | None = None
@@ -389,7 +393,11 @@ class Api:
         return reply
 
     async def _ha_read(self, request: HaRequest) -> HaReply:
-        return self._ha.read(request.vms)
+        reply = self._ha.read(request.vms)
+        kept = [copy for p in reply.policies if (copy := self._copies.get(claim_key(p.vm))) is not None]
+        return msgspec.structs.replace(
+            reply, definitions=[DefinitionKept(vm=c[0].vm, host=c[0].host, at=c[0].at) for c in kept]
+        )
 
     async def _ha_set(self, term: LeaderTerm, request: HaSetRequest, caller: str) -> HaReply:
         known = bool(self._coordinator.registry.reporting(request.vm))

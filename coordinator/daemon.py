@@ -200,7 +200,7 @@ class Coordinator:
                 )
 
             self._new_term = new_term
-            api = Api(self, store, limits, drain_records, cordon_records, ha_records, restart_records)
+            api = Api(self, store, limits, drain_records, cordon_records, ha_records, restart_records, domain_copies)
             await nc.subscribe(subjects.ALL_HOST_STATUS, cb=self._on_status)
             await nc.subscribe(subjects.ALL_HOST_SESSIONS, cb=self._on_session_update)
             async with api.serve(nc):

@@ -58,12 +58,22 @@ class HaRequest(msgspec.Struct, frozen=True):
     vms: Annotated[list[VmName], msgspec.Meta(max_length=1000)] = []
 
 
+class DefinitionKept(msgspec.Struct, frozen=True):
+    vm: str
+    host: str
+    at: float
+
+
 class HaReply(msgspec.Struct, frozen=True, tag="ha"):
     default: HaPolicy
     # By VM name. Named in the request and without a policy of its own: the default, with its vm filled in.
     policies: list[HaPolicy] = []
     # The write changed nothing (the same priority was already set).
     changed: bool = True
+    # For the VMs in `policies`: where and when the copy of their definition that a
+    # restart would use was taken (VMs without a copy are left out).
+    definitions: list[DefinitionKept] = []
+
 
 
 class FenceState(enum.StrEnum):

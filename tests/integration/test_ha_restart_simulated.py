@@ -51,6 +51,10 @@ async def test_a_fenced_hosts_ha_vms_restart_elsewhere_once_and_a_failed_fence_w
             await eventually(kept, timeout=20, what="the four definitions kept")
         finally:
             await raw.close()
+        shown = ferry(url, "ha", "show", "db", "scratch")
+        assert shown.code == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert "; definition kept from dead1 at " in lines[0] and lines[1].startswith("scratch: off (the cluster default)")
         daemons.kill("dead1")
         daemons.kill("dead2")
 

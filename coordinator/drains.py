@@ -27,6 +27,7 @@ from ferry.proto.errors import ErrorCode, FerryError
 from ferry.proto.events import CoordinatorEvent, DrainStarted, HostUndrained, VmPlaced
 from ferry.proto.host import VmState
 from ferry.proto.session import MigrateOptions, SessionOrigin, SessionState
+from ferry.runtime.wake import woken
 
 BUCKET = "ferry_drains"
 STEP_SECONDS = 1.0
@@ -216,11 +217,7 @@ class DrainController:
 
     async def run(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=STEP_SECONDS)
-            except TimeoutError:
-                pass
-            self._wake.clear()
+            await woken(self._wake, STEP_SECONDS)
             for host in [h for h, d in self._records.values().items() if d.state == DrainState.RUNNING]:
                 try:
                     async with self._lock:

@@ -47,6 +47,7 @@ from ferry.proto.events import (
 )
 from ferry.proto.ha import Restart, RestartReply, RestartRequest, RestartState, RestartStep, RetiredVm, RetireReply, RetireRequest
 from ferry.proto.session import Session
+from ferry.runtime.wake import woken
 
 R = RestartState
 BUCKET = "ferry_restarts"
@@ -171,11 +172,7 @@ class RestartController:
 
     async def run(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=PASS_SECONDS)
-            except TimeoutError:
-                pass
-            self._wake.clear()
+            await woken(self._wake, PASS_SECONDS)
             try:
                 await self._pass()
             except Exception:

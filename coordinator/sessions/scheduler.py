@@ -33,6 +33,7 @@ from ferry.coordinator.sessions.ports import Emit, Hosts, LimitsNow
 from ferry.proto.api import HostState, HostView
 from ferry.proto.events import SessionWaiting
 from ferry.proto.session import Session, SessionCode, SessionOrigin, SessionState
+from ferry.runtime.wake import woken
 
 S = SessionState
 
@@ -82,11 +83,7 @@ class Scheduler:
 
     async def run(self, start_driver: StartDriver) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=SCHEDULE_SECONDS)
-            except TimeoutError:
-                pass
-            self._wake.clear()
+            await woken(self._wake, SCHEDULE_SECONDS)
             try:
                 await self.schedule(start_driver)
             except Exception:

@@ -42,6 +42,16 @@ def fence_agents(folder: Path) -> Path:
     return folder
 
 
+def fencing_toml(sbin: Path) -> str:
+    """[fencing] for a coordinator: dead1's device works, dead2's fails."""
+    return (
+        f'\n[fencing]\nagent_dirs = ["{sbin}"]\n'
+        '[fencing.devices."dead1"]\nagent = "fence_ok"\noptions = { plug = "dead1", password = "s3cret" }\n'
+        'run_timeout = 5\npower_timeout = 5\nstatus_every = 0.2\n'
+        '[fencing.devices."dead2"]\nagent = "fence_broken"\noptions = { plug = "dead2" }\nrun_timeout = 5\n'
+    )
+
+
 def ferry_as_viewer(url, *args: str) -> CliResult:
     proc = subprocess.run([script("ferry"), *cli_args(url, "bob", Role.VIEWER), *args], capture_output=True, text=True,
                           timeout=60)
@@ -51,13 +61,7 @@ def ferry_as_viewer(url, *args: str) -> CliResult:
 async def test_an_unreachable_host_is_fenced_a_failed_fence_is_loud_and_an_operator_may_confirm(daemons, nats_server, tmp_path):
     url = nats_server.url
     sbin = fence_agents(tmp_path / "sbin")
-    fencing = (
-        f'\n[fencing]\nagent_dirs = ["{sbin}"]\n'
-        '[fencing.devices."dead1"]\nagent = "fence_ok"\noptions = { plug = "dead1", password = "s3cret" }\n'
-        'run_timeout = 5\npower_timeout = 5\nstatus_every = 0.2\n'
-        '[fencing.devices."dead2"]\nagent = "fence_broken"\noptions = { plug = "dead2" }\nrun_timeout = 5\n'
-    )
-    daemons.start("coordinator", "ferry-coordinator", coordinator_toml(url, heartbeat_timeout=3) + fencing)
+    daemons.start("coordinator", "ferry-coordinator", coordinator_toml(url, heartbeat_timeout=3) + fencing_toml(sbin))
     for host in ("dead1", "dead2", "p1", "p2"):
         daemons.start(host, "ferry-agent", simulated_agent_toml(host, url, tmp_path, vms=[(f"{host}-vm", 1, 256)]))
     events = await CoordinatorEvents().start(url)

@@ -9,7 +9,7 @@ import pytest
 
 from ferry.proto.ha import HaPriority, RestartsReply, RestartState
 from ferry.runtime.identity import Role
-from tests.integration.test_fencing_simulated import fence_agents
+from tests.integration.test_fencing_simulated import fence_agents, fencing_toml
 from tests.support.cluster import CoordinatorEvents, connect_client, wait_hosts_up
 from tests.support.ferry_cli import ferry
 from tests.support.processes import coordinator_toml, simulated_agent_toml
@@ -24,13 +24,7 @@ async def test_a_fenced_hosts_ha_vms_restart_elsewhere_once_and_a_failed_fence_w
 ):
     url = nats_server.url
     sbin = fence_agents(tmp_path / "sbin")
-    fencing = (
-        f'\n[fencing]\nagent_dirs = ["{sbin}"]\n'
-        '[fencing.devices."dead1"]\nagent = "fence_ok"\noptions = { plug = "dead1" }\n'
-        'run_timeout = 5\npower_timeout = 5\nstatus_every = 0.2\n'
-        '[fencing.devices."dead2"]\nagent = "fence_broken"\noptions = { plug = "dead2" }\nrun_timeout = 5\n'
-    )
-    daemons.start("coordinator", "ferry-coordinator", coordinator_toml(url, heartbeat_timeout=3) + fencing)
+    daemons.start("coordinator", "ferry-coordinator", coordinator_toml(url, heartbeat_timeout=3) + fencing_toml(sbin))
     guests = {"dead1": [("db", 1, 512), ("web", 1, 256), ("scratch", 1, 256)], "dead2": [("queue", 1, 256)]}
     for host in ("dead1", "dead2", "p1", "p2"):
         daemons.start(host, "ferry-agent", simulated_agent_toml(host, url, tmp_path, vms=guests.get(host, [])))

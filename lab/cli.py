@@ -81,8 +81,8 @@ def _parser() -> argparse.ArgumentParser:
         dest="host_command", required=True
     )
     for action, text in (
-        ("poweroff", "cut the host's power: its agent, libvirtd and QEMU processes die at once, nothing cleans up"),
-        ("poweron", "power the host back: its libvirtd and agent start; its guests stay off"),
+        ("poweroff", "cut the host's power: its agent, libvirtd, QEMU processes and virtlockd die at once, nothing cleans up"),
+        ("poweron", "power the host back: its virtlockd, libvirtd and agent start; its guests stay off"),
         ("power", "say whether anything of the host runs (exit 0 on, 4 off)"),
     ):
         host.add_parser(action, help=text).add_argument("name", metavar="HOST")
@@ -190,7 +190,7 @@ def _host(args: argparse.Namespace, lab: Lab) -> int:
         print(f"{args.name} is off: {', '.join(stopped)} killed" if stopped else f"{args.name} was already off")
     elif args.host_command == "poweron":
         lab.power_on(args.name)
-        print(f"{args.name} is on: libvirtd and agent started; its guests stay off")
+        print(f"{args.name} is on: virtlockd, libvirtd and agent started; its guests stay off")
     else:
         running = lab.powered(args.name)
         print(f"{args.name} is on: {', '.join(running)} running" if running else f"{args.name} is off")

@@ -73,6 +73,28 @@ migration_address = {_q(host.address)}
 migration_host = {_q(host.address)}
 migrate_tls_x509_cert_dir = {_q(str(QEMU_TLS_PATH))}
 migrate_tls_x509_verify = 1
+# Leases through the host's virtlockd (qemu-lockd.conf): a guest's disks are leased
+# when its CPUs start, so a second copy of a running guest is refused on any host.
+lock_manager = "lockd"
+"""
+
+
+def qemu_lockd_conf(host: HostLayout, lockspace: Path) -> str:
+    """Indirect leases in ``lockspace``, a folder of the lab's shared folder: the lease
+    of a disk path is a file named after its SHA-256, locked by the virtlockd of the
+    host that runs the guest, so every host sees it (as on an NFS share)."""
+    return f"""\
+# Written by ferry-lab for {host.name}.
+auto_disk_leases = 1
+require_lease_for_disks = 1
+file_lockspace_dir = {_q(str(lockspace))}
+"""
+
+
+def virtlockd_conf(host: HostLayout) -> str:
+    return f"""\
+# Written by ferry-lab for {host.name}; read by its virtlockd inside its namespace.
+log_outputs = {_q(f"3:file:{host.virtlockd_log}")}
 """
 
 

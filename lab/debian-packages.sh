@@ -14,6 +14,9 @@ LIBVIRT_MIN=10.0
 # prometheus: promtool checks the metrics and the shipped alert rules; systemd: systemd-analyze checks the units.
 BASE="pkg-config busybox-static cpio iproute2 procps util-linux nftables prometheus systemd zsh"
 VIRT="qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev"
+# libvirt's lock manager: virtlockd and the lockd plugin its QEMU driver loads (lock_manager = "lockd"),
+# so a second copy of a running guest is refused on another host (docs/operations.md, "Never twice").
+VIRT="$VIRT libvirt-daemon-lock libvirt-daemon-plugin-lockd"
 BACKPORTS_LIST=/etc/apt/sources.list.d/ferry-bookworm-backports.list
 
 say() { echo "debian-packages: $*"; }

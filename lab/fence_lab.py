@@ -7,10 +7,11 @@ Options come on stdin as `name=value` lines (what Ferry's coordinator and
 Pacemaker send), or on the command line for a person. `plug` names the lab
 host; `lab_dir` the lab (default /var/tmp/ferry-lab).
 
-- `off`: the host loses power: its agent, its libvirtd and its QEMU processes
-  are killed at once (SIGKILL), nothing cleans up. Exit 0 once they are gone.
-- `on`: its libvirtd and agent start again (the guests stay off, as after a
-  power cut). Exit 0.
+- `off`: the host loses power: its agent, its libvirtd, its QEMU processes and
+  its virtlockd are killed at once (SIGKILL), nothing cleans up (the disk leases
+  its virtlockd held are free). Exit 0 once they are gone.
+- `on`: its virtlockd, libvirtd and agent start again (the guests stay off, as
+  after a power cut). Exit 0.
 - `status`: exit 0 when anything of the host runs, 2 when nothing does (honest:
   the processes are looked at, not a flag), 1 when it cannot tell.
 - `monitor`: exit 0 when the lab answers. `metadata`: the agent's description.

@@ -70,6 +70,11 @@ def libvirtd_role(host: HostLayout) -> str:
     return f"libvirtd:{host.name}"
 
 
+def virtlockd_role(host: HostLayout) -> str:
+    """libvirt's lock daemon of the host: found from its pid file, not recorded (lab/hosts.py)."""
+    return f"virtlockd:{host.name}"
+
+
 def agent_role(host: HostLayout) -> str:
     return f"agent:{host.name}"
 
@@ -253,7 +258,7 @@ class Lab:
             self._reload_nats()
         for host in self.hosts:
             hosts.prepare_host_dirs(host)
-            hosts.write_host_configs(host)
+            hosts.write_host_configs(host, self.layout.lockspace_dir)
 
     def _record(self, role: str, ref: ProcessRef | None) -> None:
         if ref is None:
@@ -315,6 +320,13 @@ class Lab:
         starting = {}
         for host in self.hosts:
             role = libvirtd_role(host)
+            try:
+                # Its lock daemon first, also under a libvirtd that runs (one per host, never two).
+                started = hosts.ensure_virtlockd(host)
+            except LabError as error:
+                report.failed[role] = f"not started without its lock daemon: {error}"
+                continue
+            (report.started if started else report.already_running).append(virtlockd_role(host))
             if self.process(role):
                 report.already_running.append(role)
                 continue
@@ -382,13 +394,16 @@ class Lab:
     # ---- power: the failure a fence answers, and the fence itself --------------
 
     def power_off(self, host: str) -> list[str]:
-        """The host loses power: its agent, its libvirtd and its QEMU processes are
-        killed at once (SIGKILL), nothing is told and nothing cleans up. Returns what
-        was running."""
+        """The host loses power: its agent, its libvirtd, its QEMU processes and its
+        virtlockd are killed at once (SIGKILL), nothing is told and nothing cleans up.
+        The leases its virtlockd held are free again (on NFS the server frees a dead
+        client's locks). Returns what was running."""
         layout = self.host(host)
         daemons = (agent_role(layout), libvirtd_role(layout))
         running = [(role, ref) for role in daemons if (ref := self.process(role)) is not None]
         running += [(f"qemu {ref.pid} of {host}", ref) for ref in hosts.qemu_processes(layout)]
+        if (lockd := hosts.virtlockd_process(layout)) is not None:
+            running.append((virtlockd_role(layout), lockd))
         _kill_at_once(running)
         for role in daemons:
             self._record(role, None)
@@ -398,13 +413,15 @@ class Lab:
         """What of the host runs: empty when it is off. Looked up, not remembered."""
         layout = self.host(host)
         daemons = [role for role in (agent_role(layout), libvirtd_role(layout)) if self.process(role)]
+        daemons += [virtlockd_role(layout)] if hosts.virtlockd_process(layout) else []
         return daemons + [f"qemu {ref.pid}" for ref in hosts.qemu_processes(layout)]
 
     def power_on(self, host: str) -> None:
-        """Power back on: its libvirtd (with the lab network), then its agent. The
-        guests stay off, as after a power cut."""
+        """Power back on: its virtlockd and libvirtd (with the lab network), then its
+        agent. The guests stay off, as after a power cut."""
         layout = self.host(host)
         role = libvirtd_role(layout)
+        hosts.ensure_virtlockd(layout)
         if not self.process(role):
             ref = hosts.start_libvirtd(layout)
             self._record(role, ref)
@@ -504,18 +521,19 @@ class Lab:
             if processes.stop(self._state.processes.get(role)):
                 done.append(f"stopped {role}")
             self._record(role, None)
+        # Their lock daemons last: one still holding a guest's lease would end that guest.
+        done += [f"stopped {virtlockd_role(host)}" for host in self.hosts if hosts.stop_virtlockd(host)]
         done += [f"killed leftover process {pid} ({' '.join(processes.cmdline_of(pid)[:1])})" for pid in sweep_namespaces(self.dir)]
         return done
 
     # ---- status ---------------------------------------------------------------
 
     def status(self) -> LabStatus:
-        roles = [*NATS_ROLES, *(libvirtd_role(h) for h in self.hosts)]
+        lock_daemons = {virtlockd_role(h): hosts.virtlockd_process(h) for h in self.hosts}
+        roles = [*NATS_ROLES, *(role for h in self.hosts for role in (virtlockd_role(h), libvirtd_role(h)))]
         roles += [*(agent_role(h) for h in self.hosts), *COORDINATOR_ROLES]
-        parts = tuple(
-            PartStatus(role, self.process(role) is not None, ref.pid if (ref := self.process(role)) else None)
-            for role in roles
-        )
+        found = {role: lock_daemons[role] if role in lock_daemons else self.process(role) for role in roles}
+        parts = tuple(PartStatus(role, ref is not None, ref.pid if ref else None) for role, ref in found.items())
         guests: list[GuestInfo] = []
         problems = []
         for host in self.hosts:

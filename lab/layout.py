@@ -125,6 +125,15 @@ class HostLayout:
         return self.root / "libvirtd.log"
 
     @property
+    def virtlockd_pid_file(self) -> Path:
+        """virtlockd's own pid file (its default, /run/virtlockd.pid, would be shared by all hosts)."""
+        return self.root / "virtlockd.pid"
+
+    @property
+    def virtlockd_log(self) -> Path:
+        return self.root / "virtlockd.log"
+
+    @property
     def probes_dir(self) -> Path:
         """The agent's health probe folder (its /etc/ferry/probes.d); tests drop scripts here.
 
@@ -195,6 +204,12 @@ class LabLayout:
     def shared_dir(self) -> Path:
         """The lab's shared storage: one folder, the same path on every host."""
         return self.dir / "shared"
+
+    @property
+    def lockspace_dir(self) -> Path:
+        """libvirt's lock manager keeps its leases here, on the shared folder every host's
+        virtlockd sees (`file_lockspace_dir`): a disk path leased on one host is leased on all."""
+        return self.shared_dir / "lockspace"
 
     @property
     def state_file(self) -> Path:

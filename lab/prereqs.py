@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import struct
@@ -13,6 +14,7 @@ from ferry.lab.errors import LabError
 # Program -> Debian package that provides it.
 REQUIRED_PROGRAMS = {
     "libvirtd": "libvirt-daemon-system",
+    "virtlockd": "libvirt-daemon-lock",
     "qemu-system-x86_64": "qemu-system-x86",
     "qemu-img": "qemu-utils",
     "busybox": "busybox-static",
@@ -39,7 +41,15 @@ def missing_programs(search_path: str | None = None) -> dict[str, str]:
     busybox = busybox_path()
     if busybox is not None and not is_static_elf(busybox):
         missing["busybox (static)"] = "busybox-static"
+    if lockd_plugin_path() is None:
+        missing["libvirt's lockd plugin"] = "libvirt-daemon-plugin-lockd"
     return missing
+
+
+def lockd_plugin_path() -> Path | None:
+    """The lock driver libvirtd loads for `lock_manager = "lockd"` (in its multiarch folder)."""
+    found = sorted(glob.glob("/usr/lib/*/libvirt/lock-driver/lockd.so") + glob.glob("/usr/lib64/libvirt/lock-driver/lockd.so"))
+    return Path(found[0]) if found else None
 
 
 def check_programs(search_path: str | None = None) -> None:

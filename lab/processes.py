@@ -123,19 +123,27 @@ def pids_with_mounts_from(folder: Path) -> list[int]:
     QEMUs and anything they started): field 4 of mountinfo is the bind
     mount's source path. When none is left, the namespaces are gone too.
     """
-    prefix = str(folder.resolve()).rstrip("/") + "/"
-    found = []
-    for pid in all_pids():
-        if pid == os.getpid():
-            continue
-        try:
-            mountinfo = Path(f"/proc/{pid}/mountinfo").read_text()
-        except OSError:
-            continue
-        if any(line.split(" ", 4)[3].startswith(prefix) for line in mountinfo.splitlines()):
-            if start_time_of(pid) is not None:
-                found.append(pid)
-    return found
+    prefix = _mount_source_prefix(folder)
+    return [pid for pid in all_pids() if pid != os.getpid() and _sees_mounts_under(pid, prefix)]
+
+
+def sees_mounts_from(pid: int, folder: Path) -> bool:
+    """Whether the (live) process sees a mount whose source lies in ``folder``: it runs
+    inside a namespace of the lab's hosts under that folder."""
+    return _sees_mounts_under(pid, _mount_source_prefix(folder))
+
+
+def _mount_source_prefix(folder: Path) -> str:
+    return str(folder.resolve()).rstrip("/") + "/"
+
+
+def _sees_mounts_under(pid: int, prefix: str) -> bool:
+    try:
+        mountinfo = Path(f"/proc/{pid}/mountinfo").read_text()
+    except OSError:
+        return False
+    seen = any(line.split(" ", 4)[3].startswith(prefix) for line in mountinfo.splitlines())
+    return seen and start_time_of(pid) is not None
 
 
 def last_line(path: Path, lines: int = 1) -> str:

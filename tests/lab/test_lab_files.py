@@ -20,6 +20,7 @@ from ferry.lab import configs, ferry_services
 from ferry.lab.certs import ensure_pki
 from ferry.lab.errors import LabError
 from ferry.lab.guests import GuestSpec, domain_xml
+from ferry.lab.hosts import virtlockd_argv, write_host_configs
 from ferry.lab.image import GuestImage, kernel_candidates
 from ferry.lab.initramfs import guest_initramfs
 from ferry.lab.lab import COORDINATOR_ROLES, NATS_ROLES, Lab, coordinator_role, nats_role
@@ -226,6 +227,24 @@ def test_libvirt_configs_name_the_host(layout: LabLayout) -> None:
     assert 'listen_addr = "127.0.11.1"' in daemon and f'host_uuid = "{hv1.uuid}"' in daemon
     qemu = configs.qemu_conf(hv1)
     assert 'migration_address = "127.0.11.1"' in qemu and 'migrate_tls_x509_cert_dir = "/etc/libvirt/pki/qemu"' in qemu
+
+
+def test_each_host_leases_disks_through_its_own_virtlockd_in_the_shared_lockspace(layout: LabLayout) -> None:
+    hv1, hv2, _ = layout.hosts
+    for host in (hv1, hv2):
+        host.etc_dir.mkdir(parents=True)
+        write_host_configs(host, layout.lockspace_dir)
+    assert layout.lockspace_dir == layout.shared_dir / "lockspace" and layout.lockspace_dir.is_dir()
+    assert 'lock_manager = "lockd"' in (hv1.etc_dir / "qemu.conf").read_text()
+    leases = (hv2.etc_dir / "qemu-lockd.conf").read_text()
+    assert "auto_disk_leases = 1" in leases and "require_lease_for_disks = 1" in leases
+    assert f'file_lockspace_dir = "{layout.lockspace_dir}"' in leases
+    # Its own log and pid file, not virtlockd's defaults (/run/virtlockd.pid would be shared).
+    assert str(hv2.virtlockd_log) in (hv2.etc_dir / "virtlockd.conf").read_text()
+    argv = virtlockd_argv(hv2)
+    assert argv[:4] == ["unshare", "--mount", "--propagation", "private"] and str(hv2.socket.parent) in argv
+    assert argv[-3:] == ["/etc/libvirt/virtlockd.conf", "--pid-file", str(layout.dir / "hv2/virtlockd.pid")]
+    assert hv1.virtlockd_pid_file != hv2.virtlockd_pid_file
 
 
 def test_host_certificates_name_the_host_and_chain_to_the_lab_ca(layout: LabLayout) -> None:

@@ -196,7 +196,7 @@ class Coordinator:
                     drain_records=drain_records, fence_records=fence_records, ha_records=ha_records,
                     domain_copies=domain_copies, restart_records=restart_records, views=self.current_views, emit=self._emit,
                     clock=self._clock,
-                    locate=self._registry.reporting, peer_uri=self._peer_uri,
+                    locate=self._registry.reporting, peer_uri=self._peer_uri, aged_views=self.views,
                 )
 
             self._new_term = new_term

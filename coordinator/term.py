@@ -61,6 +61,7 @@ class LeaderTerm:
         clock: Clock,
         locate: Callable[[str], list[str]] | None = None,
         peer_uri: Callable[[str], str] = lambda _host: "",
+        aged_views: Callable[[], list[HostView]] | None = None,
     ) -> None:
         self.lease = lease
         self._limits = limits
@@ -81,6 +82,8 @@ class LeaderTerm:
             _running_in(views, located), limits.current, emit, holding=self.sessions.holding, wall=clock.wall,
         )
         self._views = views
+        # With how long ago each host was heard from: a fence records when its host went silent.
+        self._aged_views = aged_views or views
         # Lost hosts whose peers are being asked about them (see host_death.py).
         self._checks: dict[str, asyncio.Task] = {}
         # Fenced hosts back again: the view whose VMs were retired (a new report is looked at again).
@@ -156,7 +159,7 @@ class LeaderTerm:
             self._checks.pop(host, None)
 
     async def _fence(self, host: str) -> None:
-        fenced = await self.fencer.fence(host, self._views())
+        fenced = await self.fencer.fence(host, self._aged_views())
         if isinstance(fenced, HostNotFenced):
             # Loud: its VMs may still run there, and nothing restarts them elsewhere.
             self._log.error("host_not_fenced", host=host, reason=fenced.reason)

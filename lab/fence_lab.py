@@ -16,6 +16,10 @@ host; `lab_dir` the lab (default /var/tmp/ferry-lab).
   the processes are looked at, not a flag), 1 when it cannot tell.
 - `monitor`: exit 0 when the lab answers. `metadata`: the agent's description.
 
+A broken device, for tests of a fence that fails: while the file `fence-broken`
+exists in the host's lab folder (`DIR/hv1/fence-broken`), `off` fails (exit 1,
+"does not answer") and powers nothing off.
+
 Exit 1 with a sentence on stderr for anything else.
 """
 
@@ -30,6 +34,8 @@ from ferry.lab.layout import DEFAULT_DIR
 
 EXIT_ON, EXIT_FAILED, EXIT_OFF = 0, 1, 2
 ACTIONS = ("off", "on", "status", "monitor", "metadata")
+# In a host's lab folder: its fence device fails (see the module's text).
+BROKEN = "fence-broken"
 METADATA = """<?xml version="1.0" ?>
 <resource-agent name="fence_lab" shortdesc="Fence agent for Ferry's local libvirt lab">
 <longdesc>Powers a lab host off (its agent, libvirtd and QEMU processes die at once) or on, and reports its power honestly.</longdesc>
@@ -73,6 +79,8 @@ def run(options: dict[str, str]) -> tuple[int, str]:
             return EXIT_FAILED, "fence_lab: plug (the lab host's name) is required"
         lab.host(host)  # an unknown host is an error, not "off"
         if action == "off":
+            if (lab.host(host).root / BROKEN).exists():
+                return EXIT_FAILED, f"fence_lab: the fence device of {host} does not answer ({lab.host(host).root / BROKEN} exists)"
             stopped = lab.power_off(host)
             return EXIT_ON, f"Success: Powered OFF {host} ({', '.join(stopped) or 'nothing was running'})"
         if action == "on":

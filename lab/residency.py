@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import libvirt
 
 from ferry.lab.errors import LabError
+from ferry.lab.hosts import qemu_processes
 from ferry.lab.layout import HostLayout, LabLayout
 from ferry.lab.libvirt_conn import open_host
 
@@ -38,9 +40,17 @@ class Residency:
 
 
 def _host_view(host: HostLayout, guests: list[str]) -> dict[str, tuple[bool, bool, bool]]:
-    """guest -> (running, active, persistent) as this host sees it."""
-    view = {}
-    with open_host(host) as conn:
+    """guest -> (running, active, persistent) as this host sees it. A host without
+    libvirtd and without QEMU processes (powered off) holds nothing; a libvirtd that
+    does not answer while QEMUs run is an error: they might run a guest."""
+    view: dict[str, tuple[bool, bool, bool]] = {}
+    with ExitStack() as stack:
+        try:
+            conn = stack.enter_context(open_host(host))
+        except LabError:
+            if not qemu_processes(host):
+                return view
+            raise
         for name in guests:
             try:
                 dom = conn.lookupByName(name)

@@ -98,6 +98,8 @@ def test_a_power_cut_stops_everything_of_the_host_and_fence_lab_reports_it(lab_w
 def test_a_host_whose_agent_died_is_alive_to_its_peers_and_its_guest_runs_on(lab_with_ferry: Lab, guest_factory) -> None:
     lab = lab_with_ferry
     guest = guest_factory(host="hv3")
+    # Marked for HA: an agent that died must still restart nothing.
+    assert ferry(lab, "ha", "set", guest, "--priority", "high").code == 0
     killed_at = time.time()
     lab.kill("agent:hv3")
     try:
@@ -110,5 +112,8 @@ def test_a_host_whose_agent_died_is_alive_to_its_peers_and_its_guest_runs_on(lab
     shown = ferry(lab, "events", "--host", "hv3", "--since", "10m", "--json")
     assert not [r for r in json.loads(shown.stdout) if r["event"].get("type") in ("host_fenced", "host_not_fenced")
                 and r["event"]["at"] > killed_at], "an agent that died is no reason to fence"
+    everything = json.loads(ferry(lab, "events", "--since", "10m", "--json").stdout)
+    assert not [r for r in everything if r["event"].get("type", "").startswith("vm_restart") and r["event"]["at"] > killed_at]
+    assert lab.residency(guest)[guest].running_on == ("hv3",)
     lab.wait_for_tick(guest, "hv3", lab.wait_for_tick(guest, "hv3") + 1)
     wait_state(lab, "hv3", "up")

@@ -182,7 +182,7 @@ class RestartController:
         now = self._wall()
         queued = []
         for restart, _rev in list(self._open.values()):
-            if now - restart.created_at > DEADLINE_SECONDS and restart.id not in self._tasks:
+            if now - restart.created_at > DEADLINE_SECONDS and not self._starting_now(restart.id):
                 await self._fail(restart, "timed_out", f"not running {DEADLINE_SECONDS:.0f} s after it was planned"
                                  + (f": {restart.waiting}" if restart.waiting else ""))
             elif restart.state == R.QUEUED:
@@ -222,6 +222,10 @@ class RestartController:
             for f in facts
         ]
 
+    def _starting_now(self, restart_id: str) -> bool:
+        task = self._tasks.get(restart_id)
+        return task is not None and not task.done()
+
     async def _begin(self, restart: Restart, dest: str) -> None:
         restart = await self._write(_step(restart, R.STARTING, self._wall(), dest=dest, waiting="",
                                           candidates_tried=[*restart.candidates_tried, dest]))
@@ -231,10 +235,18 @@ class RestartController:
     # ----- starting -----
 
     def _spawn(self, restart: Restart) -> None:
-        if restart.id not in self._tasks:
+        # A task that just ended (a refusal that put the restart back in the queue) may
+        # not have been forgotten yet when the next pass starts the restart again.
+        running = self._tasks.get(restart.id)
+        if running is None or running.done():
             task = asyncio.create_task(self._start(restart.id), name=f"restart-{restart.id}")
             self._tasks[restart.id] = task
-            task.add_done_callback(lambda _t, rid=restart.id: self._tasks.pop(rid, None))
+            task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task) -> None:
+        rid = task.get_name().removeprefix("restart-")
+        if self._tasks.get(rid) is task:
+            del self._tasks[rid]
 
     async def _start(self, restart_id: str) -> None:
         log = self._log.bind(restart_id=restart_id)

@@ -34,7 +34,7 @@ async def test_buckets_get_three_copies_and_a_dead_nats_server_loses_no_session(
             status = await through_leader.status()
             assert {b.name: b.replicas for b in status.buckets} == {
                 "ferry_sessions": 3, "ferry_vm_claims": 3, "ferry_drains": 3, "ferry_settings": 3, "ferry_leader": 3,
-                "ferry_cordons": 3, "ferry_ha": 3, "ferry_fences": 3,
+                "ferry_cordons": 3, "ferry_ha": 3, "ferry_fences": 3, "ferry_domains": 3, "ferry_restarts": 3,
             }, "every bucket keeps a copy on each server; the old one was scaled up"
             assert status.nats_cluster and len(status.nats_servers) == 3
 

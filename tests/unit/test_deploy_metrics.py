@@ -11,6 +11,7 @@ from prometheus_client import generate_latest
 from ferry.agent.metrics import AgentMetrics, AgentSnapshot
 from ferry.coordinator.metrics import CoordinatorMetrics, CoordinatorSnapshot, HostSeen, SessionSeen
 from ferry.proto.api import HostState
+from ferry.proto.ha import HaPriority, Restart, RestartState
 from ferry.proto.host import HealthState
 from ferry.proto.progress import Progress
 from ferry.proto.session import MigrateOptions, Outcome, Session, SessionState
@@ -37,6 +38,11 @@ def exported() -> tuple[set[str], list[str]]:
         coordinator.session_ended(Session(
             id=f"s-{state}", vm="web-1", source="hv1", options=MigrateOptions(), state=state, created_at=0, updated_at=0,
             code=code, outcome=Outcome(total_time_ms=1000, downtime_ms=20),
+        ))
+    for state, code in ((RestartState.RUNNING, ""), (RestartState.FAILED, "disk_locked")):
+        coordinator.restart_ended(Restart(
+            id=f"r-{state}", vm="db", host="hv1", priority=HaPriority.HIGH, state=state, created_at=0, updated_at=0,
+            code=code, seconds=7.5,
         ))
     agent = AgentMetrics("", lambda: AgentSnapshot(host="hv1", migrations=(migration,)), "hv1")
     agent.refresh()

@@ -24,6 +24,7 @@ from ferry.cli import settings as cli_settings
 from ferry.cli import status as cli_status
 from ferry.cli.client import FerryClient
 from ferry.cli.output import plain, plain_console, print_json, say_error
+from ferry.coordinator.progress_estimate import Estimate, ProgressEstimator, expected_bytes
 from ferry.proto.api import (
     CancelRequest,
     HostsReply,
@@ -121,6 +122,14 @@ def _route(s: Session) -> str:
     return f"{s.source} -> {s.dest or '?'}"
 
 
+def eta_text(estimate: Estimate) -> str:
+    """`12s (8-20s)`; `?` before a rate is known; `>= 8s` while the guest dirties as fast as the link sends."""
+    if estimate.eta_seconds is None:
+        return f">= {estimate.eta_low:.0f}s" if estimate.eta_low is not None else "?"
+    high = f"{estimate.eta_high:.0f}s" if estimate.eta_high is not None else "?"
+    return f"{estimate.eta_seconds:.0f}s ({estimate.eta_low:.0f}-{high})"
+
+
 def _percent(p: Progress | None) -> str:
     if p is None or not (p.data_processed + p.data_remaining):
         return "-"
@@ -205,6 +214,8 @@ async def follow(client: FerryClient, session: Session, console: Console, *, qui
     )
     current = session
     last_line = 0.0
+    # Percent that never runs backwards, from the prediction made before the move when there is one.
+    estimator = ProgressEstimator(expected_bytes(session.prediction))
     with bar:
         task = bar.add_task(printable(session.vm), total=100, rate="", left="", eta="")
         async for item in client.follow(session):
@@ -213,14 +224,14 @@ async def follow(client: FerryClient, session: Session, console: Console, *, qui
                 if not current.state.terminal:
                     bar.console.print(plain(f"session {current.id}: {summary(current)}"))
                 continue
-            done, left, rate = item.data_processed, item.data_remaining, item.bandwidth_bps
-            eta = f"{left / rate:.0f}s" if rate else "?"
-            fields = dict(rate=f"{rate / MIB:.1f} MiB/s", left=f"{_mib(left)} left", eta=eta)
-            if done + left:
-                bar.update(task, completed=100 * done / (done + left), **fields)
+            left, rate = item.data_remaining, item.bandwidth_bps
+            estimate = estimator.update(item)
+            fields = dict(rate=f"{rate / MIB:.1f} MiB/s", left=f"{_mib(left)} left", eta=eta_text(estimate))
+            bar.update(task, completed=estimate.percent, **fields)
             if not out.is_terminal and time.monotonic() - last_line >= 2.0:
                 last_line = time.monotonic()
-                out.print(f"  {_percent(item)}  {fields['rate']}  {fields['left']}  iteration {item.iteration}", highlight=False)
+                out.print(f"  {estimate.percent:.0f}%  {fields['rate']}  {fields['left']}  ETA {fields['eta']}  "
+                          f"iteration {item.iteration}", highlight=False)
     style = _STATE_STYLE.get(current.state, "")
     out.print(plain(summary(current), style=style))
     return current
@@ -306,8 +317,11 @@ def print_session(s: Session, console: Console) -> None:
         console.print(plain(f"  destinations tried: {', '.join(s.candidates_tried)}"))
     if s.progress:
         p = s.progress
+        # The coordinator's estimate (never runs backwards) when it gives one.
+        done = f"{p.percent:.0f}%" if p.percent else _percent(p)
+        eta = f", ETA {eta_text(Estimate(p.percent, 0, p.eta_seconds, p.eta_low, p.eta_high))}" if p.eta_low is not None else ""
         console.print(
-            f"  progress: {_percent(p)}, {_mib(p.data_processed)} sent, {_mib(p.data_remaining)} left, "
+            f"  progress: {done}{eta}, {_mib(p.data_processed)} sent, {_mib(p.data_remaining)} left, "
             f"{p.bandwidth_bps / MIB:.1f} MiB/s, dirty {p.dirty_rate_bps / MIB:.1f} MiB/s, iteration {p.iteration}",
             highlight=False,
         )

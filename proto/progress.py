@@ -14,3 +14,9 @@ class Progress(msgspec.Struct, frozen=True):
     dirty_rate_bps: NonNegative = 0
     iteration: NonNegative = 0
     expected_downtime_ms: NonNegative = 0
+    # Filled in by the coordinator (coordinator/progress_estimate.py): percent that never
+    # runs backwards, and seconds to the end with a range (None: not known).
+    percent: float = 0.0
+    eta_seconds: float | None = None
+    eta_low: float | None = None
+    eta_high: float | None = None

@@ -18,6 +18,7 @@ import msgspec
 import structlog
 
 from ferry.coordinator import session_steps as steps
+from ferry.coordinator.progress_estimate import ProgressEstimator, expected_bytes
 from ferry.coordinator.session_rules import fresh_rate, prediction_for
 from ferry.coordinator.session_steps import HostSide, Observed
 from ferry.coordinator.sessions.book import RecordBook, Superseded, unsettled
@@ -99,6 +100,7 @@ class Driver:
         self._results: dict[str, SessionResult] = {}
         self._news: dict[str, asyncio.Event] = {}
         self._progress: dict[str, Progress] = {}
+        self._estimators: dict[str, ProgressEstimator] = {}
         # The prepare request each destination took: repeated to renew its lease.
         self._prepared: dict[str, tuple[str, PrepareRequest]] = {}
         self._unconfirmed: set[str] = set()
@@ -116,7 +118,16 @@ class Driver:
 
     def on_progress(self, session_id: str, progress: Progress) -> None:
         if session_id in self._tasks:
-            self._progress[session_id] = progress
+            estimator = self._estimators.get(session_id)
+            if estimator is None:
+                session = self._book.current(session_id)
+                estimator = self._estimators[session_id] = ProgressEstimator(
+                    expected_bytes(session.prediction if session is not None else None)
+                )
+            e = estimator.update(progress)
+            self._progress[session_id] = msgspec.structs.replace(
+                progress, percent=e.percent, eta_seconds=e.eta_seconds, eta_low=e.eta_low, eta_high=e.eta_high
+            )
 
     def on_result(self, result: SessionResult) -> None:
         if result.session_id in self._tasks:
@@ -200,6 +211,7 @@ class Driver:
         self._results.pop(session_id, None)
         self._news.pop(session_id, None)
         self._progress.pop(session_id, None)
+        self._estimators.pop(session_id, None)
         self._prepared.pop(session_id, None)
         self._scheduler.free(session_id)
         had_share = self._share.forget(session_id)

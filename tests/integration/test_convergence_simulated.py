@@ -14,7 +14,7 @@ from ferry.proto.session import MigrateOptions, SessionState
 from tests.support.cluster import connect_client, wait_hosts_up
 from tests.support.ferry_cli import ferry
 from tests.support.processes import coordinator_toml, simulated_agent_toml
-from tests.support.waiting import session_end
+from tests.support.waiting import eventually, session_end
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +70,19 @@ async def test_a_session_records_its_prediction_and_every_policy_step(daemons, n
     async with await connect_client(nats_server) as client:
         await wait_hosts_up(client, ["src", "dst"])
         session = await client.migrate(MigrateRequest(vm="g1", options=MigrateOptions(bandwidth_mib=256)))
+        # While it runs the coordinator gives a percent that never runs backwards and an ETA with a range.
+        seen: list[float] = []
+
+        async def estimated():
+            live = await client.session(session.id)
+            p = live.progress
+            if p is not None and p.eta_low is not None and not live.state.terminal:
+                seen.append(p.percent)
+                assert p.eta_seconds is None or p.eta_low <= p.eta_seconds
+            return live if len(seen) >= 3 or live.state.terminal else None
+
+        await eventually(estimated, timeout=30, what="progress with an ETA")
+        assert seen and seen == sorted(seen) and 0 < seen[-1] < 100, seen
         final = await session_end(client, session.id)
         assert final.state == SessionState.COMPLETED, final.reason
         assert final.prediction is not None and final.prediction.converges

@@ -21,18 +21,25 @@ pytestmark = pytest.mark.lab
 
 
 def events_since(lab: Lab, after: float) -> list[dict]:
-    shown = ferry(lab, "events", "--since", "15m", "--json")
-    assert shown.code == 0, shown.stderr
-    return [r["event"] for r in json.loads(shown.stdout) if r["event"]["at"] > after]
+    """The events stored after `after` (wall clock). A read the event stream refuses for a
+    moment (JetStream busy on a loaded CI machine) is tried again."""
+    for _attempt in range(10):
+        shown = ferry(lab, "events", "--since", "5m", "--json")
+        if shown.code == 0:
+            return [r["event"] for r in json.loads(shown.stdout) if r["event"]["at"] > after]
+        assert "unavailable" in shown.stderr, shown.stderr
+        time.sleep(1.0)
+    raise AssertionError(shown.stderr)
 
 
 def restarted(lab: Lab, vms: set[str], after: float, timeout: float = 120.0) -> dict[str, dict]:
     deadline = time.monotonic() + timeout
     while True:
-        done = {e["vm"]: e for e in events_since(lab, after) if e.get("type") == "vm_restarted" and e["vm"] in vms}
+        seen = events_since(lab, after)
+        done = {e["vm"]: e for e in seen if e.get("type") == "vm_restarted" and e["vm"] in vms}
         if set(done) == vms:
             return done
-        failed = [e for e in events_since(lab, after) if e.get("type") == "vm_restart_failed"]
+        failed = [e for e in seen if e.get("type") == "vm_restart_failed"]
         assert not failed, failed
         assert time.monotonic() < deadline, f"not restarted: {vms - set(done)}"
         time.sleep(1.0)

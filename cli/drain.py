@@ -10,12 +10,16 @@ from rich.text import Text
 from ferry.cli.client import FerryClient
 from ferry.cli.convergence import prediction_line
 from ferry.cli.output import plain, plain_console, print_json, say_error
+from ferry.coordinator.progress_estimate import DrainEstimate, DrainProgress, DrainVm
 from ferry.proto.convergence import POLICIES
 from ferry.proto.drain import Drain, DrainItem, DrainRequest, DrainState, ItemState
 from ferry.proto.errors import ErrorCode, FerryError
 from ferry.proto.limits import LimitsRequest
+from ferry.proto.session import Session
 
 FOLLOW_POLL_SECONDS = 0.5
+MIB = 1024 * 1024
+GIB = 1024 * MIB
 _ITEM_STYLE = {ItemState.MOVED: "green", ItemState.GAVE_UP: "red", ItemState.RETRYING: "yellow", ItemState.GONE: "dim"}
 
 
@@ -61,9 +65,36 @@ def item_line(item: DrainItem) -> Text:
     return plain(f"  {item.vm}: {item.state}{': ' + item.reason if item.reason else ''}")
 
 
+def drain_vm(item: DrainItem, session: Session | None) -> DrainVm:
+    """A drain's VM as its progress estimate reads it, from its current or last session."""
+    memory = item.memory_mib * MIB
+    if session is None:
+        return DrainVm(final=item.state.final, memory_bytes=memory)
+    p = session.progress
+    ended = session.state.terminal
+    sent = session.outcome.data_transferred if ended and session.outcome is not None else (p.data_processed if p else 0)
+    expected = int(p.data_processed * 100 / p.percent) if p is not None and p.percent and not ended else 0
+    return DrainVm(
+        final=item.state.final, memory_bytes=memory, sent=sent, expected=expected,
+        rate_bps=p.bandwidth_bps if p is not None and not ended else 0, moved=item.state == ItemState.MOVED,
+    )
+
+
+def progress_line(estimate: DrainEstimate) -> str:
+    eta = f"{estimate.eta_seconds:.0f}s" if estimate.eta_seconds is not None else "?"
+    return (
+        f"  {estimate.done}/{estimate.total} VMs done, {estimate.moved_bytes / GIB:.2f} GiB moved, "
+        f"{estimate.percent:.0f}%" + ("" if estimate.done == estimate.total else f", ETA {eta}")
+    )
+
+
 async def follow_drain(client: FerryClient, host: str, console: Console) -> Drain:
-    """Prints each VM's changes until the drain is done; returns the final record."""
+    """Prints each VM's changes, and the whole drain's progress (VMs done, data moved,
+    percent that never falls, ETA), until the drain is done; returns the final record."""
     seen: dict[str, tuple] = {}
+    ended: dict[str, Session] = {}
+    progress = DrainProgress()
+    said = ""
     while True:
         try:
             (drain,) = await client.drains(host)
@@ -76,9 +107,28 @@ async def follow_drain(client: FerryClient, host: str, console: Console) -> Drai
             if seen.get(item.vm) != key:
                 seen[item.vm] = key
                 console.print(item_line(item))
+        line = progress_line(progress.update([drain_vm(item, await _session_of(client, item, ended)) for item in drain.items]))
+        if line != said:
+            said = line
+            console.print(line, highlight=False)
         if drain.state == DrainState.DONE:
             return drain
         await asyncio.sleep(FOLLOW_POLL_SECONDS)
+
+
+async def _session_of(client: FerryClient, item: DrainItem, ended: dict[str, Session]) -> Session | None:
+    """The item's session (an ended one is asked for once)."""
+    if item.session_id is None:
+        return None
+    if item.session_id in ended:
+        return ended[item.session_id]
+    try:
+        session = await client.session(item.session_id)
+    except FerryError:
+        return None  # archived or not stored yet: the next round asks again
+    if session.state.terminal:
+        ended[item.session_id] = session
+    return session
 
 
 async def _cmd_drain(client: FerryClient, args: argparse.Namespace, console: Console) -> int:

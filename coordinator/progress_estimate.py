@@ -1,5 +1,5 @@
 """Progress that never runs backwards: percent done and an ETA with a range, from a
-migration's samples. Pure.
+migration's samples, and the same for a whole drain. Pure.
 
 libvirt's own figures run backwards: `data_remaining` grows again at every
 pass over memory the guest dirtied, and `processed / (processed + remaining)`
@@ -102,3 +102,57 @@ def _still_to_send(left: int, dirty_bps: float, rate_bps: float) -> float:
     if ratio >= NOT_CONVERGING:
         return float("inf") if left else 0.0
     return left / (1 - ratio)
+
+
+@dataclass(frozen=True)
+class DrainEstimate:
+    done: int
+    total: int
+    # Bytes sent so far by every session of the drain.
+    moved_bytes: int
+    percent: float
+    eta_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class DrainVm:
+    """One VM of a drain as the estimate reads it."""
+
+    final: bool
+    memory_bytes: int
+    # Its current or last session's figures (0: none yet).
+    sent: int = 0
+    # That session's own estimate of its total (0: unknown), and its rate now.
+    expected: int = 0
+    rate_bps: int = 0
+    moved: bool = False
+
+
+class DrainProgress:
+    """A whole drain: VMs done, data moved, percent of the data expected (never lower),
+    and an ETA at the rate the drain's migrations move data now."""
+
+    def __init__(self) -> None:
+        self._percent = 0.0
+
+    def update(self, vms: list[DrainVm]) -> DrainEstimate:
+        moved = [v for v in vms if v.moved and v.memory_bytes]
+        # Each finished move tells how much more than its memory a move sends (dirtied pages).
+        amplification = max(1.0, sum(v.sent for v in moved) / sum(v.memory_bytes for v in moved)) if moved else 1.0
+        sent = sum(v.sent for v in vms)
+        expected = 0.0
+        for v in vms:
+            if v.final:
+                expected += v.sent
+            elif v.expected:
+                expected += max(v.expected, v.sent)
+            else:
+                expected += max(v.memory_bytes * amplification, v.sent)
+        done = sum(1 for v in vms if v.final)
+        if vms and done == len(vms):
+            self._percent = 100.0
+        elif expected:
+            self._percent = max(self._percent, min(100.0 * sent / expected, BEFORE_THE_END))
+        rate = sum(v.rate_bps for v in vms if not v.final)
+        eta = round((expected - sent) / rate, 1) if rate and done < len(vms) else None
+        return DrainEstimate(done=done, total=len(vms), moved_bytes=sent, percent=round(self._percent, 2), eta_seconds=eta)

@@ -3,6 +3,7 @@ real nats-server, on the simulated hypervisor backend. Real migrations are
 proven in tests/lab; these check the coordinator's decisions."""
 
 import asyncio
+import re
 
 import pytest
 
@@ -46,6 +47,11 @@ async def test_drain_moves_every_vm_within_the_outbound_limit_and_the_host_stays
         run = ferry(nats_server.url, "drain", "src", "--wait")
         assert run.code == 0, run.stdout + run.stderr
         assert "drain of src done: 5 VMs: 5 moved" in run.stdout
+        # The whole drain's progress as it went: VMs done, data moved, a percent that never falls.
+        lines = re.findall(r"(\d)/5 VMs done, ([\d.]+) GiB moved, (\d+)%", run.stdout)
+        assert lines and lines[-1] == ("5", lines[-1][1], "100"), run.stdout
+        percents = [int(p) for _done, _moved, p in lines]
+        assert percents == sorted(percents) and float(lines[-1][1]) >= 2.4  # 5 x 512 MiB at least
 
         (drain,) = await client.drains("src")
         assert drain.state == DrainState.DONE and all(i.state == ItemState.MOVED for i in drain.items)

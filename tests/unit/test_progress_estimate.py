@@ -3,12 +3,13 @@ streams a migration sends (passes over dirtied memory make libvirt's own
 remaining bytes grow again), on oscillating and adversarial ones, percent never
 falls, stays within 0..100, and reaches 100 only when the migration completed."""
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ferry.agent.hypervisor.simulated import SimulatedHypervisor
 from ferry.agent.progress import percent_done, progress_from_stats
-from ferry.coordinator.progress_estimate import BEFORE_THE_END, ProgressEstimator
+from ferry.coordinator.progress_estimate import BEFORE_THE_END, DrainProgress, DrainVm, ProgressEstimator
 from ferry.proto.progress import Progress
 
 MIB = 1024 * 1024
@@ -126,3 +127,37 @@ def test_on_oscillating_passes_percent_never_falls(memory_mib, rate_mib, dirty_s
                          "bandwidth_bps": s.bandwidth_bps * (1 + (i % wobble)) // wobble or 1})
              for i, s in enumerate(stream)]
     assert never_back(percents(swung))
+
+
+drain_vm = st.builds(
+    DrainVm,
+    final=st.booleans(),
+    memory_bytes=st.integers(0, 1 << 34),
+    sent=st.integers(0, 1 << 35),
+    expected=st.integers(0, 1 << 35),
+    rate_bps=st.integers(0, 1 << 30),
+    moved=st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(drain_vm, min_size=1, max_size=8), min_size=1, max_size=30))
+def test_a_drains_percent_never_falls_whatever_its_vms_report(rounds):
+    progress = DrainProgress()
+    seen = [progress.update(vms).percent for vms in rounds]
+    assert never_back(seen) and all(0 <= p <= 100 for p in seen)
+
+
+def test_a_drain_counts_vms_done_data_moved_and_an_eta_at_the_rate_now():
+    gib = 1 << 30
+    progress = DrainProgress()
+    first = progress.update([
+        DrainVm(final=True, memory_bytes=gib, sent=gib + gib // 2, moved=True),  # sent 1.5x its memory
+        DrainVm(final=False, memory_bytes=gib, sent=gib // 2, expected=gib + gib // 2, rate_bps=gib // 4),
+        DrainVm(final=False, memory_bytes=gib),
+    ])
+    # 1.5 + 0.5 sent of 1.5 + 1.5 + 1.5 expected; 2.5 GiB left at 0.25 GiB/s.
+    assert (first.done, first.total, first.moved_bytes) == (1, 3, 2 * gib)
+    assert first.percent == pytest.approx(44.44, abs=0.01) and first.eta_seconds == 10.0
+    last = progress.update([DrainVm(final=True, memory_bytes=gib, sent=gib, moved=True)] * 3)
+    assert (last.done, last.percent, last.eta_seconds) == (3, 100.0, None)

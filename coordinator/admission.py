@@ -153,11 +153,7 @@ def admit(
             load.take(session.source, decision.dest)
             chosen = facts.get(decision.dest)
             if chosen is not None:
-                facts[decision.dest] = replace(
-                    chosen,
-                    reserved_vcpus=chosen.reserved_vcpus + session.demand.vcpus,
-                    reserved_memory_mib=chosen.reserved_memory_mib + session.demand.memory_mib,
-                )
+                facts[decision.dest] = chosen.holding(session.demand.vcpus, session.demand.memory_mib)
     return decisions
 
 

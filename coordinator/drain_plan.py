@@ -8,7 +8,7 @@ sessions to start, which VMs to retry elsewhere and when to give up.
 """
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -37,11 +37,7 @@ def plan(vms: Iterable[VmDemand], hosts: Iterable[HostFacts], rules: PlacementRu
             moves.append(PlannedMove(vm.name, None, f"no host can take {vm.name}: {why or 'no other host reports'}"))
             continue
         chosen = facts[ranking.best]
-        facts[chosen.name] = replace(
-            chosen,
-            reserved_vcpus=chosen.reserved_vcpus + vm.vcpus,
-            reserved_memory_mib=chosen.reserved_memory_mib + vm.memory_mib,
-        )
+        facts[chosen.name] = chosen.holding(vm.vcpus, vm.memory_mib)
         moves.append(PlannedMove(vm.name, chosen.name))
     return moves
 

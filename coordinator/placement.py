@@ -5,7 +5,7 @@ an operator can see why a VM did not go where they expected.
 """
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ferry.proto.host import HealthState, version_tuple
 from ferry.proto.network import Attachment, HostNetworks, NetworkOffer, missing_attachments
@@ -34,6 +34,12 @@ class HostFacts:
     storage: frozenset[str] = frozenset()
     # What it offers VMs' interfaces; None when its agent does not say (prepare judges then).
     networks: HostNetworks | NetworkOffer | None = None
+
+    def holding(self, vcpus: int, memory_mib: int) -> "HostFacts":
+        """These facts with room held for `vcpus` and `memory_mib` more (a VM on its way here)."""
+        return replace(
+            self, reserved_vcpus=self.reserved_vcpus + vcpus, reserved_memory_mib=self.reserved_memory_mib + memory_mib
+        )
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from ferry.coordinator.placement import HostFacts, PlacementRules, Rejection, VmDemand, judge, room_score
 from ferry.proto.host import HealthState, version_tuple
@@ -170,7 +170,7 @@ class PlacementIndex:
         for name, f in apart.items():
             if name in held:
                 vcpus, memory = held[name]
-                f = replace(f, reserved_vcpus=f.reserved_vcpus + vcpus, reserved_memory_mib=f.reserved_memory_mib + memory)
+                f = f.holding(vcpus, memory)
             reading.judged(name, judge(vm, f, rules))
         for name, f in self._aside.items():
             if name not in apart:

@@ -8,7 +8,7 @@ reports runs it now. Everything else is said, VM by VM, with the reason.
 
 import hashlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ferry.coordinator.placement import HostFacts, PlacementRules, VmDemand, rank
 from ferry.proto.ha import DomainCopy, HaPolicy, HaPriority, Restart, RestartState
@@ -117,17 +117,11 @@ def choose_hosts(
             chosen.append(Choice(restart.id, [], f"no host can take {restart.vm} now: {why or 'no other host reports'}"))
             continue
         best = by_name[dests[0]]
-        by_name[best.name] = _with_reserved(best, copy)
+        by_name[best.name] = best.holding(copy.vcpus, copy.memory_mib)
         load[best.name] = load.get(best.name, 0) + 1
         running += 1
         chosen.append(Choice(restart.id, dests))
     return chosen
-
-
-def _with_reserved(host: HostFacts, copy: DomainCopy) -> HostFacts:
-    return replace(
-        host, reserved_vcpus=host.reserved_vcpus + copy.vcpus, reserved_memory_mib=host.reserved_memory_mib + copy.memory_mib
-    )
 
 
 def new_restart(planned: Planned, host: str, *, fenced_at: float, lost_at: float, fenced_by: str, now: float) -> Restart:

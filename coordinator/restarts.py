@@ -21,7 +21,6 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 
 import msgspec
 import structlog
@@ -31,6 +30,7 @@ from ferry.coordinator.domain_copies import DomainCopies
 from ferry.coordinator.fences import Fencer
 from ferry.coordinator.ha_policies import HaPolicies
 from ferry.coordinator.kv import TypedBucket, open_bucket
+from ferry.coordinator.placement import HostFacts
 from ferry.coordinator.restart_plan import choose_hosts, new_restart, plan_restarts
 from ferry.coordinator.session_rules import FactsCache, host_facts
 from ferry.coordinator.sessions.ports import Emit, Hosts, LimitsNow
@@ -209,18 +209,14 @@ class RestartController:
                 await self._write(msgspec.structs.replace(restart, waiting=choice.reason, updated_at=now))
                 self._log.info("restart_waiting", restart_id=restart.id, vm=restart.vm, reason=choice.reason)
 
-    def _with_starting(self, facts):
+    def _with_starting(self, facts: list[HostFacts]) -> list[HostFacts]:
         """Room held by restarts whose VM its new host does not list yet."""
         held: dict[str, tuple[int, int]] = {}
         for r, _rev in self._open.values():
             if r.state == R.STARTING and r.dest not in self._locate(r.vm):
                 vcpus, memory = held.get(r.dest, (0, 0))
                 held[r.dest] = (vcpus + r.vcpus, memory + r.memory_mib)
-        return [
-            replace(f, reserved_vcpus=f.reserved_vcpus + h[0], reserved_memory_mib=f.reserved_memory_mib + h[1])
-            if (h := held.get(f.name)) else f
-            for f in facts
-        ]
+        return [f.holding(*held[f.name]) if f.name in held else f for f in facts]
 
     def _starting_now(self, restart_id: str) -> bool:
         task = self._tasks.get(restart_id)

@@ -59,9 +59,9 @@ class LeaderTerm:
         views: Callable[[], list[HostView]],
         emit: Emit,
         clock: Clock,
-        locate: Callable[[str], list[str]] | None = None,
-        peer_uri: Callable[[str], str] = lambda _host: "",
-        aged_views: Callable[[], list[HostView]] | None = None,
+        locate: Callable[[str], list[str]],
+        peer_uri: Callable[[str], str],
+        aged_views: Callable[[], list[HostView]],
     ) -> None:
         self.lease = lease
         self._limits = limits
@@ -74,16 +74,15 @@ class LeaderTerm:
         self._emit = emit
         self._death = DeathCheck(agents.probe, views, peer_uri)
         self.fencer = Fencer(fence_records, config.fencing, wall=clock.wall)
-        located = locate if locate is not None else _locate_in(views)
-        self.copies = DomainCopies(domain_copies, agents.definition, locate=located, wall=clock.wall)
+        self.copies = DomainCopies(domain_copies, agents.definition, locate=locate, wall=clock.wall)
         self.restarts = RestartController(
             restart_records, self.copies, self.fencer, HaPolicies(ha_records, wall=clock.wall), agents.restart,
             agents.retire, views,
-            _running_in(views, located), limits.current, emit, holding=self.sessions.holding, wall=clock.wall,
+            _running_in(views, locate), limits.current, emit, holding=self.sessions.holding, wall=clock.wall,
         )
         self._views = views
         # With how long ago each host was heard from: a fence records when its host went silent.
-        self._aged_views = aged_views or views
+        self._aged_views = aged_views
         # Lost hosts whose peers are being asked about them (see host_death.py).
         self._checks: dict[str, asyncio.Task] = {}
         # Fenced hosts back again: the view whose VMs were retired (a new report is looked at again).
@@ -206,15 +205,6 @@ class LeaderTerm:
                 await self.drains.drain(DrainRequest(host=host, reason=reason), automatic=True)
             except FerryError as exc:
                 self._log.error("evacuation_not_started", host=host, reason=exc.message)
-
-
-def _locate_in(views: Callable[[], list[HostView]]) -> Callable[[str], list[str]]:
-    """The hosts whose last report lists a VM, looked up in the views (without the registry's index)."""
-
-    def locate(vm: str) -> list[str]:
-        return [v.host for v in views() if any(info.name == vm for info in v.vms)]
-
-    return locate
 
 
 def _running_in(views: Callable[[], list[HostView]], locate: Callable[[str], list[str]]) -> Callable[[str], list[str]]:
